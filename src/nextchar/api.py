@@ -1,0 +1,112 @@
+"""The Python API: train, load, and a Model that generates and evaluates. Thin over the library."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import DataConfig, RunConfig, SampleConfig
+from .evaluate import EvalResult, score_ids
+from .model import CharRNN
+from .runfolder import load_model
+from .sample import Sampler, check_prime
+from .vocab import Vocab, code_points
+
+
+class Model:
+    """A trained character model with its vocabulary, ready to generate and score text."""
+
+    def __init__(self, module: CharRNN, vocab: Vocab, config: RunConfig, meta: dict | None = None):
+        self.module = module
+        self.vocab = vocab
+        self.config = config
+        self.meta = meta or {}
+
+    @property
+    def device(self):
+        return self.module.head.weight.device
+
+    def generate(self, prime: str = "", length: int = 500, *, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, greedy: bool = False, seed: int | None = None,
+                 unknown: str = "error", num_samples: int = 1) -> str | list[str]:
+        """prime + `length` sampled characters (a list of texts when num_samples > 1)."""
+        config = SampleConfig(length=length, temperature=temperature, top_k=top_k, top_p=top_p,
+                              greedy=greedy, num_samples=num_samples, seed=seed, prime=prime,
+                              unknown=unknown)
+        check_prime(self.vocab, prime, unknown)
+        texts = Sampler(self.module, self.vocab).generate(config)
+        return texts[0] if num_samples == 1 else texts
+
+    def evaluate(self, text: str) -> EvalResult:
+        """Score `text` with carried state. Characters outside the vocabulary are taken out of
+        the stream before scoring (the model reads past them) and counted in `unknown_chars`."""
+        ids = self.vocab.ids_of_points(code_points(text))
+        unknown = ids < 0
+        result = score_ids(self.module, ids[~unknown], device=self.device)
+        if unknown.any():
+            from dataclasses import replace
+
+            result = replace(result, unknown_chars=int(unknown.sum()),
+                             unknown_symbols=self.vocab.unknown_chars(text))
+        return result
+
+    def evaluate_ids(self, ids: np.ndarray) -> EvalResult:
+        return score_ids(self.module, ids, device=self.device)
+
+
+def load(path: str | os.PathLike, which: str = "best", device: str = "cpu") -> Model:
+    """Load a run folder's model (its best weights by default) onto `device`."""
+    module, vocab, config, meta = load_model(path, which, device)
+    return Model(module, vocab, config, meta)
+
+
+@dataclass
+class Run:
+    """A finished (or stopped) training run."""
+
+    path: Path
+    steps: int
+    elapsed: float
+    best_val: EvalResult | None
+    test: EvalResult | None
+    sample: str
+
+    def load(self, which: str = "best", device: str = "cpu") -> Model:
+        return load(self.path, which, device)
+
+
+def train(inputs: str | Sequence[str] | None = None, out: str | os.PathLike | None = None, *,
+          text: str | None = None, resume: str | os.PathLike | None = None, force: bool = False,
+          quiet: bool = True, **options: Any) -> Run:
+    """Train a model; returns the Run. `inputs`: files, directories, a prepared data folder, or
+    None for the bundled corpus; or pass the training `text` itself. `options` are any fields of
+    DataConfig, ModelConfig or TrainConfig (steps=, time=, hidden=, cell=, lr=, ...)."""
+    from .train import launch
+
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [str(inputs)]
+    if text is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "text.txt"
+            path.write_text(text, encoding="utf-8")
+            result = launch([str(path)], out, resume=resume, force=force, quiet=quiet,
+                            command="nextchar.train(text=...)", options=options)
+    else:
+        result = launch(inputs, out, resume=resume, force=force, quiet=quiet,
+                        command="nextchar.train(...)", options=options)
+    return Run(result.folder, result.steps, result.elapsed, result.best_val, result.test, result.sample)
+
+
+def prepare(inputs: str | Sequence[str], out: str | os.PathLike, **options: Any) -> Path:
+    """Encode text into a memory-mapped data folder for `train` (options: DataConfig fields)."""
+    from .data import prepare as prepare_data
+
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [str(inputs)]
+    return prepare_data(inputs, out, DataConfig(**options))

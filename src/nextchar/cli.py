@@ -1,0 +1,334 @@
+"""`nextchar` command line: parse flags, build configs, call the library. Nothing imports this.
+
+Data (samples, --json results) goes to stdout; progress and messages to stderr. Exit codes:
+0 success, 2 usage or input error, 1 internal failure (130/143 after SIGINT/SIGTERM, with a
+resumable checkpoint saved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+
+from .config import parse_duration
+from .errors import Diverged, Interrupted, UserError
+
+PROG = "nextchar"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line and exits 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("--time ", "")) from None
+
+
+def steps_or_duration(text: str) -> tuple[str, float]:
+    """'500' -> steps; '10m', '90s' -> seconds."""
+    text = text.strip()
+    if text.isdigit():
+        return ("steps", float(int(text)))
+    return ("seconds", duration(text))
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    d = p.add_argument_group("data")
+    d.add_argument("--val-frac", type=float, help="fraction of the text for validation (default 0.05)")
+    d.add_argument("--test-frac", type=float, help="fraction of the text for the test split (default 0.05)")
+    d.add_argument("--encoding", help="text encoding of the input files (default utf-8)")
+    d.add_argument("--errors", choices=["strict", "replace"],
+                   help="undecodable bytes: strict refuses the file, replace substitutes U+FFFD")
+    m = p.add_argument_group("model (defaults adapt to --time; see BENCHMARKS.md)")
+    m.add_argument("--cell", choices=["lstm", "gru", "rnn", "rnn-relu"])
+    m.add_argument("--layers", type=int)
+    m.add_argument("--hidden", type=int, help="hidden units per layer")
+    m.add_argument("--embed", type=int, help="embedding size; 0 = one-hot input")
+    m.add_argument("--dropout", type=float, help="dropout between recurrent layers")
+    t = p.add_argument_group("training")
+    t.add_argument("--batch-size", type=int, help="parallel streams B")
+    t.add_argument("--seq-len", type=int, help="window length T (truncated BPTT)")
+    t.add_argument("--lr", type=float, help="peak learning rate")
+    t.add_argument("--schedule", choices=["cosine", "linear", "constant"])
+    t.add_argument("--final-lr-frac", type=float, help="the schedule ends at lr x this (default 0.05)")
+    t.add_argument("--warmup-steps", type=int)
+    t.add_argument("--optimizer", choices=["adamw", "adam"])
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--grad-clip", type=float, help="max gradient norm; 0 = off (default 1.0)")
+    t.add_argument("--steps", type=int, help="stop after N steps")
+    t.add_argument("--epochs", type=float, help="stop after N passes over the training split")
+    t.add_argument("--time", type=duration, help="stop after a wall-clock budget: 90s, 3m, 1h "
+                                                 "(default 3m when no stop is given)")
+    t.add_argument("--eval-every", type=int, help="steps between evaluations (default: about 10 per run)")
+    t.add_argument("--eval-chars", type=int, help="score at most N chars per evaluation (default: all)")
+    t.add_argument("--checkpoint-every", type=steps_or_duration,
+                   help="resumable checkpoint every N steps or a duration such as 10m (default 2m)")
+    t.add_argument("--sample-chars", type=int, help="length of the sample shown at each evaluation")
+    t.add_argument("--log-every", type=int, help="steps between metrics.jsonl lines")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    t.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: its own choice)")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog=PROG, description="Character-level RNN / LSTM / GRU language models: "
+                    "learn, train on any text, measure bits per character, sample.")
+    parser.add_argument("--version", action="version", version=f"{PROG} 0.1.0")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    p = sub.add_parser("hihello", help="the classic lesson: teach an RNN 'hihell' -> 'ihello'",
+                       description="Train the lesson's tiny RNN and print its prediction every epoch.")
+    p.add_argument("--text", default="hihello", help="the word to learn (input text[:-1], target text[1:])")
+    p.add_argument("--cell", default="rnn", choices=["rnn", "lstm", "gru"])
+    p.add_argument("--feed", default="char", choices=["char", "sequence"],
+                   help="one character at a time (as the lesson) or the whole sequence in one call")
+    p.add_argument("--embed", type=int, default=0, help="embedding size (0 = one-hot, the lesson)")
+    p.add_argument("--hidden", type=int, default=0, help="hidden size with a linear head (0 = the lesson)")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="one JSON object per epoch")
+
+    p = sub.add_parser("train", help="train a model on text files (default: the bundled tinyshakespeare)",
+                       description="Train a character model. INPUT: text files, directories of them, "
+                       "a folder made by `nextchar prepare`, or nothing for the bundled corpus.")
+    p.add_argument("inputs", nargs="*", metavar="INPUT")
+    p.add_argument("--out", help="run folder (default runs/<date>-<time>)")
+    p.add_argument("--force", action="store_true", help="overwrite the run already in --out")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in RUN where it stopped")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    _add_train_flags(p)
+
+    p = sub.add_parser("prepare", help="encode text once into a memory-mapped data folder",
+                       description="Encode text files into a data folder (tokens.bin, vocab.json, "
+                       "data.json) that `nextchar train DATA` reads without loading it into memory.")
+    p.add_argument("inputs", nargs="+", metavar="TEXT")
+    p.add_argument("--out", required=True, metavar="DATA")
+    p.add_argument("--force", action="store_true", help="replace an existing data folder")
+    p.add_argument("--val-frac", type=float, default=0.05)
+    p.add_argument("--test-frac", type=float, default=0.05)
+    p.add_argument("--encoding", default="utf-8")
+    p.add_argument("--errors", default="strict", choices=["strict", "replace"])
+
+    p = sub.add_parser("eval", help="bits per char, perplexity and accuracy of a run on text",
+                       description="Score text with a trained model, streamed with carried state. "
+                       "Characters outside the vocabulary are not scored; they are counted and reported.")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="files to score (default: the run's --split)")
+    p.add_argument("--split", default="val", choices=["val", "test", "train"])
+    p.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    p.add_argument("--encoding", default="utf-8")
+    p.add_argument("--errors", default="strict", choices=["strict", "replace"])
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("sample", help="generate text from a run",
+                       description="Stream generated characters to stdout, one recurrence step each.")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--prime", default="", help="text to start from (printed first)")
+    p.add_argument("--length", type=int, default=500, help="characters to generate")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="sample from the K most likely (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--greedy", action="store_true", help="always the most likely character")
+    p.add_argument("--num-samples", type=int, default=1, help="independent samples drawn in parallel")
+    p.add_argument("--seed", type=int, default=None, help="same seed, same text")
+    p.add_argument("--unknown", default="error", choices=["error", "skip"],
+                   help="prime characters outside the vocabulary: refuse (default) or drop")
+    p.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--json", action="store_true", help='print {"samples": [...]} instead of streaming')
+    return parser
+
+
+TRAIN_OPTION_FLAGS = ("val_frac", "test_frac", "encoding", "errors", "cell", "layers", "hidden", "embed",
+                      "dropout", "batch_size", "seq_len", "lr", "schedule", "final_lr_frac",
+                      "warmup_steps", "optimizer", "weight_decay", "grad_clip", "steps", "epochs", "time",
+                      "eval_every", "eval_chars", "sample_chars", "log_every", "seed", "device", "threads")
+
+
+def cmd_hihello(args) -> int:
+    from .lesson import LessonConfig, format_line, train_lesson
+
+    options = {k: getattr(args, k) for k in ("text", "cell", "feed", "embed", "hidden", "epochs", "lr")}
+    if args.seed is not None:
+        options["seed"] = args.seed
+    config = LessonConfig(**options)
+    for result in train_lesson(config):
+        if args.json:
+            print(json.dumps({"epoch": result.epoch, "loss": round(result.loss, 6),
+                              "predicted": result.predicted}), flush=True)
+        else:
+            print(format_line(result), flush=True)
+    return 0
+
+
+def _eval_line(label: str, result) -> str:
+    return (f"{label}: {result.bits_per_char:.4f} bits/char, {result.nats_per_char:.4f} nats/char, "
+            f"perplexity {result.perplexity:.3f}, accuracy {result.accuracy:.2%} over {result.chars:,} chars")
+
+
+def cmd_train(args) -> int:
+    from .train import launch
+
+    options = {k: getattr(args, k) for k in TRAIN_OPTION_FLAGS if getattr(args, k) is not None}
+    if args.checkpoint_every is not None:
+        kind, value = args.checkpoint_every
+        if kind == "steps":
+            options["checkpoint_every_steps"] = int(value)
+            options["checkpoint_every"] = 0.0
+        else:
+            options["checkpoint_every"] = value
+    command = shlex.join([PROG, *sys.argv[1:]])
+    started = time.perf_counter()
+    result = launch(args.inputs, args.out, resume=args.resume, force=args.force, quiet=args.quiet,
+                    command=command, options=options)
+    if args.json:
+        print(json.dumps({"run": str(result.folder), "steps": result.steps,
+                          "elapsed": round(result.elapsed, 2), "chars_seen": result.chars_seen,
+                          "stop": result.stop_reason,
+                          "val": result.best_val.to_dict() if result.best_val else None,
+                          "test": result.test.to_dict() if result.test else None,
+                          "sample": result.sample}))
+        return 0
+    if not args.quiet:
+        err = sys.stderr
+        print(f"done: {result.steps} steps in {time.perf_counter() - started:.0f}s, run folder "
+              f"{result.folder}", file=err)
+        if result.best_val:
+            print("best " + _eval_line("val", result.best_val), file=err)
+        if result.test:
+            print(_eval_line("test", result.test), file=err)
+        print(f"sample it: nextchar sample {result.folder} --prime 'The ' --temperature 0.8", file=err)
+        if result.sample:
+            print(result.sample)
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from pathlib import Path
+
+    from .config import DataConfig
+    from .data import is_prepared, prepare
+
+    config = DataConfig(val_frac=args.val_frac, test_frac=args.test_frac, encoding=args.encoding,
+                        errors=args.errors)
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        what = "a prepared data folder" if is_prepared(out) else "something"
+        raise UserError(f"{out} already holds {what}; use --force to replace it or pick another --out")
+    started = time.perf_counter()
+    prepare(args.inputs, out, config)
+    meta = json.loads((out / "data.json").read_text())
+    print(f"prepared {meta['length']:,} chars ({meta['dtype']}) from {len(meta['sources'])} file(s) "
+          f"into {out} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .api import load
+    from .corpus import read_text
+    from .devices import resolve_device
+    from .runfolder import RunFolder
+    from .train import _load_run_data
+
+    model = load(args.run, args.checkpoint, str(resolve_device(args.device)))
+    if args.texts:
+        text = read_text(args.texts, args.encoding, args.errors)
+        if len(text) < 2:
+            raise UserError("the text to evaluate needs at least two characters")
+        result = model.evaluate(text)
+        label = ", ".join(args.texts)
+    else:
+        config = model.config
+        data = _load_run_data(RunFolder(args.run)).resplit(config.data.val_frac, config.data.test_frac)
+        ids = data.split(args.split)
+        if len(ids) < 2:
+            raise UserError(f"the run's {args.split} split is empty; pass a TEXT file to score")
+        result = model.evaluate_ids(ids)
+        label = f"{args.split} split"
+    if args.json:
+        print(json.dumps({"run": args.run, "text": label, **result.to_dict()}))
+    else:
+        print(_eval_line(label, result))
+        if result.unknown_chars:
+            from .vocab import describe_chars
+
+            print(f"{result.unknown_chars:,} chars outside the vocabulary were not scored: "
+                  f"{describe_chars(result.unknown_symbols)}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .api import load
+    from .config import SampleConfig
+    from .devices import resolve_device
+    from .sample import Sampler, check_prime
+
+    config = SampleConfig(length=args.length, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, greedy=args.greedy, num_samples=args.num_samples,
+                          seed=args.seed, prime=args.prime, unknown=args.unknown)
+    model = load(args.run, args.checkpoint, str(resolve_device(args.device)))
+    check_prime(model.vocab, args.prime, args.unknown)
+    sampler = Sampler(model.module, model.vocab)
+    out = sys.stdout
+    if args.json or args.num_samples > 1:
+        texts = sampler.generate(config)
+        if args.json:
+            print(json.dumps({"samples": texts}, ensure_ascii=False))
+        else:
+            print("\n\n".join(texts))
+        return 0
+    last_flush = [time.perf_counter()]
+
+    def stream(row: int, text: str) -> None:
+        out.write(text)
+        now = time.perf_counter()
+        if now - last_flush[0] > 0.05:
+            out.flush()
+            last_flush[0] = now
+
+    sampler.generate(config, on_text=stream)
+    out.write("\n")
+    out.flush()
+    return 0
+
+
+COMMANDS = {"hihello": cmd_hihello, "train": cmd_train, "prepare": cmd_prepare, "eval": cmd_eval,
+            "sample": cmd_sample}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        sys.exit(2)
+    try:
+        code = COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Interrupted as exc:
+        print(f"{PROG} {args.command}: {exc}", file=sys.stderr)
+        sys.exit(128 + exc.signum)
+    except Diverged as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.stderr.close()  # the reader went away (e.g. `| head`): not an error
+        sys.exit(0)
+    sys.exit(code)

@@ -1,0 +1,226 @@
+"""Configuration as data: one frozen dataclass per concern, JSON round trip, unknown keys rejected.
+
+Standard library only, so `nextchar --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .errors import UserError
+
+FORMAT_VERSION = 1  # of the run folder; a folder with a larger number is refused
+CELLS = ("lstm", "gru", "rnn", "rnn-relu")
+SCHEDULES = ("cosine", "linear", "constant")
+OPTIMIZERS = ("adamw", "adam")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+C = TypeVar("C")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How text becomes token splits."""
+
+    val_frac: float = 0.05
+    test_frac: float = 0.05
+    encoding: str = "utf-8"
+    errors: str = "strict"  # or "replace": undecodable bytes become U+FFFD
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.val_frac < 1, f"--val-frac must be in [0, 1), got {self.val_frac}")
+        _require(0 <= self.test_frac < 1, f"--test-frac must be in [0, 1), got {self.test_frac}")
+        _require(self.val_frac + self.test_frac < 0.9,
+                 "--val-frac plus --test-frac must leave at least 10% of the text for training")
+        _require(self.errors in ("strict", "replace"),
+                 f"--errors must be strict or replace, got {self.errors!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: input (embedding or one-hot) -> stacked recurrent cell -> linear head."""
+
+    vocab_size: int = 0  # filled in from the data
+    cell: str = "lstm"
+    embed: int = 0  # 0 = one-hot input, as in the lesson
+    hidden: int = 256
+    layers: int = 2
+    dropout: float = 0.0  # between recurrent layers
+
+    def __post_init__(self) -> None:
+        _require(self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        _require(self.hidden >= 1, f"--hidden must be at least 1, got {self.hidden}")
+        _require(self.layers >= 1, f"--layers must be at least 1, got {self.layers}")
+        _require(self.embed >= 0, f"--embed must be 0 (one-hot) or positive, got {self.embed}")
+        _require(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
+        _require(self.vocab_size >= 0, f"vocab_size must not be negative, got {self.vocab_size}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation: batching, schedule, stopping, evaluation and checkpoint cadence."""
+
+    batch_size: int = 32  # B parallel streams
+    seq_len: int = 64  # T characters per window (truncated BPTT length)
+    lr: float = 3e-3
+    final_lr_frac: float = 0.05  # the schedule decays to lr * final_lr_frac
+    schedule: str = "cosine"
+    warmup_steps: int = 50
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    steps: int = 0  # stop after this many steps (0 = not set)
+    epochs: float = 0.0  # stop after this many passes over the training split (0 = not set)
+    time: float = 0.0  # stop after this many seconds of wall clock (0 = not set)
+    eval_every: int = 0  # steps between evaluations; 0 = about ten per run (every 30 s at least)
+    checkpoint_every: float = 120.0  # seconds between resumable checkpoints (besides evaluations)
+    checkpoint_every_steps: int = 0  # or steps, when set
+    eval_chars: int = 0  # cap on characters scored per evaluation (0 = the whole split)
+    sample_chars: int = 200  # length of the sample printed at each evaluation
+    log_every: int = 10  # steps between metrics.jsonl lines
+    max_bad_steps: int = 5  # consecutive non-finite steps before giving up
+    seed: int = 1337
+    device: str = "auto"
+    threads: int = 0  # torch intra-op threads (0 = PyTorch's default)
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
+        _require(self.seq_len >= 1, f"--seq-len must be at least 1, got {self.seq_len}")
+        _require(self.lr > 0 and math.isfinite(self.lr), f"--lr must be positive, got {self.lr}")
+        _require(0 <= self.final_lr_frac <= 1,
+                 f"--final-lr-frac must be in [0, 1], got {self.final_lr_frac}")
+        _require(self.schedule in SCHEDULES,
+                 f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        _require(self.warmup_steps >= 0, f"--warmup-steps must not be negative, got {self.warmup_steps}")
+        _require(self.optimizer in OPTIMIZERS,
+                 f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        _require(self.weight_decay >= 0, f"--weight-decay must not be negative, got {self.weight_decay}")
+        _require(self.grad_clip >= 0, f"--grad-clip must not be negative, got {self.grad_clip}")
+        _require(self.steps >= 0, f"--steps must be positive, got {self.steps}")
+        _require(self.epochs >= 0, f"--epochs must be positive, got {self.epochs}")
+        _require(self.time >= 0, f"--time must be positive, got {self.time}")
+        _require(self.eval_every >= 0, f"--eval-every must not be negative, got {self.eval_every}")
+        _require(self.checkpoint_every >= 0,
+                 f"--checkpoint-every must not be negative, got {self.checkpoint_every}")
+        _require(self.eval_chars >= 0, f"--eval-chars must not be negative, got {self.eval_chars}")
+        _require(self.sample_chars >= 0, f"--sample-chars must not be negative, got {self.sample_chars}")
+        _require(self.log_every >= 1, f"--log-every must be at least 1, got {self.log_every}")
+        _require(self.max_bad_steps >= 1, f"max_bad_steps must be at least 1, got {self.max_bad_steps}")
+        _require(self.device in DEVICES,
+                 f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        _require(self.threads >= 0, f"--threads must not be negative, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How characters are drawn from the model."""
+
+    length: int = 500
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    greedy: bool = False
+    num_samples: int = 1
+    seed: int | None = None
+    prime: str = ""
+    unknown: str = "error"  # what to do with prime characters outside the vocabulary: error | skip
+
+    def __post_init__(self) -> None:
+        _require(self.length >= 0, f"--length must not be negative, got {self.length}")
+        _require(self.temperature > 0 and math.isfinite(self.temperature),
+                 f"--temperature must be positive, got {self.temperature}")
+        _require(self.top_k >= 0, f"--top-k must be at least 1 (or 0 for off), got {self.top_k}")
+        _require(0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}")
+        _require(self.num_samples >= 1, f"--num-samples must be at least 1, got {self.num_samples}")
+        _require(self.unknown in ("error", "skip"),
+                 f"--unknown must be error or skip, got {self.unknown!r}")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type[C], data: dict[str, Any], where: str = "config") -> C:
+    """Build `cls` from a dict, refusing keys it does not know (naming them)."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a JSON object for {cls.__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) for {cls.__name__}: {', '.join(unknown)}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a training run, saved as config.json in its folder."""
+
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+
+    def to_json(self) -> str:
+        return json.dumps({"format_version": FORMAT_VERSION, "data": to_dict(self.data),
+                           "model": to_dict(self.model), "train": to_dict(self.train)}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "config.json") -> RunConfig:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{where} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{where} must hold a JSON object")
+        version = raw.pop("format_version", None)
+        if not isinstance(version, int):
+            raise UserError(f"{where} has no format_version: not a nextchar run folder")
+        if version > FORMAT_VERSION:
+            raise UserError(f"{where} has format version {version}, newer than this nextchar "
+                            f"understands ({FORMAT_VERSION}); upgrade nextchar to read it")
+        unknown = sorted(set(raw) - {"data", "model", "train"})
+        if unknown:
+            raise UserError(f"{where}: unknown key(s): {', '.join(unknown)}")
+        return cls(data=from_dict(DataConfig, raw.get("data", {}), where),
+                   model=from_dict(ModelConfig, raw.get("model", {}), where),
+                   train=from_dict(TrainConfig, raw.get("train", {}), where))
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|hr)?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hr": 3600.0}
+
+
+def parse_duration(text: str, flag: str = "--time") -> float:
+    """'90' / '90s' / '3m' / '1.5h' -> seconds (positive)."""
+    match = _DURATION.match(str(text))
+    if not match:
+        raise UserError(f"{flag} must be a duration such as 90s, 3m or 1.5h, got {text!r}")
+    unit = match.group(2).lower() if match.group(2) else None
+    seconds = float(match.group(1)) * _UNIT_SECONDS[unit]
+    if seconds <= 0:
+        raise UserError(f"{flag} must be longer than zero, got {text!r}")
+    return seconds
+
+
+def budget_defaults(time_budget_s: float) -> dict[str, dict[str, Any]]:
+    """Model and training defaults for a wall-clock budget, chosen by the sweep in BENCHMARKS.md.
+
+    A longer budget affords a wider network; the schedule always spans the whole budget.
+    """
+    if time_budget_s <= 6 * 60:
+        return {"model": {"cell": "lstm", "hidden": 256, "layers": 2, "embed": 64},
+                "train": {"batch_size": 32, "seq_len": 64, "lr": 3e-3}}
+    return {"model": {"cell": "lstm", "hidden": 512, "layers": 2, "embed": 64},
+            "train": {"batch_size": 32, "seq_len": 64, "lr": 2e-3}}

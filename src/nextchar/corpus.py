@@ -1,0 +1,97 @@
+"""Finding text files and decoding them in bounded-size chunks, with precise errors.
+
+Nothing here holds a whole corpus in memory: `iter_chunks` yields decoded pieces of a file.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from pathlib import Path
+
+from .errors import UserError
+
+BUNDLED = {"tinyshakespeare": "tinyshakespeare.txt"}
+CHUNK_BYTES = 8 << 20
+_SNIFF_BYTES = 8192
+
+
+def bundled_path(name: str = "tinyshakespeare") -> Path:
+    """Path of a corpus shipped inside the package."""
+    return Path(str(resources.files("nextchar") / "corpora" / BUNDLED[name]))
+
+
+def _looks_binary(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return b"\x00" in f.read(_SNIFF_BYTES)
+
+
+def discover(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files named, and the text files inside directories named (recursively, sorted, no hidden
+    files, no files with NUL bytes). The bundled corpus's name ('tinyshakespeare') is accepted too."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if str(item) in BUNDLED and not path.exists():
+            files.append(bundled_path(str(item)))
+        elif path.is_dir():
+            found = [p for p in sorted(path.rglob("*"))
+                     if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                     and not _looks_binary(p)]
+            if not found:
+                raise UserError(f"directory {path} holds no text files")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        elif path.exists():
+            raise UserError(f"{path} is not a regular file or directory")
+        else:
+            raise UserError(f"no such file or directory: {path}")
+    return files
+
+
+def _decoder(encoding: str, errors: str) -> codecs.IncrementalDecoder:
+    try:
+        info = codecs.lookup(encoding)
+    except LookupError:
+        raise UserError(f"unknown encoding {encoding!r} (try utf-8, latin-1, shift_jis, ...)") from None
+    if info.name == "utf-8":
+        info = codecs.lookup("utf-8-sig")  # a leading byte-order mark is not text
+    return info.incrementaldecoder(errors=errors)
+
+
+def iter_chunks(path: Path, encoding: str = "utf-8", errors: str = "strict",
+                chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
+    """Decoded pieces of `path`. An undecodable byte raises UserError naming the file and offset."""
+    decoder = _decoder(encoding, errors)
+    offset = 0  # bytes of the file handed to the decoder so far
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    with f:
+        while True:
+            data = f.read(chunk_bytes)
+            final = not data
+            pending = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(data, final=final)
+            except UnicodeDecodeError as exc:
+                bad = offset - pending + exc.start
+                raise UserError(
+                    f"{path} is not valid {encoding}: byte 0x{exc.object[exc.start]:02x} at offset "
+                    f"{bad} ({exc.reason}); pass --encoding to name its encoding, or "
+                    f"--errors replace to substitute U+FFFD") from None
+            offset += len(data)
+            if text:
+                yield text
+            if final:
+                return
+
+
+def read_text(inputs: Sequence[str | os.PathLike], encoding: str = "utf-8",
+              errors: str = "strict") -> str:
+    """Whole text of the inputs, for small corpora and evaluation texts."""
+    return "".join(chunk for path in discover(inputs) for chunk in iter_chunks(path, encoding, errors))

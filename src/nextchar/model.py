@@ -1,0 +1,79 @@
+"""CharRNN: ids -> embedding (or one-hot) -> stacked nn.RNN/LSTM/GRU -> linear head -> logits.
+
+B = batch (streams), T = time steps, V = vocabulary size, E = embedding size, H = hidden size,
+L = layers. Built on torch.nn's fused recurrent modules (oneDNN on CPU, cuDNN on GPU).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+# Hidden state: (h, c) for LSTM, h otherwise; each (L, B, H).
+Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def detach_hidden(hidden: Hidden) -> Hidden:
+    """Cut the graph between truncated-BPTT windows, keeping the values."""
+    if isinstance(hidden, tuple):
+        return tuple(h.detach() for h in hidden)
+    return hidden.detach()
+
+
+class CharRNN(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.vocab_size < 2:
+            raise ValueError("CharRNN needs vocab_size >= 2")
+        self.config = config
+        V, E, H = config.vocab_size, config.embed, config.hidden
+        self.embed = nn.Embedding(V, E) if E > 0 else None
+        input_size = E if E > 0 else V
+        dropout = config.dropout if config.layers > 1 else 0.0
+        if config.cell == "lstm":
+            self.rnn = nn.LSTM(input_size, H, config.layers, batch_first=True, dropout=dropout)
+        elif config.cell == "gru":
+            self.rnn = nn.GRU(input_size, H, config.layers, batch_first=True, dropout=dropout)
+        else:
+            nonlinearity = "relu" if config.cell == "rnn-relu" else "tanh"
+            self.rnn = nn.RNN(input_size, H, config.layers, batch_first=True, dropout=dropout,
+                              nonlinearity=nonlinearity)
+        self.head = nn.Linear(H, V)
+
+    @property
+    def is_lstm(self) -> bool:
+        return isinstance(self.rnn, nn.LSTM)
+
+    def init_hidden(self, batch_size: int, device: torch.device | str | None = None) -> Hidden:
+        """Zero state for `batch_size` streams."""
+        shape = (self.config.layers, batch_size, self.config.hidden)
+        device = device if device is not None else self.head.weight.device
+        zeros = torch.zeros(shape, device=device)
+        return (zeros, zeros.clone()) if self.is_lstm else zeros
+
+    def inputs(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, T, E) embeddings, or (B, T, V) one-hot rows."""
+        if self.embed is not None:
+            return self.embed(idx)
+        return F.one_hot(idx, self.config.vocab_size).to(self.head.weight.dtype)
+
+    def forward(self, idx: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
+        """idx (B, T) ids, hidden from the previous window (zeros if None) -> logits (B, T, V), hidden."""
+        x = self.inputs(idx)  # (B, T, E|V)
+        out, hidden = self.rnn(x, hidden)  # (B, T, H)
+        return self.head(out), hidden  # (B, T, V)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def flops_per_char(config: ModelConfig, training: bool = True) -> float:
+    """Matrix-multiply FLOPs per character (2 per multiply-add); x3 for forward+backward."""
+    gates = {"lstm": 4, "gru": 3}.get(config.cell, 1)
+    H, V = config.hidden, config.vocab_size
+    input_size = config.embed if config.embed > 0 else V
+    macs = gates * H * (input_size + H) + (config.layers - 1) * gates * H * (2 * H) + H * V
+    return 2.0 * macs * (3.0 if training else 1.0)

@@ -1,0 +1,256 @@
+"""The run folder: everything needed to sample, evaluate or resume, written atomically.
+
+    RUN/
+      config.json         RunConfig (data, model, train) with its format version
+      vocab.json          the symbols
+      command.txt         the command line that made the run
+      data/               the prepared training text (when trained from text files)
+      source.json         or: the path of the prepared data folder it trained on
+      best.safetensors    weights with the best validation loss
+      latest.safetensors  weights + optimizer + carried hidden state + RNG: the resume point
+      metrics.jsonl       one JSON object per log step and per evaluation
+
+Checkpoints are safetensors (never pickle) with a JSON `nextchar` metadata entry and a checksum
+of the tensor bytes, so a damaged file is refused rather than loaded. Every file is written to a
+temporary name, fsynced and renamed over the old one: a crash at any moment leaves the previous
+complete file in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .config import RunConfig
+from .errors import UserError
+from .model import CharRNN
+from .vocab import Vocab
+
+CONFIG = "config.json"
+VOCAB = "vocab.json"
+BEST = "best.safetensors"
+LATEST = "latest.safetensors"
+METRICS = "metrics.jsonl"
+COMMAND = "command.txt"
+DATA = "data"
+SOURCE = "source.json"  # where the prepared data lives when it is not in data/
+
+
+class CheckpointWriteError(UserError):
+    """Saving failed (disk full, permissions): the previous checkpoint is intact."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise CheckpointWriteError(f"could not write {path}: {exc.strerror or exc}; "
+                                   f"the previous file is unchanged") from None
+    _fsync_dir(path.parent)
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for key in sorted(tensors):
+        tensor = tensors[key].contiguous()
+        digest.update(key.encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+                    meta: dict[str, Any]) -> None:
+    """Tensors (moved to CPU) plus JSON metadata, checksummed, written atomically."""
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    meta = dict(meta, checksum=_checksum(cpu))
+    atomic_write(path, st_save(cpu, metadata={"nextchar": json.dumps(meta)}))
+
+
+def _describe_foreign(head: bytes) -> str | None:
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (a torch.save checkpoint?)"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle"
+    return None
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and verify a checkpoint on the CPU. Anything but an intact nextchar file -> UserError."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    foreign = _describe_foreign(raw[:8])
+    if foreign:
+        raise UserError(f"{path} is {foreign}, not safetensors; nextchar never unpickles files")
+    try:
+        tensors = st_load(raw)
+        with _SafeMeta(raw) as meta_text:
+            meta = json.loads(meta_text)
+    except (SafetensorError, ValueError, KeyError, TypeError, OverflowError, RuntimeError):
+        raise UserError(f"{path} is truncated or corrupted (not a readable safetensors file)") from None
+    if not isinstance(meta, dict) or meta.get("checksum") != _checksum(tensors):
+        raise UserError(f"{path} is corrupted (checksum mismatch)")
+    return tensors, meta
+
+
+class _SafeMeta:
+    """The `nextchar` metadata string of a safetensors file held in memory."""
+
+    def __init__(self, raw: bytes):
+        if len(raw) < 8:
+            raise ValueError("too short")
+        size = int.from_bytes(raw[:8], "little")
+        if size > len(raw) - 8:
+            raise ValueError("header past end of file")
+        self.header = json.loads(raw[8:8 + size])
+
+    def __enter__(self) -> str:
+        return self.header["__metadata__"]["nextchar"]
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries under `prefix.`, with it stripped."""
+    cut = len(prefix) + 1
+    return {k[cut:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+class RunFolder:
+    """Paths and file-level operations of one run folder."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def exists(self) -> bool:
+        return self.file(CONFIG).is_file()
+
+    def create(self, force: bool = False) -> None:
+        """Make the folder for a new run; refuse to overwrite a run unless `force`."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"--out {self.path} exists and is not a directory")
+        if self.exists() and not force:
+            raise UserError(f"{self.path} already holds a run; use --resume {self.path} to continue "
+                            f"it, --force to overwrite it, or another --out")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise UserError(f"cannot write to --out {self.path}: {exc.strerror}") from None
+        if force:
+            for name in (BEST, LATEST, METRICS):
+                try:
+                    self.file(name).unlink()
+                except FileNotFoundError:
+                    pass
+
+    def write_setup(self, config: RunConfig, vocab: Vocab, command: str) -> None:
+        atomic_write(self.file(CONFIG), config.to_json() + "\n")
+        atomic_write(self.file(VOCAB), vocab.to_json() + "\n")
+        atomic_write(self.file(COMMAND), command + "\n")
+
+    def read_config(self) -> RunConfig:
+        if not self.path.is_dir():
+            raise UserError(f"no run folder at {self.path}")
+        try:
+            text = self.file(CONFIG).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UserError(f"{self.path} is not a run folder (no {CONFIG})") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read {self.file(CONFIG)}: {exc}") from None
+        return RunConfig.from_json(text, str(self.file(CONFIG)))
+
+    def read_vocab(self) -> Vocab:
+        try:
+            text = self.file(VOCAB).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            raise UserError(f"{self.path} has no readable {VOCAB}") from None
+        return Vocab.from_json(text, str(self.file(VOCAB)))
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.file(METRICS), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        try:
+            lines = self.file(METRICS).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        records = []
+        for line in lines:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+        return records
+
+    def weights_path(self, which: str = "best") -> Path:
+        if which not in ("best", "latest"):
+            raise UserError(f"--checkpoint must be best or latest, got {which!r}")
+        path = self.file(BEST if which == "best" else LATEST)
+        if which == "best" and not path.exists() and self.file(LATEST).exists():
+            path = self.file(LATEST)
+        return path
+
+
+def load_model(path: str | os.PathLike, which: str = "best",
+               device: str | torch.device = "cpu") -> tuple[CharRNN, Vocab, RunConfig, dict]:
+    """A trained CharRNN from a run folder (on `device`), its vocab, config and checkpoint metadata."""
+    folder = RunFolder(path)
+    config = folder.read_config()
+    vocab = folder.read_vocab()
+    if len(vocab) != config.model.vocab_size:
+        raise UserError(f"{folder.file(VOCAB)} has {len(vocab)} symbols but the model was built for "
+                        f"{config.model.vocab_size}: the vocab does not match the weights")
+    tensors, meta = load_checkpoint(folder.weights_path(which))
+    model = CharRNN(config.model)
+    try:
+        model.load_state_dict(prefixed(tensors, "model"), strict=True)
+    except RuntimeError:
+        raise UserError(f"{folder.weights_path(which)} does not match the model in "
+                        f"{folder.file(CONFIG)} (different shapes or names)") from None
+    model.eval()
+    return model.to(device), vocab, config, meta

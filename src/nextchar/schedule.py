@@ -1,0 +1,19 @@
+"""Learning-rate schedule: linear warmup, then cosine or linear decay over the run's progress."""
+
+from __future__ import annotations
+
+import math
+
+
+def lr_factor(step: int, progress: float, warmup_steps: int, schedule: str, final_frac: float) -> float:
+    """Multiplier of the base lr at `step`, where `progress` in [0, 1] is how much of the run
+    (steps, epochs or wall-clock budget) is done."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    p = min(max(progress, 0.0), 1.0)
+    if schedule == "cosine":
+        decay = final_frac + (1.0 - final_frac) * 0.5 * (1.0 + math.cos(math.pi * p))
+    elif schedule == "linear":
+        decay = 1.0 - (1.0 - final_frac) * p
+    else:
+        decay = 1.0
+    return warm * decay

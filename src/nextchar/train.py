@@ -1,0 +1,601 @@
+"""Trainer: the loop, clipping, schedule, budget, evaluation, checkpoints, signals; DDP aware.
+
+One step = one window of the contiguous streams (see data.py): forward with the carried hidden
+state, summed cross-entropy over the window's valid targets divided by their global count,
+backward, clip, optimizer step. Only rank 0 logs, evaluates, samples and writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import distributed
+from .config import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    SampleConfig,
+    TrainConfig,
+    budget_defaults,
+    to_dict,
+)
+from .corpus import discover
+from .data import IGNORE, Streams, TokenData, is_prepared, load_prepared, prepare
+from .devices import resolve_device
+from .errors import Diverged, Interrupted, UserError
+from .evaluate import EvalResult, score_ids
+from .model import CharRNN, detach_hidden
+from .runfolder import (
+    BEST,
+    CONFIG,
+    DATA,
+    LATEST,
+    METRICS,
+    SOURCE,
+    VOCAB,
+    RunFolder,
+    atomic_write,
+    load_checkpoint,
+    prefixed,
+    save_checkpoint,
+)
+from .sample import Sampler
+from .schedule import lr_factor
+
+
+@dataclass
+class TrainResult:
+    folder: Path
+    steps: int
+    elapsed: float  # seconds of wall clock, over all sessions of the run
+    chars_seen: int
+    best_val: EvalResult | None
+    test: EvalResult | None
+    stop_reason: str
+    sample: str
+
+
+def _optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
+    """Weight decay on matrices only; biases and the embedding table's rows are left alone."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed")]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and not n.startswith("embed"))]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": rest, "weight_decay": 0.0}]
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return cls(groups, lr=config.lr, betas=(0.9, 0.99))
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, entries in state["state"].items():
+        for key, value in entries.items():
+            tensors[f"optim.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return tensors, state["param_groups"]
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                    groups: list) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in prefixed(tensors, "optim").items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, data: TokenData, folder: RunFolder, *,
+                 resume: bool = False, quiet: bool = False, log: TextIO | None = None,
+                 dist: distributed.Dist | None = None):
+        self.config = config
+        self.data = data
+        self.folder = folder
+        self.quiet = quiet
+        self.log = log if log is not None else sys.stderr
+        tc = config.train
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        device = resolve_device(tc.device)
+        self.dist = dist if dist is not None else distributed.setup(device.type)
+        self.device = torch.device("cuda", self.dist.local_rank) if device.type == "cuda" else device
+        torch.manual_seed(tc.seed)
+        self.model = CharRNN(config.model).to(self.device)
+        self.optimizer = _optimizer(self.model, tc)
+        self.ddp = None
+        if self.dist.active:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
+        self.streams = Streams(data.split("train"), tc.batch_size, tc.seq_len,
+                               rows=self.dist.rows(tc.batch_size))
+        val = data.split("val")
+        self.val_ids = val[: tc.eval_chars] if tc.eval_chars else val
+        windows = len(self.streams)
+        planned = []
+        if tc.steps:
+            planned.append(tc.steps)
+        if tc.epochs:
+            planned.append(max(1, math.ceil(tc.epochs * windows)))
+        self.total_steps = min(planned) if planned else 0
+        self.budget = tc.time
+        if not self.total_steps and not self.budget:
+            raise UserError("give a stopping point: --steps, --epochs or --time")
+        self.step = 0
+        self.chars_seen = 0
+        self.elapsed_before = 0.0
+        self.best_val = math.inf
+        self.best_result: EvalResult | None = None
+        self.next_eval_time = self._eval_interval_s()
+        self.last_eval_step = -1
+        self.hidden = None
+        self.eval_cost = 0.0
+        self.save_cost = 0.0
+        self.pending_signal = 0
+        self.last_sample = ""
+        if resume:
+            self._restore()
+
+    # ---- cadence -------------------------------------------------------------------------
+
+    def _eval_interval_s(self) -> float:
+        return max(10.0, self.budget / 10) if self.budget else math.inf
+
+    def _eval_every_steps(self) -> int:
+        if self.config.train.eval_every:
+            return self.config.train.eval_every
+        if self.total_steps and not self.budget:
+            return max(1, self.total_steps // 10)
+        return 0  # time-based
+
+    def _progress(self, elapsed: float) -> float:
+        fractions = []
+        if self.total_steps:
+            fractions.append(self.step / self.total_steps)
+        if self.budget:
+            fractions.append(elapsed / max(1e-9, self.budget - self._reserve()))
+        return max(fractions)
+
+    def _reserve(self) -> float:
+        """Seconds kept back from --time for the final evaluations and saves."""
+        return 2.0 * self.eval_cost + 2.0 * self.save_cost
+
+    # ---- state ---------------------------------------------------------------------------
+
+    def _hidden_tensors(self) -> dict[str, torch.Tensor]:
+        if self.hidden is None:
+            return {}
+        parts = self.hidden if isinstance(self.hidden, tuple) else (self.hidden,)
+        return {f"hidden.{k}": self.dist.gather_rows(t) for k, t in zip("hc", parts)}
+
+    def _save_latest(self, elapsed: float) -> None:
+        hidden = self._hidden_tensors()  # collective: every rank takes part
+        if not self.dist.is_main:
+            return
+        started = time.perf_counter()
+        optim_tensors, groups = _optimizer_tensors(self.optimizer)
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update(optim_tensors)
+        tensors.update(hidden)
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        meta = {"kind": "resume", "step": self.step, "elapsed": elapsed, "chars_seen": self.chars_seen,
+                "best_val": self.best_val if math.isfinite(self.best_val) else None,
+                "best_result": self.best_result.to_dict() if self.best_result else None,
+                "next_eval_time": self.next_eval_time if math.isfinite(self.next_eval_time) else None,
+                "last_eval_step": self.last_eval_step, "param_groups": groups,
+                "world_size": self.dist.world, "batch_size": self.config.train.batch_size}
+        save_checkpoint(self.folder.file(LATEST), tensors, meta)
+        self.save_cost = time.perf_counter() - started
+
+    def _save_best(self, result: EvalResult) -> None:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        save_checkpoint(self.folder.file(BEST), tensors,
+                        {"kind": "weights", "step": self.step, "val": result.to_dict()})
+
+    def _restore(self) -> None:
+        tensors, meta = load_checkpoint(self.folder.file(LATEST))
+        if meta.get("kind") != "resume":
+            raise UserError(f"{self.folder.file(LATEST)} is not a resumable checkpoint")
+        if meta.get("batch_size") != self.config.train.batch_size:
+            raise UserError("--batch-size differs from the run being resumed; keep it the same")
+        try:
+            self.model.load_state_dict(prefixed(tensors, "model"))
+            _load_optimizer(self.optimizer, tensors, meta["param_groups"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise UserError(f"{self.folder.file(LATEST)} does not match this run's model ({exc})") from None
+        for group in self.optimizer.param_groups:  # a resumed run may change --lr or --weight-decay
+            group["weight_decay"] = self.config.train.weight_decay if group["weight_decay"] else 0.0
+        self.step = int(meta["step"])
+        self.chars_seen = int(meta.get("chars_seen", 0))
+        self.elapsed_before = float(meta["elapsed"])
+        self.best_val = meta["best_val"] if meta.get("best_val") is not None else math.inf
+        if meta.get("best_result"):
+            self.best_result = EvalResult(**meta["best_result"])
+        nxt = meta.get("next_eval_time")
+        self.next_eval_time = nxt if nxt is not None else self._eval_interval_s()
+        self.last_eval_step = int(meta.get("last_eval_step", -1))
+        if "hidden.h" in tensors:
+            rows = self.dist.rows(self.config.train.batch_size)
+            parts = [tensors[f"hidden.{k}"][:, rows].to(self.device) for k in "hc" if f"hidden.{k}" in tensors]
+            self.hidden = tuple(parts) if len(parts) == 2 else parts[0]
+        torch.set_rng_state(tensors["rng.cpu"])
+        if self.device.type == "cuda" and "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        # metrics logged after this checkpoint belong to a future that did not happen
+        records = [r for r in self.folder.read_metrics() if r.get("step", 0) <= self.step]
+        if self.dist.is_main:
+            atomic_write(self.folder.file(METRICS), "".join(json.dumps(r) + "\n" for r in records))
+
+    # ---- evaluation ----------------------------------------------------------------------
+
+    def _say(self, text: str, bar=None) -> None:
+        if self.quiet or not self.dist.is_main:
+            return
+        if bar is not None:
+            bar.write(text, file=self.log)
+        else:
+            print(text, file=self.log, flush=True)
+
+    def _sample(self, length: int, seed: int) -> str:
+        if length <= 0:
+            return ""
+        sampler = Sampler(self.model, self.data.vocab)
+        text = sampler.generate(SampleConfig(length=length, temperature=0.8, seed=seed))[0]
+        self.model.train()
+        return text
+
+    def _evaluate(self, elapsed: float, bar) -> EvalResult | None:
+        started = time.perf_counter()
+        result = None
+        if len(self.val_ids) >= 2:
+            result = score_ids(self.model, self.val_ids, device=self.device)
+            self.model.train()
+            if result.nats_per_char < self.best_val:
+                self.best_val = result.nats_per_char
+                self.best_result = result
+                self._save_best(result)
+        else:  # no validation text: the latest weights are the best we know
+            self._save_best(EvalResult(0, math.nan, math.nan, math.nan, math.nan))
+        sample = self._sample(self.config.train.sample_chars, self.config.train.seed + self.step)
+        self.last_sample = sample
+        self.eval_cost = time.perf_counter() - started
+        record = {"kind": "eval", "step": self.step, "chars": self.chars_seen, "time": round(elapsed, 3),
+                  "sample": sample}
+        if result:
+            record.update(val_loss=result.nats_per_char, val_bpc=result.bits_per_char,
+                          val_accuracy=result.accuracy)
+            self._say(f"step {self.step:>6} | val {result.nats_per_char:.4f} nats/char, "
+                      f"{result.bits_per_char:.4f} bits/char | {elapsed:.0f}s", bar)
+        if sample:
+            self._say("  sample: " + sample.replace("\n", "\n          "), bar)
+        self.folder.append_metrics(record)
+        return result
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def _install_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, frame):
+            if self.pending_signal and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.pending_signal = signum
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    def fit(self) -> TrainResult:
+        previous = self._install_signals()
+        try:
+            return self._fit()
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+            self.dist.close()
+
+    def _make_bar(self):
+        if self.quiet or not self.dist.is_main or not self.log.isatty():
+            return None
+        from tqdm import tqdm
+
+        if self.total_steps and not self.budget:
+            return tqdm(total=self.total_steps, initial=self.step, file=self.log, unit="step",
+                        dynamic_ncols=True, leave=True)
+        return tqdm(total=int(self.budget), initial=int(self.elapsed_before), file=self.log, unit="s",
+                    dynamic_ncols=True, leave=True,
+                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]")
+
+    def _fit(self) -> TrainResult:
+        tc = self.config.train
+        model = self.ddp if self.ddp is not None else self.model
+        model.train()
+        params = [p for p in self.model.parameters()]
+        V = self.config.model.vocab_size
+        world = self.dist.world
+        windows = len(self.streams)
+        eval_every = self._eval_every_steps()
+        clock0 = time.perf_counter() - self.elapsed_before
+        last_ckpt_time = time.perf_counter()
+        bar = self._make_bar()
+        log_loss = torch.zeros((), dtype=torch.float64)
+        log_valid = 0
+        log_time = time.perf_counter()
+        log_chars = 0
+        bad_in_row = 0
+        stop_reason = ""
+        if self.step == 0 and self.dist.is_main and not self.quiet:
+            self._say(f"training {self.config.model.cell} {self.config.model.layers}x"
+                      f"{self.config.model.hidden} ({self.model.num_parameters():,} parameters) on "
+                      f"{len(self.data.split('train')):,} chars, vocab {V}, device {self.device}, "
+                      f"{world} process{'es' if world > 1 else ''}")
+        while True:
+            elapsed = time.perf_counter() - clock0
+            time_up = bool(self.budget) and elapsed + self._reserve() >= self.budget
+            steps_done = bool(self.total_steps) and self.step >= self.total_steps
+            ckpt_due = tc.checkpoint_every > 0 and time.perf_counter() - last_ckpt_time >= tc.checkpoint_every
+            eval_due_time = not eval_every and elapsed >= self.next_eval_time
+            flags = self.dist.any_flags([int(self.pending_signal), int(time_up), int(steps_done),
+                                         int(ckpt_due and self.dist.is_main),
+                                         int(eval_due_time and self.dist.is_main)])
+            signum, time_up, steps_done, ckpt_due, eval_due_time = flags
+            if signum:
+                stop_reason = "signal"
+                self._save_latest(elapsed)
+                name = signal.Signals(signum).name
+                raise Interrupted(f"{name} received: stopped at step {self.step} and saved a resumable "
+                                  f"checkpoint; continue with: nextchar train --resume {self.folder.path}",
+                                  signum)
+            if time_up or steps_done:
+                stop_reason = "time" if time_up else "steps"
+                break
+            eval_due = (eval_every and self.step % eval_every == 0 and self.step > 0) or eval_due_time
+            if eval_due and self.step != self.last_eval_step:
+                if self.dist.is_main:
+                    self._evaluate(elapsed, bar)
+                self.last_eval_step = self.step
+                while self.next_eval_time <= elapsed:
+                    self.next_eval_time += self._eval_interval_s()
+                self._save_latest(time.perf_counter() - clock0)
+                last_ckpt_time = time.perf_counter()
+            elif ckpt_due or (tc.checkpoint_every_steps and self.step % tc.checkpoint_every_steps == 0
+                              and self.step > 0):
+                self._save_latest(elapsed)
+                last_ckpt_time = time.perf_counter()
+
+            window = self.step % windows
+            if window == 0:
+                self.hidden = None  # each epoch starts its streams afresh
+            x, y, valid = self.streams.window(window)
+            x = torch.from_numpy(x).to(self.device, non_blocking=True)
+            y = torch.from_numpy(y).to(self.device, non_blocking=True)
+            lr = tc.lr * lr_factor(self.step, self._progress(elapsed), tc.warmup_steps,
+                                   tc.schedule, tc.final_lr_frac)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            logits, hidden = model(x, self.hidden)  # (B, T, V)
+            loss_sum = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1), ignore_index=IGNORE,
+                                       reduction="sum")
+            loss = loss_sum * (world / valid)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            else:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]) \
+                    if hasattr(torch.nn.utils, "get_total_norm") else torch.zeros(())
+            finite = bool(torch.isfinite(loss_sum) & torch.isfinite(norm))
+            self.step += 1
+            self.chars_seen += valid
+            if finite:
+                self.optimizer.step()
+                self.hidden = detach_hidden(hidden)
+                bad_in_row = 0
+                log_loss += loss_sum.detach().double()
+                log_valid += y.ne(IGNORE).sum().item() if world > 1 else valid
+            else:
+                bad_in_row += 1
+                self.hidden = None
+                if self.dist.is_main:
+                    self.folder.append_metrics({"kind": "skipped", "step": self.step,
+                                                "reason": "non-finite loss or gradient"})
+                self._say(f"step {self.step}: non-finite loss or gradient, step skipped", bar)
+                if bad_in_row >= tc.max_bad_steps:
+                    raise Diverged(f"training diverged: {bad_in_row} non-finite steps in a row at step "
+                                   f"{self.step}; the last good checkpoint is kept in {self.folder.path}; "
+                                   f"resume with a lower learning rate, e.g. nextchar train --resume "
+                                   f"{self.folder.path} --lr {tc.lr / 3:.2g}")
+            log_chars += valid
+            if self.step % tc.log_every == 0:
+                total_loss = self.dist.sum(float(log_loss))
+                total_valid = self.dist.sum(float(log_valid))
+                now = time.perf_counter()
+                speed = log_chars / max(1e-9, now - log_time)
+                train_loss = total_loss / max(1.0, total_valid)
+                if self.dist.is_main:
+                    self.folder.append_metrics({"kind": "train", "step": self.step, "chars": self.chars_seen,
+                                                "time": round(now - clock0, 3), "loss": train_loss,
+                                                "lr": lr, "chars_per_s": round(speed, 1)})
+                if bar is not None:
+                    postfix = {"loss": f"{train_loss:.3f}", "chars/s": f"{speed:,.0f}"}
+                    if self.best_result:
+                        postfix["val"] = f"{self.best_result.nats_per_char:.3f}"
+                    bar.set_postfix(postfix, refresh=False)
+                log_loss.zero_()
+                log_valid = 0
+                log_time, log_chars = now, 0
+            if bar is not None:
+                if self.total_steps and not self.budget:
+                    bar.update(1)
+                else:
+                    bar.update(min(int(time.perf_counter() - clock0), int(self.budget)) - bar.n)
+        # ---- the end: last evaluation, resumable checkpoint, test score of the best weights
+        elapsed = time.perf_counter() - clock0
+        if self.step != self.last_eval_step and self.dist.is_main:
+            self._evaluate(elapsed, bar)
+        self.last_eval_step = self.step
+        self._save_latest(time.perf_counter() - clock0)
+        if bar is not None:
+            bar.close()
+        test_result = None
+        sample = self.last_sample
+        if self.dist.is_main:
+            test_ids = self.data.split("test")
+            test_ids = test_ids[: tc.eval_chars] if tc.eval_chars else test_ids
+            if len(test_ids) >= 2 and self.folder.file(BEST).exists():
+                best, _ = load_checkpoint(self.folder.file(BEST))
+                scorer = CharRNN(self.config.model).to(self.device)
+                scorer.load_state_dict(prefixed(best, "model"))
+                test_result = score_ids(scorer, test_ids, device=self.device)
+            elapsed = time.perf_counter() - clock0
+            final = {"kind": "final", "step": self.step, "chars": self.chars_seen, "time": round(elapsed, 3),
+                     "stop": stop_reason,
+                     "val": self.best_result.to_dict() if self.best_result else None,
+                     "test": test_result.to_dict() if test_result else None}
+            self.folder.append_metrics(final)
+        return TrainResult(folder=self.folder.path, steps=self.step, elapsed=time.perf_counter() - clock0,
+                           chars_seen=self.chars_seen, best_val=self.best_result, test=test_result,
+                           stop_reason=stop_reason, sample=sample)
+
+
+def effective_config(config: RunConfig) -> dict:
+    """The config as plain data (for --json output and reports)."""
+    return {"data": to_dict(config.data), "model": to_dict(config.model), "train": to_dict(config.train)}
+
+
+# ---- setting up a run: config from flags, data, folder -----------------------------------
+
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
+DATA_FIELDS = {f.name for f in dataclasses.fields(DataConfig)}
+DEFAULT_TIME = 180.0  # seconds, when no stopping point is given
+
+
+def build_config(options: dict[str, Any], vocab_size: int = 0) -> RunConfig:
+    """Flat options (any field of DataConfig / ModelConfig / TrainConfig) -> RunConfig.
+
+    Options left out take the defaults for the run's time budget (config.budget_defaults)."""
+    unknown = sorted(set(options) - TRAIN_FIELDS - MODEL_FIELDS - DATA_FIELDS)
+    if unknown:
+        raise UserError(f"unknown training option(s): {', '.join(unknown)}")
+    options = dict(options)
+    if not (options.get("steps") or options.get("epochs") or options.get("time")):
+        options["time"] = DEFAULT_TIME
+    preset = budget_defaults(options.get("time") or DEFAULT_TIME)
+    merged = {**preset["model"], **preset["train"], **options}
+    return RunConfig(
+        data=DataConfig(**{k: v for k, v in merged.items() if k in DATA_FIELDS}),
+        model=ModelConfig(vocab_size=vocab_size, **{k: v for k, v in merged.items() if k in MODEL_FIELDS}),
+        train=TrainConfig(**{k: v for k, v in merged.items() if k in TRAIN_FIELDS}))
+
+
+def _load_run_data(folder: RunFolder) -> TokenData:
+    if is_prepared(folder.file(DATA)):
+        return load_prepared(folder.file(DATA))
+    try:
+        source = json.loads(folder.file(SOURCE).read_text())["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{folder.path} has neither its data folder nor a pointer to one; "
+                        f"it cannot be resumed") from None
+    if not is_prepared(source):
+        raise UserError(f"the prepared data {source} that {folder.path} trained on is gone")
+    return load_prepared(source)
+
+
+def _check_trainable(data: TokenData, config: RunConfig) -> None:
+    lo, hi = data.splits["train"]
+    need = config.train.seq_len + 1
+    if hi - lo < need:
+        raise UserError(f"the training split has {hi - lo} characters, fewer than one training window "
+                        f"needs ({need}, from --seq-len {config.train.seq_len}); give more text or "
+                        f"lower --seq-len")
+    if len(set(np.unique(np.asarray(data.split("train"))).tolist())) < 2:
+        raise UserError("the training text has only one distinct character; a model needs at least two")
+
+
+def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = None, *,
+           resume: str | os.PathLike | None = None, force: bool = False, quiet: bool = False,
+           command: str = "", log: TextIO | None = None, options: dict[str, Any] | None = None
+           ) -> TrainResult:
+    """Everything `nextchar train` does: settle the config, prepare data and folder, train."""
+    options = dict(options or {})
+    if resume is not None:
+        folder = RunFolder(resume)
+        saved = folder.read_config()
+        fixed = sorted(k for k in options if k not in TRAIN_FIELDS and options[k] is not None)
+        if fixed:
+            raise UserError(f"cannot change {', '.join(fixed)} when resuming; only training options "
+                            f"(--steps, --time, --lr, ...) may change")
+        if not folder.file(LATEST).exists():
+            raise UserError(f"{folder.path} has no resumable checkpoint ({LATEST})")
+        train_config = TrainConfig(**{**to_dict(saved.train), **options})
+        config = RunConfig(saved.data, saved.model, train_config)
+        device = resolve_device(train_config.device)
+        dist = distributed.setup(device.type)
+        data = _load_run_data(folder).resplit(config.data.val_frac, config.data.test_frac)
+        if data.vocab != folder.read_vocab():
+            raise UserError(f"the data's vocabulary differs from {folder.file(VOCAB)}")
+        if dist.is_main and options:
+            atomic_write(folder.file(CONFIG), config.to_json() + "\n")
+        trainer = Trainer(config, data, folder, resume=True, quiet=quiet, log=log, dist=dist)
+        return trainer.fit()
+
+    config = build_config(options)  # validates every option before anything is touched
+    device = resolve_device(config.train.device)
+    folder = RunFolder(out if out is not None else default_out())
+    dist = distributed.setup(device.type)
+    inputs = list(inputs) if inputs else ["tinyshakespeare"]
+    external = len(inputs) == 1 and is_prepared(inputs[0])
+    if dist.is_main:
+        if folder.exists() and not force:
+            folder.create(force=False)  # raises: a run is there
+        created = not folder.path.exists()
+        try:
+            if not external:
+                discover(inputs)  # names missing files before a folder is made
+            folder.create(force=force)
+            if not external:
+                prepare(inputs, folder.file(DATA), config.data)
+        except BaseException:
+            if created and folder.path.is_dir() and not any(folder.path.iterdir()):
+                folder.path.rmdir()
+            raise
+    dist.barrier()
+    data = load_prepared(inputs[0] if external else folder.file(DATA))
+    data = data.resplit(config.data.val_frac, config.data.test_frac)
+    config = RunConfig(config.data, replace(config.model, vocab_size=len(data.vocab)), config.train)
+    _check_trainable(data, config)
+    if dist.is_main:
+        folder.write_setup(config, data.vocab, command)
+        if external:
+            atomic_write(folder.file(SOURCE), json.dumps({"data": str(Path(inputs[0]).resolve())}) + "\n")
+    dist.barrier()
+    return Trainer(config, data, folder, quiet=quiet, log=log, dist=dist).fit()
+
+
+def default_out() -> Path:
+    """runs/<date>-<time>, never an existing folder."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path("runs") / stamp
+    n = 1
+    while path.exists():
+        n += 1
+        path = Path("runs") / f"{stamp}-{n}"
+    return path
