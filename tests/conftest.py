@@ -1,0 +1,32 @@
+"""Shared fixtures. Tiny models on one thread: fast, and no oversubscription of a 2-core machine."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # also reaches the CLI subprocesses
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+TINY = {"hidden": 32, "layers": 1, "embed": 16, "batch_size": 4, "seq_len": 16, "lr": 1e-2,
+        "sample_chars": 20, "warmup_steps": 5, "log_every": 5}
+
+
+@pytest.fixture
+def tiny_text() -> str:
+    """About 6 KB of English-like text with a few non-ASCII characters."""
+    line = "The quick brown fox jumps over the lazy dog; naïve café — déjà vu.\n"
+    return "".join(f"{i}: {line}" for i in range(90))
+
+
+@pytest.fixture
+def tiny_file(tmp_path, tiny_text):
+    path = tmp_path / "tiny.txt"
+    path.write_text(tiny_text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_options():
+    return dict(TINY)
