@@ -179,7 +179,7 @@ def _eval_line(label: str, result) -> str:
 
 
 def cmd_train(args) -> int:
-    from .train import launch
+    from .trainer import launch
 
     options = {k: getattr(args, k) for k in TRAIN_OPTION_FLAGS if getattr(args, k) is not None}
     if args.checkpoint_every is not None:
@@ -240,7 +240,7 @@ def cmd_eval(args) -> int:
     from .corpus import read_text
     from .devices import resolve_device
     from .runfolder import RunFolder
-    from .train import _load_run_data
+    from .trainer import _load_run_data
 
     model = load(args.run, args.checkpoint, str(resolve_device(args.device)))
     if args.texts:
