@@ -1,0 +1,94 @@
+"""Sampling speed of `nextchar sample` against a plain nn.LSTM loop, same run.
+
+    python bench/sampling.py
+
+A 2x512 LSTM (vocab 65, embedding 64, random weights) is saved as a run folder. Floors: one
+stream >= 5,000 chars/s; --num-samples 64 >= 30,000 chars/s in total; the first character
+printed within 1.5 s of starting `nextchar sample`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import finish, machine, nextchar, report  # noqa: E402
+from nextchar.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
+from nextchar.model import CharRNN  # noqa: E402
+from nextchar.runfolder import BEST, RunFolder, save_checkpoint  # noqa: E402
+from nextchar.vocab import Vocab  # noqa: E402
+
+HIDDEN, LAYERS, EMBED = 512, 2, 64
+
+
+def make_run(folder: Path) -> Vocab:
+    torch.manual_seed(0)
+    vocab = Vocab([chr(c) for c in range(32, 97)])
+    config = RunConfig(DataConfig(), ModelConfig(vocab_size=len(vocab), hidden=HIDDEN, layers=LAYERS,
+                                                 embed=EMBED), TrainConfig())
+    model = CharRNN(config.model)
+    run = RunFolder(folder)
+    run.create()
+    run.write_setup(config, vocab, "bench/sampling.py")
+    save_checkpoint(run.file(BEST), {f"model.{k}": v for k, v in model.state_dict().items()},
+                    {"kind": "weights", "step": 0})
+    return vocab
+
+
+def plain_loop_cps(length: int) -> float:
+    """The usual PyTorch sampling loop: nn.LSTM on one character at a time."""
+    torch.manual_seed(0)
+    embed, lstm, head = nn.Embedding(65, EMBED), nn.LSTM(EMBED, HIDDEN, LAYERS, batch_first=True), \
+        nn.Linear(HIDDEN, 65)
+    idx, state = torch.zeros(1, 1, dtype=torch.long), None
+    with torch.no_grad():
+        started = time.perf_counter()
+        for _ in range(length):
+            out, state = lstm(embed(idx), state)
+            probs = head(out[:, -1]).softmax(-1)
+            idx = torch.multinomial(probs, 1)
+    return length / (time.perf_counter() - started)
+
+
+def cli_stream(run: Path, length: int, extra=()) -> tuple[float, float]:
+    """(seconds to the first character on stdout, chars/s after it) for `nextchar sample`."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "nextchar", "sample", str(run), "--length", str(length),
+                             "--seed", "1", *extra], stdout=subprocess.PIPE)
+    first = proc.stdout.read(1)
+    first_at = time.perf_counter()
+    rest = proc.stdout.read()
+    done = time.perf_counter()
+    proc.wait()
+    assert first and proc.returncode == 0
+    return first_at - started, (len((first + rest).decode()) - 1) / (done - first_at)
+
+
+def main() -> None:
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        make_run(run)
+        reference = plain_loop_cps(1000)
+        report("plain nn.LSTM loop, one stream 2x512", reference, "chars/s")
+        latency, cps = cli_stream(run, 20_000)
+        report("nextchar sample, one stream 2x512", cps, "chars/s", reference=reference,
+               ref_name="plain loop", floor=5000)
+        report("nextchar sample, first character after start", latency, "s", floor=1.5, floor_is_max=True)
+        started = time.perf_counter()
+        nextchar("sample", run, "--length", 2000, "--num-samples", 64, "--seed", 1)
+        total = 64 * 2000 / (time.perf_counter() - started)
+        report("nextchar sample --num-samples 64, total (incl. start-up)", total, "chars/s",
+               reference=reference, ref_name="plain loop", floor=30_000)
+    finish()
+
+
+if __name__ == "__main__":
+    main()

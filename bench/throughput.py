@@ -1,0 +1,133 @@
+"""Training and evaluation throughput of nextchar against a bare PyTorch loop, same run.
+
+    python bench/throughput.py            # 2x256 and 2x512 LSTM, batch 64 x 128
+
+Floors: nextchar train >= 0.95x the bare loop; evaluation >= 3x training chars/s.
+Also reports GFLOP/s against a large fp32 matmul timed in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import finish, machine, metrics, nextchar, report  # noqa: E402
+from nextchar.config import ModelConfig  # noqa: E402
+from nextchar.corpus import bundled_path  # noqa: E402
+from nextchar.evaluate import score_ids  # noqa: E402
+from nextchar.model import CharRNN, flops_per_char  # noqa: E402
+
+B, T, EMBED, V = 64, 128, 64, 65
+
+
+def matmul_gflops() -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    return 2 * 2048**3 / statistics.median(times) / 1e9
+
+
+class Bare(nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.embed = nn.Embedding(V, EMBED)
+        self.lstm = nn.LSTM(EMBED, hidden, 2, batch_first=True)
+        self.head = nn.Linear(hidden, V)
+
+    def forward(self, x, state):
+        out, state = self.lstm(self.embed(x), state)
+        return self.head(out), state
+
+
+def bare_loop(hidden: int, steps: int, tokens: np.ndarray) -> float:
+    """chars/s of the plainest loop: contiguous batches, carried detached state, Adam."""
+    torch.manual_seed(0)
+    model = Bare(hidden)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    stream = len(tokens) // B
+    data = torch.from_numpy(tokens[: stream * B].astype(np.int64)).view(B, stream)
+    state = None
+    times = []
+    for step in range(steps):
+        started = time.perf_counter()
+        offset = (step * T) % (stream - T - 1)
+        x, y = data[:, offset:offset + T], data[:, offset + 1:offset + T + 1]
+        logits, state = model(x, state)
+        loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        state = tuple(s.detach() for s in state)
+        times.append(time.perf_counter() - started)
+    return B * T / statistics.median(times[3:])
+
+
+def nextchar_loop(hidden: int, steps: int, folder: Path) -> float:
+    """chars/s of `nextchar train` (its real loop: data, clipping, schedule, logging, progress bar)."""
+    run = folder / f"run{hidden}"
+    nextchar("train", "--out", run, "--force", "--steps", steps, "--hidden", hidden, "--layers", 2,
+             "--embed", EMBED, "--batch-size", B, "--seq-len", T, "--eval-every", 10**6,
+             "--log-every", 2, "--sample-chars", 0, "--checkpoint-every", 10**6, "--eval-chars", 2,
+             env={"NEXTCHAR_PROGRESS": "1"})
+    speeds = [r["chars_per_s"] for r in metrics(run) if r["kind"] == "train"][2:]
+    return statistics.median(speeds)
+
+
+def eval_speed(hidden: int, tokens: np.ndarray) -> float:
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=V, hidden=hidden, layers=2, embed=EMBED))
+    ids = tokens[:200_000]
+    score_ids(model, ids[:20_000])
+    started = time.perf_counter()
+    score_ids(model, ids)
+    return (len(ids) - 1) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions")
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    text = bundled_path().read_text(encoding="utf-8")
+    symbols = sorted(set(text))
+    tokens = np.array([symbols.index(c) for c in text[:400_000]], dtype=np.uint8)
+    peak = matmul_gflops()
+    report("matmul 2048^3 fp32", peak, "GFLOP/s")
+    with tempfile.TemporaryDirectory() as tmp:
+        for hidden in args.sizes:
+            bare, ours = [], []
+            for _ in range(args.rounds):  # interleaved, so drift in machine load hits both
+                bare.append(bare_loop(hidden, args.steps, tokens))
+                ours.append(nextchar_loop(hidden, args.steps, Path(tmp)))
+            bare_cps, our_cps = statistics.median(bare), statistics.median(ours)
+            flops = flops_per_char(ModelConfig(vocab_size=V, hidden=hidden, layers=2, embed=EMBED))
+            report(f"bare loop 2x{hidden} B{B} T{T}", bare_cps, "chars/s")
+            report(f"nextchar train 2x{hidden} B{B} T{T}", our_cps, "chars/s", reference=bare_cps,
+                   ref_name="bare loop", ratio_floor=0.95)
+            report(f"nextchar train 2x{hidden} GFLOP/s", our_cps * flops / 1e9, "GFLOP/s",
+                   reference=peak, ref_name="matmul")
+            evals = eval_speed(hidden, tokens)
+            report(f"evaluation 2x{hidden}", evals, "chars/s", reference=our_cps,
+                   ref_name="nextchar train", ratio_floor=3.0)
+    finish()
+
+
+if __name__ == "__main__":
+    main()
