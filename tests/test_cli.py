@@ -107,3 +107,16 @@ def test_usage_errors_are_one_line_exit_2(args):
     proc = nextchar(*args, check=False)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_plot_and_report_commands(trained_run, tmp_path):
+    run, _, _ = trained_run
+    png = tmp_path / "curves.png"
+    proc = nextchar("plot", run, run, "--labels", "first", "second", "--out", png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "wrote" in proc.stderr
+    html = tmp_path / "report.html"
+    nextchar("report", run, "--out", html, "--chars", 300)
+    page = html.read_text()
+    assert 'id="surprisal"' in page and "https://" not in page
+    proc = nextchar("plot", tmp_path / "nothing-here", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
