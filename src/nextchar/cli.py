@@ -138,7 +138,7 @@ def build_parser() -> Parser:
     p.add_argument("--prime", default="", help="text to start from (printed first)")
     p.add_argument("--length", type=int, default=500, help="characters to generate")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0, help="sample from the K most likely (0 = off)")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the K most likely (default: all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     p.add_argument("--greedy", action="store_true", help="always the most likely character")
     p.add_argument("--num-samples", type=int, default=1, help="independent samples drawn in parallel")
@@ -148,6 +148,21 @@ def build_parser() -> Parser:
     p.add_argument("--checkpoint", default="best", choices=["best", "latest"])
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--json", action="store_true", help='print {"samples": [...]} instead of streaming')
+
+    p = sub.add_parser("plot", help="train and validation bits/char curves of one or more runs",
+                       description="Plot train and val bits/char against characters seen and wall time; "
+                       "several runs are overlaid, labelled from their configs.")
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("--out", metavar="FILE.png", help="image to write (default RUN/curves.png)")
+    p.add_argument("--labels", nargs="+", metavar="LABEL", help="one label per run")
+
+    p = sub.add_parser("report", help="a self-contained HTML report of a run",
+                       description="Write RUN/report.html: summary, curves, samples, a surprisal view "
+                       "and a neuron view of a passage of text (no network needed to open it).")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--text", metavar="FILE", help="passage to show (default: the run's validation text)")
+    p.add_argument("--chars", type=int, default=2000, help="length of the passage (default 2000)")
+    p.add_argument("--out", metavar="FILE.html", help="where to write (default RUN/report.html)")
     return parser
 
 
@@ -304,8 +319,27 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from .plot import plot_runs
+
+    path = plot_runs(args.runs, args.out, args.labels)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    if args.chars < 2:
+        raise UserError(f"--chars must be at least 2, got {args.chars}")
+    started = time.perf_counter()
+    path = write_report(args.run, args.text, args.out, args.chars)
+    print(f"wrote {path} in {time.perf_counter() - started:.1f}s; open it in a browser", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {"hihello": cmd_hihello, "train": cmd_train, "prepare": cmd_prepare, "eval": cmd_eval,
-            "sample": cmd_sample}
+            "sample": cmd_sample, "plot": cmd_plot, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> None:
