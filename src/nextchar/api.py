@@ -33,7 +33,7 @@ class Model:
         return self.module.head.weight.device
 
     def generate(self, prime: str = "", length: int = 500, *, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, greedy: bool = False, seed: int | None = None,
+                 top_k: int | None = None, top_p: float = 1.0, greedy: bool = False, seed: int | None = None,
                  unknown: str = "error", num_samples: int = 1) -> str | list[str]:
         """prime + `length` sampled characters (a list of texts when num_samples > 1)."""
         config = SampleConfig(length=length, temperature=temperature, top_k=top_k, top_p=top_p,

@@ -92,6 +92,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     threads: int = 0  # torch intra-op threads (0 = PyTorch's default)
+    compile: bool = False  # torch.compile the model
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
@@ -127,7 +128,7 @@ class SampleConfig:
 
     length: int = 500
     temperature: float = 1.0
-    top_k: int = 0  # 0 = off
+    top_k: int | None = None  # None = off
     top_p: float = 1.0  # 1 = off
     greedy: bool = False
     num_samples: int = 1
@@ -139,7 +140,8 @@ class SampleConfig:
         _require(self.length >= 0, f"--length must not be negative, got {self.length}")
         _require(self.temperature > 0 and math.isfinite(self.temperature),
                  f"--temperature must be positive, got {self.temperature}")
-        _require(self.top_k >= 0, f"--top-k must be at least 1 (or 0 for off), got {self.top_k}")
+        _require(self.top_k is None or self.top_k >= 1,
+                 f"--top-k must be at least 1 (leave it out for no top-k), got {self.top_k}")
         _require(0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}")
         _require(self.num_samples >= 1, f"--num-samples must be at least 1, got {self.num_samples}")
         _require(self.unknown in ("error", "skip"),
@@ -158,6 +160,14 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "config") -> C:
     unknown = sorted(set(data) - known)
     if unknown:
         raise UserError(f"{where}: unknown key(s) for {cls.__name__}: {', '.join(unknown)}")
+    for f in dataclasses.fields(cls):  # JSON types must match the defaults' (an int stays an int)
+        default = f.default
+        if default is None or default is dataclasses.MISSING or f.name not in data:
+            continue
+        kinds = (int, float) if type(default) is float else (type(default),)
+        if type(data[f.name]) not in kinds:
+            raise UserError(f"{where}: {f.name} must be {type(default).__name__}, "
+                            f"got {data[f.name]!r}")
     try:
         return cls(**data)
     except TypeError as exc:

@@ -14,7 +14,7 @@ from pathlib import Path
 from .errors import UserError
 
 BUNDLED = {"tinyshakespeare": "tinyshakespeare.txt"}
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 1 << 20  # small pieces stay in cache: faster than larger ones, and less memory
 _SNIFF_BYTES = 8192
 
 
@@ -60,6 +60,25 @@ def _decoder(encoding: str, errors: str) -> codecs.IncrementalDecoder:
     if info.name == "utf-8":
         info = codecs.lookup("utf-8-sig")  # a leading byte-order mark is not text
     return info.incrementaldecoder(errors=errors)
+
+
+def is_utf8(encoding: str) -> bool:
+    """Whether `encoding` names UTF-8 (which gets byte-level fast paths)."""
+    try:
+        return codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return False
+
+
+def iter_bytes(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """Raw pieces of `path`, `chunk_bytes` at a time (the last may be shorter; never empty)."""
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    with f:
+        while data := f.read(chunk_bytes):
+            yield data
 
 
 def iter_chunks(path: Path, encoding: str = "utf-8", errors: str = "strict",

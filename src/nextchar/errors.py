@@ -15,3 +15,8 @@ class Interrupted(Exception):
 
 class Diverged(Exception):
     """Training gave up after repeated non-finite steps; the last good checkpoint is kept."""
+
+
+class PeerFailure(Exception):
+    """Another training process (torchrun rank) failed or stopped answering; the last checkpoint
+    is kept. The CLI prints it as one line and exits with code 1."""

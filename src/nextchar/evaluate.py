@@ -87,5 +87,6 @@ def score_ids(model: CharRNN, ids: np.ndarray, streams: int = 64, window: int = 
         right += ((logits.argmax(-1) == targets) & scored).sum()
     model.train(was_training)
     mean = nats.item() / n_targets
+    perplexity = math.inf if mean > 709.0 else math.exp(mean)  # exp overflows a float past 709.78
     return EvalResult(chars=n_targets, nats_per_char=mean, bits_per_char=mean / LN2,
-                      perplexity=math.exp(mean), accuracy=right.item() / n_targets)
+                      perplexity=perplexity, accuracy=right.item() / n_targets)

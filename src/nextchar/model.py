@@ -63,7 +63,13 @@ class CharRNN(nn.Module):
     def forward(self, idx: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
         """idx (B, T) ids, hidden from the previous window (zeros if None) -> logits (B, T, V), hidden."""
         x = self.inputs(idx)  # (B, T, E|V)
-        out, hidden = self.rnn(x, hidden)  # (B, T, H)
+        if x.is_cuda and torch.is_autocast_enabled():
+            # CUDA autocast runs cuDNN's RNN in fp16 whatever its dtype, and fp16 gradients need
+            # loss scaling: the recurrence stays fp32 (TF32 on tensor cores), the head autocasts.
+            with torch.autocast("cuda", enabled=False):
+                out, hidden = self.rnn(x.float(), hidden)  # (B, T, H)
+        else:
+            out, hidden = self.rnn(x, hidden)  # (B, T, H)
         return self.head(out), hidden  # (B, T, V)
 
     def num_parameters(self) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -72,21 +73,25 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:  # disk full, or a second Ctrl-C: leave no partial file behind
         try:
             tmp.unlink()
         except OSError:
             pass
+        if not isinstance(exc, OSError):
+            raise
         raise CheckpointWriteError(f"could not write {path}: {exc.strerror or exc}; "
                                    f"the previous file is unchanged") from None
     _fsync_dir(path.parent)
 
 
-def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+def _checksum(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
+    """Over the tensors' names, dtypes, shapes and bytes, and the metadata (but its checksum)."""
     digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps({k: v for k, v in meta.items() if k != "checksum"}, sort_keys=True).encode())
     for key in sorted(tensors):
         tensor = tensors[key].contiguous()
-        digest.update(key.encode())
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
@@ -95,7 +100,7 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
                     meta: dict[str, Any]) -> None:
     """Tensors (moved to CPU) plus JSON metadata, checksummed, written atomically."""
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    meta = dict(meta, checksum=_checksum(cpu))
+    meta = dict(meta, checksum=_checksum(cpu, meta))
     atomic_write(path, st_save(cpu, metadata={"nextchar": json.dumps(meta)}))
 
 
@@ -125,7 +130,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             meta = json.loads(meta_text)
     except (SafetensorError, ValueError, KeyError, TypeError, OverflowError, RuntimeError):
         raise UserError(f"{path} is truncated or corrupted (not a readable safetensors file)") from None
-    if not isinstance(meta, dict) or meta.get("checksum") != _checksum(tensors):
+    if not isinstance(meta, dict) or meta.get("checksum") != _checksum(tensors, meta):
         raise UserError(f"{path} is corrupted (checksum mismatch)")
     return tensors, meta
 
@@ -146,6 +151,11 @@ class _SafeMeta:
 
     def __exit__(self, *exc) -> None:
         return None
+
+
+def vocab_digest(vocab: Vocab) -> str:
+    """A short fingerprint of the symbols, kept in checkpoints to catch a swapped vocab.json."""
+    return hashlib.blake2b(vocab.to_json().encode(), digest_size=8).hexdigest()
 
 
 def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -211,8 +221,25 @@ class RunFolder:
         return Vocab.from_json(text, str(self.file(VOCAB)))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.file(METRICS), "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.file(METRICS), "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as exc:  # a line cut short is skipped by read_metrics
+            raise CheckpointWriteError(f"could not write {self.file(METRICS)}: "
+                                       f"{exc.strerror or exc}") from None
+
+    def remove_stray_temps(self) -> list[Path]:
+        """Delete the temporary files of writes that a crash cut short (.NAME.tmp-PID); returns them."""
+        stray = sorted(self.path.glob(".*.tmp-*"))
+        for p in stray:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                try:
+                    p.unlink()
+                except OSError:
+                    pass
+        return stray
 
     def read_metrics(self) -> list[dict[str, Any]]:
         try:
@@ -246,11 +273,20 @@ def load_model(path: str | os.PathLike, which: str = "best",
         raise UserError(f"{folder.file(VOCAB)} has {len(vocab)} symbols but the model was built for "
                         f"{config.model.vocab_size}: the vocab does not match the weights")
     tensors, meta = load_checkpoint(folder.weights_path(which))
-    model = CharRNN(config.model)
+    if meta.get("vocab", vocab_digest(vocab)) != vocab_digest(vocab):
+        raise UserError(f"{folder.file(VOCAB)} is not the vocabulary {folder.weights_path(which)} "
+                        f"was trained with: the vocab does not match the weights")
+    weights = prefixed(tensors, "model")
     try:
-        model.load_state_dict(prefixed(tensors, "model"), strict=True)
-    except RuntimeError:
+        with torch.device("meta"):  # the shapes the config implies, without allocating them
+            expected = CharRNN(config.model).state_dict()
+    except ValueError as exc:
+        raise UserError(f"{folder.file(CONFIG)} describes no usable model ({exc})") from None
+    if {k: (v.shape, v.dtype) for k, v in expected.items()} != \
+            {k: (v.shape, v.dtype) for k, v in weights.items()}:
         raise UserError(f"{folder.weights_path(which)} does not match the model in "
-                        f"{folder.file(CONFIG)} (different shapes or names)") from None
+                        f"{folder.file(CONFIG)} (different shapes or names)")
+    model = CharRNN(config.model)
+    model.load_state_dict(weights, strict=True)
     model.eval()
     return model.to(device), vocab, config, meta

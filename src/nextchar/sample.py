@@ -59,9 +59,10 @@ class StepModel:
         return torch.addmm(self.head_b, x, self.head_w), new  # (B, V)
 
 
-def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float) -> torch.Tensor:
     """Temperature, then keep the top-k and the smallest set whose probability reaches top-p."""
-    logits = logits / temperature
+    logits = logits.double()  # shifted to a max of 0 in float64: no temperature > 0 overflows
+    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
     if top_k and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))

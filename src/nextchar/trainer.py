@@ -7,10 +7,12 @@ backward, clip, optimizer step. Only rank 0 logs, evaluates, samples and writes 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -37,7 +39,7 @@ from .config import (
 from .corpus import discover
 from .data import IGNORE, Streams, TokenData, is_prepared, load_prepared, prepare
 from .devices import resolve_device
-from .errors import Diverged, Interrupted, UserError
+from .errors import Diverged, Interrupted, PeerFailure, UserError
 from .evaluate import EvalResult, score_ids
 from .model import CharRNN, detach_hidden
 from .runfolder import (
@@ -53,6 +55,7 @@ from .runfolder import (
     load_checkpoint,
     prefixed,
     save_checkpoint,
+    vocab_digest,
 )
 from .sample import Sampler
 from .schedule import lr_factor
@@ -70,14 +73,31 @@ class TrainResult:
     sample: str
 
 
-def _optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
-    """Weight decay on matrices only; biases and the embedding table's rows are left alone."""
+def _optimizer(model: torch.nn.Module, config, fused: bool = False) -> torch.optim.Optimizer:
+    """Weight decay on matrices only; biases and the embedding table's rows are left alone.
+    `fused`: one kernel per step, which can also skip a step on the device (see _defers_checks)."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed")]
     rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and not n.startswith("embed"))]
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": rest, "weight_decay": 0.0}]
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, lr=config.lr, betas=(0.9, 0.99))
+    return cls(groups, lr=config.lr, betas=(0.9, 0.99), **({"fused": True} if fused else {}))
+
+
+def _defers_checks(device: torch.device) -> bool:
+    """Whether the per-step "is this step finite?" check stays on the device.
+
+    On CUDA, reading it every step would make the host wait for the GPU each step; instead the
+    fused optimizer skips a non-finite step by itself (found_inf) and the counts are read at log
+    steps. On the CPU the check costs nothing and is read at once."""
+    return device.type == "cuda"
+
+
+def _zero_unless(finite: torch.Tensor, hidden):
+    """The hidden state, or zeros (what None means to nn.RNN) after a non-finite step."""
+    if isinstance(hidden, tuple):
+        return tuple(torch.where(finite, h, 0.0) for h in hidden)
+    return torch.where(finite, hidden, 0.0)
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
@@ -115,11 +135,16 @@ class Trainer:
         self.device = torch.device("cuda", self.dist.local_rank) if device.type == "cuda" else device
         torch.manual_seed(tc.seed)
         self.model = CharRNN(config.model).to(self.device)
-        self.optimizer = _optimizer(self.model, tc)
+        self.defer_checks = _defers_checks(self.device)
+        self.optimizer = _optimizer(self.model, tc, fused=self.defer_checks)
         self.ddp = None
         if self.dist.active:
-            self.ddp = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
+            with self.dist.guard("the start of data-parallel training"):
+                self.ddp = torch.nn.parallel.DistributedDataParallel(
+                    self.model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
+        self.step_model = self.ddp if self.ddp is not None else self.model  # what a step calls
+        if tc.compile:
+            self.step_model = torch.compile(self.step_model)
         self.streams = Streams(data.split("train"), tc.batch_size, tc.seq_len,
                                rows=self.dist.rows(tc.batch_size))
         val = data.split("val")
@@ -181,7 +206,16 @@ class Trainer:
         parts = self.hidden if isinstance(self.hidden, tuple) else (self.hidden,)
         return {f"hidden.{k}": self.dist.gather_rows(t) for k, t in zip("hc", parts)}
 
+    def _check_weights(self) -> None:
+        """Every rank, before weights are evaluated or saved: non-finite ones never replace good ones."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise Diverged(f"training diverged: the weights became non-finite by step {self.step}; the "
+                           f"last good checkpoint is kept in {self.folder.path}; resume with a lower "
+                           f"learning rate, e.g. nextchar train --resume {self.folder.path} "
+                           f"--lr {self.config.train.lr / 3:.2g}")
+
     def _save_latest(self, elapsed: float) -> None:
+        self._check_weights()
         hidden = self._hidden_tensors()  # collective: every rank takes part
         if not self.dist.is_main:
             return
@@ -198,19 +232,24 @@ class Trainer:
                 "best_result": self.best_result.to_dict() if self.best_result else None,
                 "next_eval_time": self.next_eval_time if math.isfinite(self.next_eval_time) else None,
                 "last_eval_step": self.last_eval_step, "param_groups": groups,
-                "world_size": self.dist.world, "batch_size": self.config.train.batch_size}
+                "world_size": self.dist.world, "batch_size": self.config.train.batch_size,
+                "vocab": vocab_digest(self.data.vocab)}
         save_checkpoint(self.folder.file(LATEST), tensors, meta)
         self.save_cost = time.perf_counter() - started
 
     def _save_best(self, result: EvalResult) -> None:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         save_checkpoint(self.folder.file(BEST), tensors,
-                        {"kind": "weights", "step": self.step, "val": result.to_dict()})
+                        {"kind": "weights", "step": self.step, "val": result.to_dict(),
+                         "vocab": vocab_digest(self.data.vocab)})
 
     def _restore(self) -> None:
         tensors, meta = load_checkpoint(self.folder.file(LATEST))
         if meta.get("kind") != "resume":
             raise UserError(f"{self.folder.file(LATEST)} is not a resumable checkpoint")
+        if meta.get("vocab", vocab_digest(self.data.vocab)) != vocab_digest(self.data.vocab):
+            raise UserError(f"{self.folder.file(LATEST)} was trained with another vocabulary "
+                            f"than the run's data")
         if meta.get("batch_size") != self.config.train.batch_size:
             raise UserError("--batch-size differs from the run being resumed; keep it the same")
         try:
@@ -263,7 +302,8 @@ class Trainer:
         started = time.perf_counter()
         result = None
         if len(self.val_ids) >= 2:
-            result = score_ids(self.model, self.val_ids, device=self.device)
+            with self._autocast():
+                result = score_ids(self.model, self.val_ids, device=self.device)
             self.model.train()
             if result.nats_per_char < self.best_val:
                 self.best_val = result.nats_per_char
@@ -293,7 +333,9 @@ class Trainer:
             return {}
 
         def handler(signum, frame):
-            if self.pending_signal and signum == signal.SIGINT:
+            # a second Ctrl-C aborts at once; but under torchrun the agent passes a Ctrl-C on to
+            # the workers, which already had it from the terminal: they save first, as for one
+            if self.pending_signal and signum == signal.SIGINT and not self.dist.active:
                 raise KeyboardInterrupt
             self.pending_signal = signum
 
@@ -306,13 +348,18 @@ class Trainer:
         previous = self._install_signals()
         try:
             return self._fit()
+        except PeerFailure as exc:
+            raise PeerFailure(f"{exc}. The last checkpoint in {self.folder.path} is intact: run the "
+                              f"same torchrun command with nextchar train --resume {self.folder.path}"
+                              ) from exc.__cause__
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
             self.dist.close()
 
     def _make_bar(self):
-        if self.quiet or not self.dist.is_main or not self.log.isatty():
+        forced = os.environ.get("NEXTCHAR_PROGRESS") == "1"  # a bar even when stderr is no terminal
+        if self.quiet or not self.dist.is_main or not (self.log.isatty() or forced):
             return None
         from tqdm import tqdm
 
@@ -323,9 +370,42 @@ class Trainer:
                     dynamic_ncols=True, leave=True,
                     bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]")
 
+    def _autocast(self):
+        """bf16 autocast on CUDA (the weights stay fp32); nothing elsewhere."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        if self.device.type == "cuda":  # from pinned memory the copy does not block the host
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
+    def _read_skipped(self, counts: torch.Tensor, bar) -> None:
+        """Deferred checks: read the device's counts of skipped steps (a sync, at log steps only);
+        counts = (non-finite steps in a row now, longest such run, skipped steps) since last read."""
+        run, longest, skipped = counts.tolist()
+        counts[1:] = torch.tensor([run, 0])
+        if skipped:
+            if self.dist.is_main:
+                self.folder.append_metrics({"kind": "skipped", "step": self.step, "count": skipped,
+                                            "reason": "non-finite loss or gradient"})
+            self._say(f"step {self.step}: {skipped} step(s) with a non-finite loss or gradient "
+                      f"skipped since the last log line", bar)
+        if longest >= self.config.train.max_bad_steps:
+            self._diverged(longest)
+
+    def _diverged(self, bad_in_row: int):
+        tc = self.config.train
+        raise Diverged(f"training diverged: {bad_in_row} non-finite steps in a row at step "
+                       f"{self.step}; the last good checkpoint is kept in {self.folder.path}; "
+                       f"resume with a lower learning rate, e.g. nextchar train --resume "
+                       f"{self.folder.path} --lr {tc.lr / 3:.2g}")
+
     def _fit(self) -> TrainResult:
         tc = self.config.train
-        model = self.ddp if self.ddp is not None else self.model
+        model = self.step_model
         model.train()
         params = [p for p in self.model.parameters()]
         V = self.config.model.vocab_size
@@ -335,7 +415,9 @@ class Trainer:
         clock0 = time.perf_counter() - self.elapsed_before
         last_ckpt_time = time.perf_counter()
         bar = self._make_bar()
-        log_loss = torch.zeros((), dtype=torch.float64)
+        defer = self.defer_checks
+        log_loss = torch.zeros((), dtype=torch.float64, device=self.device if defer else "cpu")
+        bad_counts = torch.zeros(3, dtype=torch.int64, device=self.device)  # see _read_skipped
         log_valid = 0
         log_time = time.perf_counter()
         log_chars = 0
@@ -368,6 +450,7 @@ class Trainer:
                 break
             eval_due = (eval_every and self.step % eval_every == 0 and self.step > 0) or eval_due_time
             if eval_due and self.step != self.last_eval_step:
+                self._check_weights()
                 if self.dist.is_main:
                     self._evaluate(elapsed, bar)
                 self.last_eval_step = self.step
@@ -384,32 +467,48 @@ class Trainer:
             if window == 0:
                 self.hidden = None  # each epoch starts its streams afresh
             x, y, valid = self.streams.window(window)
-            x = torch.from_numpy(x).to(self.device, non_blocking=True)
-            y = torch.from_numpy(y).to(self.device, non_blocking=True)
+            local_valid = int((y != IGNORE).sum())  # this rank's share of the global `valid`
+            x, y = self._to_device(x), self._to_device(y)
             lr = tc.lr * lr_factor(self.step, self._progress(elapsed), tc.warmup_steps,
                                    tc.schedule, tc.final_lr_frac)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            logits, hidden = model(x, self.hidden)  # (B, T, V)
-            loss_sum = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1), ignore_index=IGNORE,
-                                       reduction="sum")
-            loss = loss_sum * (world / valid)
+            with self._autocast():
+                logits, hidden = model(x, self.hidden)  # (B, T, V)
+                loss_sum = F.cross_entropy(logits.reshape(-1, V).float(), y.reshape(-1),
+                                           ignore_index=IGNORE, reduction="sum")
+            # DDP averages gradients over ranks: x world / global count = the one-process gradient.
+            # A non-finite loss on any rank makes its gradient NaN, which the all-reduce hands to
+            # every rank, so `finite` below (from the reduced gradient) is the same on all ranks.
+            scale = torch.where(torch.isfinite(loss_sum.detach()), world / valid, math.nan)
+            loss = loss_sum * scale
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with self.dist.guard("the gradient all-reduce"):
+                loss.backward()
             if tc.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
             else:
-                norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]) \
-                    if hasattr(torch.nn.utils, "get_total_norm") else torch.zeros(())
-            finite = bool(torch.isfinite(loss_sum) & torch.isfinite(norm))
+                norm = torch.linalg.vector_norm(torch.stack(
+                    [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]))
+            finite = torch.isfinite(norm)  # NaN if the loss or any gradient was not finite
             self.step += 1
             self.chars_seen += valid
-            if finite:
+            if defer:  # no host sync: the fused optimizer skips a non-finite step on the device
+                self.optimizer.found_inf = (~finite).float()
+                self.optimizer.step()
+                self.hidden = _zero_unless(finite, detach_hidden(hidden))
+                bad = (~finite).long()
+                bad_counts[0] = (bad_counts[0] + 1) * bad
+                bad_counts[1] = torch.maximum(bad_counts[1], bad_counts[0])
+                bad_counts[2] += bad
+                log_loss += torch.where(finite, loss_sum.detach().double(), 0.0)
+                log_valid += finite.long() * local_valid
+            elif bool(finite):
                 self.optimizer.step()
                 self.hidden = detach_hidden(hidden)
                 bad_in_row = 0
-                log_loss += loss_sum.detach().double()
-                log_valid += y.ne(IGNORE).sum().item() if world > 1 else valid
+                log_loss += float(loss_sum.detach())
+                log_valid += local_valid
             else:
                 bad_in_row += 1
                 self.hidden = None
@@ -418,12 +517,11 @@ class Trainer:
                                                 "reason": "non-finite loss or gradient"})
                 self._say(f"step {self.step}: non-finite loss or gradient, step skipped", bar)
                 if bad_in_row >= tc.max_bad_steps:
-                    raise Diverged(f"training diverged: {bad_in_row} non-finite steps in a row at step "
-                                   f"{self.step}; the last good checkpoint is kept in {self.folder.path}; "
-                                   f"resume with a lower learning rate, e.g. nextchar train --resume "
-                                   f"{self.folder.path} --lr {tc.lr / 3:.2g}")
+                    self._diverged(bad_in_row)
             log_chars += valid
             if self.step % tc.log_every == 0:
+                if defer:
+                    self._read_skipped(bad_counts, bar)
                 total_loss = self.dist.sum(float(log_loss))
                 total_valid = self.dist.sum(float(log_valid))
                 now = time.perf_counter()
@@ -447,7 +545,10 @@ class Trainer:
                 else:
                     bar.update(min(int(time.perf_counter() - clock0), int(self.budget)) - bar.n)
         # ---- the end: last evaluation, resumable checkpoint, test score of the best weights
+        if defer:
+            self._read_skipped(bad_counts, bar)
         elapsed = time.perf_counter() - clock0
+        self._check_weights()
         if self.step != self.last_eval_step and self.dist.is_main:
             self._evaluate(elapsed, bar)
         self.last_eval_step = self.step
@@ -463,7 +564,8 @@ class Trainer:
                 best, _ = load_checkpoint(self.folder.file(BEST))
                 scorer = CharRNN(self.config.model).to(self.device)
                 scorer.load_state_dict(prefixed(best, "model"))
-                test_result = score_ids(scorer, test_ids, device=self.device)
+                with self._autocast():
+                    test_result = score_ids(scorer, test_ids, device=self.device)
             elapsed = time.perf_counter() - clock0
             final = {"kind": "final", "step": self.step, "chars": self.chars_seen, "time": round(elapsed, 3),
                      "stop": stop_reason,
@@ -526,7 +628,9 @@ def _check_trainable(data: TokenData, config: RunConfig) -> None:
         raise UserError(f"the training split has {hi - lo} characters, fewer than one training window "
                         f"needs ({need}, from --seq-len {config.train.seq_len}); give more text or "
                         f"lower --seq-len")
-    if len(set(np.unique(np.asarray(data.split("train"))).tolist())) < 2:
+    train = data.split("train")
+    # piece by piece, stopping at the first other character: a memory-mapped corpus stays on disk
+    if not any((np.asarray(train[i:i + (1 << 20)]) != train[0]).any() for i in range(0, len(train), 1 << 20)):
         raise UserError("the training text has only one distinct character; a model needs at least two")
 
 
@@ -552,9 +656,11 @@ def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = 
         data = _load_run_data(folder).resplit(config.data.val_frac, config.data.test_frac)
         if data.vocab != folder.read_vocab():
             raise UserError(f"the data's vocabulary differs from {folder.file(VOCAB)}")
-        if dist.is_main and options:
-            atomic_write(folder.file(CONFIG), config.to_json() + "\n")
+        if dist.is_main:
+            folder.remove_stray_temps()  # of writes a crash cut short
         trainer = Trainer(config, data, folder, resume=True, quiet=quiet, log=log, dist=dist)
+        if dist.is_main and options:  # only once the checkpoint accepted them
+            atomic_write(folder.file(CONFIG), config.to_json() + "\n")
         return trainer.fit()
 
     config = build_config(options)  # validates every option before anything is touched
@@ -573,15 +679,16 @@ def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = 
             folder.create(force=force)
             if not external:
                 prepare(inputs, folder.file(DATA), config.data)
-        except BaseException:
-            if created and folder.path.is_dir() and not any(folder.path.iterdir()):
-                folder.path.rmdir()
+            _check_trainable(load_prepared(inputs[0] if external else folder.file(DATA))
+                             .resplit(config.data.val_frac, config.data.test_frac), config)
+        except BaseException:  # bad input leaves no half-made run behind
+            if created:
+                shutil.rmtree(folder.path, ignore_errors=True)
             raise
     dist.barrier()
     data = load_prepared(inputs[0] if external else folder.file(DATA))
     data = data.resplit(config.data.val_frac, config.data.test_frac)
     config = RunConfig(config.data, replace(config.model, vocab_size=len(data.vocab)), config.train)
-    _check_trainable(data, config)
     if dist.is_main:
         folder.write_setup(config, data.vocab, command)
         if external:

@@ -1,0 +1,322 @@
+"""Training across processes: torchrun with gloo over loopback on the CPU, one thread each.
+
+Two processes must reach the weights one process reaches with the same global batch; a killed or
+stopped rank must end the run with a clear message and leave a checkpoint that --resume finishes;
+and a non-finite loss on one rank must make every rank skip the same step. Last, the code paths
+written for GPUs that a CPU can run: the device-side skip (fused optimizer, found_inf) and
+checkpoints carrying CUDA state.
+"""
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing
+
+import nextchar.trainer as trainer
+from nextchar.cli import build_parser
+from nextchar.config import SampleConfig
+from nextchar.errors import Diverged
+from nextchar.runfolder import RunFolder, load_checkpoint, load_model, save_checkpoint
+from nextchar.sample import Sampler
+
+LINE = "The quick brown fox jumps over the lazy dog; naïve café — déjà vu.\n"
+TEXT = "".join(f"{i}: {LINE}" for i in range(90))
+FLAGS = ["--hidden", "32", "--layers", "1", "--embed", "16", "--batch-size", "4", "--seq-len", "16",
+         "--lr", "1e-2", "--warmup-steps", "5", "--sample-chars", "20", "--log-every", "5",
+         "--dropout", "0", "--seed", "7", "--device", "cpu", "--quiet"]
+OPTIONS = {"hidden": 32, "layers": 1, "embed": 16, "batch_size": 4, "seq_len": 16, "lr": 1e-2,
+           "warmup_steps": 5, "sample_chars": 20, "log_every": 5, "dropout": 0.0, "seed": 7,
+           "device": "cpu"}
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+@pytest.fixture
+def text_dir(tmp_path) -> Path:
+    (tmp_path / "tiny.txt").write_text(TEXT, encoding="utf-8")
+    return tmp_path
+
+
+def single(*args, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nextchar", *map(str, args)], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def torchrun(nproc: int, *args, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """`torchrun --standalone --nproc-per-node N -m nextchar ARGS` (a free port of its own)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           str(nproc), "--monitor-interval", "0.1", "-m", "nextchar", *map(str, args)]
+    return subprocess.Popen(cmd, cwd=cwd, env=env or ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return proc.returncode, err
+
+
+def model_tensors(path: Path) -> dict[str, torch.Tensor]:
+    tensors, _ = load_checkpoint(path)
+    return {k: v for k, v in tensors.items() if k.startswith("model.")}
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def records(run: Path, kind: str) -> list[dict]:
+    return [r for r in RunFolder(run).read_metrics() if r.get("kind") == kind]
+
+
+def worker_pid(agent: subprocess.Popen, rank: int, timeout: float = 60) -> int:
+    """The pid of the torchrun worker with RANK=`rank` (a child of the torchrun process)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                environ = (entry / "environ").read_bytes().split(b"\0") if ppid == agent.pid else []
+            except (OSError, IndexError, ValueError):
+                continue
+            if f"RANK={rank}".encode() in environ:
+                return int(entry.name)
+        time.sleep(0.05)
+    raise AssertionError(f"no worker with RANK={rank} under torchrun")
+
+
+def wait_until(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"ended early ({proc.returncode}): {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("no progress")
+        time.sleep(0.02)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# ---- two processes = one process --------------------------------------------------------------
+
+def test_two_processes_reach_the_weights_of_one(text_dir):
+    steps = ["--steps", "30"]
+    one = single("train", "tiny.txt", "--out", "one", *FLAGS, *steps, cwd=text_dir)
+    assert one.returncode == 0, one.stderr
+    code, err = finish(torchrun(2, "train", "tiny.txt", "--out", "two", *FLAGS, *steps, cwd=text_dir))
+    assert code == 0, err
+    a, b = model_tensors(text_dir / "one/latest.safetensors"), model_tensors(text_dir / "two/latest.safetensors")
+    assert max_difference(a, b) < 1e-5
+    # the carried state of all streams, gathered in rank order, is the one process's state
+    hidden_one, meta = load_checkpoint(text_dir / "one/latest.safetensors")
+    hidden_two, meta_two = load_checkpoint(text_dir / "two/latest.safetensors")
+    assert meta_two["world_size"] == 2 and meta_two["step"] == meta["step"] == 30
+    for key in ("hidden.h", "hidden.c"):
+        assert hidden_two[key].shape == hidden_one[key].shape == (1, 4, 32)
+        assert float((hidden_two[key] - hidden_one[key]).abs().max()) < 1e-5
+    # only rank 0 logs: one line per log step, and the loss of the global batch
+    train_one, train_two = records(text_dir / "one", "train"), records(text_dir / "two", "train")
+    assert [r["step"] for r in train_two] == [5, 10, 15, 20, 25, 30]
+    assert all(abs(p["loss"] - q["loss"]) < 1e-5 for p, q in zip(train_one, train_two))
+    assert len(records(text_dir / "two", "final")) == 1
+
+    # a 2-process checkpoint resumes in one process (the streams' state is whole in it)
+    more = ["--steps", "40"]
+    assert single("train", "--resume", "one", *more, "--quiet", cwd=text_dir).returncode == 0
+    resumed = single("train", "--resume", "two", *more, "--quiet", cwd=text_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = model_tensors(text_dir / "one/latest.safetensors"), model_tensors(text_dir / "two/latest.safetensors")
+    assert max_difference(a, b) < 1e-5
+
+
+def test_batch_not_divisible_by_processes_is_refused(text_dir):
+    flags = [f for f in FLAGS]
+    flags[flags.index("--batch-size") + 1] = "3"
+    code, err = finish(torchrun(2, "train", "tiny.txt", "--out", "r", *flags, "--steps", "5", cwd=text_dir))
+    assert code != 0
+    assert "--batch-size 3 must be divisible by the number of processes (2)" in err
+
+
+# ---- a rank that dies or hangs --------------------------------------------------------------
+
+def test_killed_rank_ends_the_run_and_resume_finishes_it(text_dir):
+    args = ["train", "tiny.txt", *FLAGS, "--steps", "400", "--checkpoint-every", "20"]
+    reference = torchrun(2, *args, "--out", "reference", cwd=text_dir)
+    code, err = finish(reference)
+    assert code == 0, err
+
+    run = text_dir / "run"
+    proc = torchrun(2, *args, "--out", "run", cwd=text_dir)
+    wait_until(lambda: (run / "latest.safetensors").exists(), proc)
+    os.kill(worker_pid(proc, 1), signal.SIGKILL)
+    code, err = finish(proc)
+    assert code != 0  # torchrun noticed and tore the group down
+    rank0 = [line for line in err.splitlines() if line.startswith("nextchar train")]
+    assert rank0, err  # rank 0 said why, in one line
+    assert "lost contact with the other training processes" in rank0[0] or "received" in rank0[0]
+    _, meta = load_checkpoint(run / "latest.safetensors")  # intact
+    assert 0 < meta["step"] < 400
+
+    code, err = finish(torchrun(2, "train", "--resume", "run", "--quiet", cwd=text_dir))
+    assert code == 0, err
+    final = records(run, "final")[-1]
+    assert final["step"] == records(text_dir / "reference", "final")[-1]["step"] == 400
+    a, b = model_tensors(run / "latest.safetensors"), model_tensors(text_dir / "reference/latest.safetensors")
+    assert all(torch.isfinite(v).all() for v in a.values())
+    assert max_difference(a, b) == 0.0  # the resume point holds everything: the very same weights
+
+
+def test_ctrl_c_stops_every_rank_at_one_step_with_a_checkpoint(text_dir):
+    """A terminal's Ctrl-C reaches torchrun and its workers, and torchrun passes it on again."""
+    run = text_dir / "run"
+    proc = torchrun(2, "train", "tiny.txt", "--out", "run", *FLAGS, "--steps", "100000",
+                    "--checkpoint-every", "100000", cwd=text_dir)
+    wait_until(lambda: len(records(run, "train")) >= 2, proc)
+    for pid in (worker_pid(proc, 0), worker_pid(proc, 1), proc.pid):
+        os.kill(pid, signal.SIGINT)
+    code, err = finish(proc)
+    assert code != 0
+    stops = [line for line in err.splitlines() if line.startswith("nextchar train")]
+    assert len(stops) == 2 and stops[0] == stops[1] and "SIGINT received: stopped at step" in stops[0], err
+    _, meta = load_checkpoint(run / "latest.safetensors")
+    assert f"stopped at step {meta['step']} and saved" in stops[0]
+
+
+def test_stopped_rank_times_out_with_a_clear_message(text_dir):
+    run = text_dir / "run"
+    env = dict(ENV, NEXTCHAR_DIST_TIMEOUT="5")
+    proc = torchrun(2, "train", "tiny.txt", "--out", "run", *FLAGS, "--steps", "100000",
+                    "--checkpoint-every", "100000", cwd=text_dir, env=env)
+    wait_until(lambda: len(records(run, "train")) >= 2, proc)
+    rank0, rank1 = worker_pid(proc, 0), worker_pid(proc, 1)
+    os.kill(rank1, signal.SIGSTOP)  # alive, holding its sockets open, answering nothing
+    stopped = time.monotonic()
+    try:
+        while alive(rank0) and time.monotonic() - stopped < 60:
+            time.sleep(0.05)
+        waited = time.monotonic() - stopped
+    finally:
+        os.kill(rank1, signal.SIGKILL)
+    code, err = finish(proc)
+    assert code != 0
+    assert 4 < waited < 30
+    line = next(line for line in err.splitlines() if line.startswith("nextchar train"))
+    assert "lost contact with the other training processes" in line
+    assert "NEXTCHAR_DIST_TIMEOUT=5s" in line and f"--resume {run.name}" in line
+
+
+# ---- a non-finite loss on one rank ----------------------------------------------------------
+
+class _LossWithInf:
+    """F for the trainer whose cross_entropy adds +inf at the given (1-based) calls: the loss is
+    infinite while its gradient stays finite, the case a per-rank check gets wrong."""
+
+    def __init__(self, bad_calls):
+        self.calls = 0
+        self.bad = set(bad_calls)
+
+    def cross_entropy(self, *args, **kwargs):
+        self.calls += 1
+        loss = torch.nn.functional.cross_entropy(*args, **kwargs)
+        return loss + math.inf if self.calls in self.bad or "all" in self.bad and self.calls >= 3 else loss
+
+    def __getattr__(self, name):
+        return getattr(torch.nn.functional, name)
+
+
+def _rank(rank: int, world: int, port: int, folder: str, text: str, bad_rank: int, steps: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    trainer.F = _LossWithInf({4} if rank == bad_rank else ())
+    trainer.launch([text], folder, quiet=True, options=dict(OPTIONS, steps=steps))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_inf_loss_on_one_rank_is_skipped_by_every_rank(text_dir, monkeypatch):
+    text = str(text_dir / "tiny.txt")
+    torch.multiprocessing.spawn(_rank, args=(2, _free_port(), str(text_dir / "two"), text, 1, 12),
+                                nprocs=2, join=True)
+    for name, bad in (("one", {4}), ("clean", set())):
+        monkeypatch.setattr(trainer, "F", _LossWithInf(bad))
+        trainer.launch([text], text_dir / name, quiet=True, options=dict(OPTIONS, steps=12))
+    two, one, clean = (model_tensors(text_dir / n / "latest.safetensors") for n in ("two", "one", "clean"))
+    assert max_difference(one, clean) > 1e-4  # skipping step 4 matters...
+    assert max_difference(two, one) < 1e-5  # ...and both ranks skipped it
+    assert [r["step"] for r in records(text_dir / "two", "skipped")] == [4]
+
+
+# ---- GPU code paths that run on a CPU -------------------------------------------------------
+
+def test_device_side_skip_matches_the_host_side_skip(text_dir, monkeypatch):
+    """On CUDA the finite check stays on the device (fused AdamW with found_inf, counts read at
+    log steps); forced here on the CPU, it must skip exactly what the host-side check skips."""
+    text = str(text_dir / "tiny.txt")
+    for defer in (False, True):
+        monkeypatch.setattr(trainer, "_defers_checks", lambda device, defer=defer: defer)
+        monkeypatch.setattr(trainer, "F", _LossWithInf({4, 9, 10}))
+        trainer.launch([text], text_dir / f"defer-{defer}", quiet=True, options=dict(OPTIONS, steps=14))
+    host, device = (text_dir / f"defer-{d}" for d in (False, True))
+    assert max_difference(model_tensors(host / "latest.safetensors"),
+                          model_tensors(device / "latest.safetensors")) < 1e-5
+    assert [r["step"] for r in records(host, "skipped")] == [4, 9, 10]
+    assert [(r["step"], r["count"]) for r in records(device, "skipped")] == [(5, 1), (10, 2)]
+
+    for defer in (False, True):  # divergence: 5 non-finite steps in a row end the run either way
+        monkeypatch.setattr(trainer, "_defers_checks", lambda device, defer=defer: defer)
+        monkeypatch.setattr(trainer, "F", _LossWithInf({"all"}))
+        with pytest.raises(Diverged, match="non-finite steps in a row"):
+            trainer.launch([text], text_dir / f"diverge-{defer}", quiet=True,
+                           options=dict(OPTIONS, steps=30))
+
+
+def test_checkpoint_from_a_gpu_run_resumes_and_samples_on_the_cpu(text_dir, monkeypatch):
+    """A CUDA run's checkpoint differs from a CPU run's by its CUDA RNG state and a fused
+    optimizer's state: both must load on a machine without a GPU."""
+    text = str(text_dir / "tiny.txt")
+    monkeypatch.setattr(trainer, "_defers_checks", lambda device: True)  # the fused optimizer
+    trainer.launch([text], text_dir / "run", quiet=True, options=dict(OPTIONS, steps=10))
+    latest = text_dir / "run" / "latest.safetensors"
+    tensors, meta = load_checkpoint(latest)
+    tensors["rng.cuda"] = torch.zeros(16, dtype=torch.uint8)
+    save_checkpoint(latest, tensors, {k: v for k, v in meta.items() if k != "checksum"})
+
+    monkeypatch.setattr(trainer, "_defers_checks", lambda device: False)
+    result = trainer.launch(resume=text_dir / "run", quiet=True, options={"steps": 15})
+    assert result.steps == 15
+    model, vocab, _, _ = load_model(text_dir / "run", "latest", device="cpu")
+    assert model.head.weight.device.type == "cpu"
+    sample = Sampler(model, vocab).generate(SampleConfig(length=30, seed=1))[0]
+    assert len(sample) == 30 and set(sample) <= set(vocab.symbols)
+
+
+def test_compile_flag():
+    parser = build_parser()
+    assert parser.parse_args(["train", "--compile"]).compile is True
+    assert parser.parse_args(["train", "--no-compile"]).compile is False
+    assert parser.parse_args(["train"]).compile is None  # a resumed run keeps its setting

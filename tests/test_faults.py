@@ -1,0 +1,321 @@
+"""Faults a run survives: Ctrl-C and SIGTERM, SIGKILL at any moment (even mid-write), stray
+temporary files, divergence, and a full disk. Each ends with the last complete checkpoint in
+place and a run that `--resume` continues."""
+
+import errno
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import nextchar
+import nextchar.runfolder as runfolder
+from conftest import TINY
+from nextchar.cli import main
+from nextchar.config import TrainConfig
+from nextchar.errors import Diverged
+from nextchar.runfolder import CheckpointWriteError, load_checkpoint, load_model
+
+TRAIN = ["--hidden", "32", "--layers", "1", "--embed", "16", "--batch-size", "4", "--seq-len", "16",
+         "--sample-chars", "20", "--log-every", "5", "--quiet"]
+LINE = "The quick brown fox jumps over the lazy dog; naïve café — déjà vu.\n"
+TEXT = "".join(f"{i}: {LINE}" for i in range(90))
+
+
+def start(*args, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "nextchar", *map(str, args)], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early ({proc.returncode}): {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("training made no progress")
+        time.sleep(0.02)
+
+
+def logged_steps(run: Path) -> list[int]:
+    return [r["step"] for r in runfolder.RunFolder(run).read_metrics() if r.get("kind") == "train"]
+
+
+def model_tensors(path: Path) -> dict[str, torch.Tensor]:
+    tensors, _ = load_checkpoint(path)
+    return {k: v for k, v in tensors.items() if k.startswith("model.")}
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def stray_temps(run: Path) -> list[Path]:
+    return sorted(run.glob(".*.tmp-*"))
+
+
+# ---- signals --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, signum, code):
+    (tmp_path / "tiny.txt").write_text(TEXT)
+    run = tmp_path / "run"
+    proc = start("train", "tiny.txt", "--out", "run", *TRAIN, "--steps", 100000,
+                 "--checkpoint-every", 100000, "--eval-every", 100000, cwd=tmp_path)
+    wait_for(lambda: len(logged_steps(run)) >= 2, proc)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    name = signal.Signals(signum).name
+    assert f"{name} received" in lines[0] and "saved a resumable checkpoint" in lines[0]
+    assert lines[0].endswith("continue with: nextchar train --resume run")
+    step = int(lines[0].split("stopped at step ")[1].split()[0])
+    _, meta = load_checkpoint(run / "latest.safetensors")  # written at the signal, not before
+    assert meta["step"] == step >= max(logged_steps(run)) >= 10
+    assert stray_temps(run) == []
+
+    resumed = nextchar.train(resume=run, steps=step + 7)
+    assert resumed.steps == step + 7
+    final = runfolder.RunFolder(run).read_metrics()[-1]
+    assert final["kind"] == "final" and final["step"] == step + 7 and final["stop"] == "steps"
+
+
+def test_sigkill_at_random_moments_leaves_a_resumable_run(tmp_path):
+    """Checkpoints every step, so many kills land in the middle of writing one."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = random.Random(seed)
+    (tmp_path / "tiny.txt").write_text(TEXT)
+    run = tmp_path / "run"
+    latest = run / "latest.safetensors"
+    last_step = 0
+    for attempt in range(3):
+        if attempt == 0:
+            proc = start("train", "tiny.txt", "--out", "run", *TRAIN, "--steps", 100000,
+                         "--checkpoint-every", 1, "--eval-every", 7, cwd=tmp_path)
+        else:
+            proc = start("train", "--resume", "run", "--quiet", cwd=tmp_path)
+        wait_for(lambda done=last_step: latest.exists() and max(logged_steps(run), default=0) > done,
+                 proc)
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.kill()
+        proc.communicate(timeout=60)
+        _, meta = load_checkpoint(latest)  # the previous complete checkpoint, whatever the moment
+        assert meta["step"] >= last_step, f"seed {seed}"
+        last_step = meta["step"]
+        model = load_model(run)[0]  # best (or latest) loads too
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+    resumed = nextchar.train(resume=run, steps=last_step + 5)
+    assert resumed.steps == last_step + 5, f"seed {seed}"
+    assert stray_temps(run) == []
+    steps = [r["step"] for r in runfolder.RunFolder(run).read_metrics() if r["kind"] == "train"]
+    assert steps == sorted(set(steps)), "metrics of a lost future were not dropped"
+
+
+def test_stray_partial_temp_files_are_ignored_and_cleaned(tmp_path):
+    run = Path(nextchar.train(text=TEXT, out=tmp_path / "run", steps=10, eval_every=5, **TINY).path)
+    latest = (run / "latest.safetensors").read_bytes()
+    best = (run / "best.safetensors").read_bytes()
+    (run / ".latest.safetensors.tmp-123").write_bytes(latest[: len(latest) // 2])  # killed mid-write
+    (run / ".best.safetensors.tmp-99999").write_bytes(b"\x00" * 10)
+    (run / ".metrics.jsonl.tmp-5").write_text('{"kind": "train", "st')
+    (run / ".data.tmp-77").mkdir()  # a prepare killed half way
+    (run / ".data.tmp-77" / "tokens.bin").write_bytes(b"\x01\x02")
+
+    model = nextchar.load(run)
+    assert len(model.generate("The", 10, seed=0)) == 13
+    assert load_checkpoint(run / "latest.safetensors")[1]["step"] == 10
+    assert (run / "best.safetensors").read_bytes() == best
+
+    assert nextchar.train(resume=run, steps=15).steps == 15
+    assert stray_temps(run) == []
+
+
+# ---- divergence -----------------------------------------------------------------------------
+
+@pytest.fixture
+def nan_losses(monkeypatch):
+    """Make the training loss NaN at the given training steps (1-based); evaluation is untouched."""
+    bad: set[int] = set()
+    calls = [0]
+    real = torch.nn.functional.cross_entropy
+
+    def cross_entropy(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        if kwargs.get("reduction") == "sum":  # the trainer's; evaluation asks for "none"
+            calls[0] += 1
+            if calls[0] in bad:
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", cross_entropy)
+    return bad
+
+
+def test_a_non_finite_step_is_skipped_and_logged(tmp_path, nan_losses):
+    nan_losses.update({12, 13})
+    run = nextchar.train(text=TEXT, out=tmp_path / "run", steps=20, eval_every=10, **TINY)
+    assert run.steps == 20
+    skipped = [r for r in runfolder.RunFolder(run.path).read_metrics() if r["kind"] == "skipped"]
+    assert [r["step"] for r in skipped] == [12, 13]
+    for name in ("best", "latest"):
+        assert all(torch.isfinite(t).all() for t in model_tensors(run.path / f"{name}.safetensors").values())
+
+
+def test_repeated_non_finite_steps_stop_with_the_last_good_checkpoint(tmp_path, nan_losses, capsys):
+    options = dict(TINY, schedule="constant")  # so the lr does not depend on the planned length
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    (tmp_path / "tiny.txt").write_text(TEXT)
+    nan_losses.update(range(26, 1000))
+    with pytest.raises(SystemExit) as stop:
+        main(["train", str(tmp_path / "tiny.txt"), "--out", str(tmp_path / "run"), "--steps", "60",
+              "--eval-every", "10", "--quiet", *flags])
+    err = capsys.readouterr().err
+    assert stop.value.code == 1 and len(err.splitlines()) == 1, err
+    assert re.search(r"training diverged: 5 non-finite steps in a row (at|by) step 30", err)
+    assert "lower learning rate" in err and "--resume" in err and "--lr 0.0033" in err
+    run = tmp_path / "run"
+    assert load_checkpoint(run / "latest.safetensors")[1]["step"] == 20
+    skipped = [r["step"] for r in runfolder.RunFolder(run).read_metrics() if r["kind"] == "skipped"]
+    assert skipped == [26, 27, 28, 29, 30]
+
+    # the kept checkpoints are those of the same run stopped cleanly at step 20
+    nan_losses.clear()
+    clean = nextchar.train(text=TEXT, out=tmp_path / "clean", steps=20, eval_every=10, **options).path
+    for name in ("best", "latest"):
+        assert_same_tensors(model_tensors(run / f"{name}.safetensors"),
+                            model_tensors(clean / f"{name}.safetensors"))
+    assert nextchar.train(resume=run, lr=3e-3, steps=30).steps == 30  # and it goes on
+
+
+def test_non_finite_weights_never_replace_good_ones(tmp_path, monkeypatch):
+    real_step = torch.optim.AdamW.step
+    calls = [0]
+
+    def step(self, *args, **kwargs):
+        result = real_step(self, *args, **kwargs)
+        calls[0] += 1
+        if calls[0] == 19:  # finite loss and gradient, yet the update overflows
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("inf"))
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    run = tmp_path / "run"
+    with pytest.raises(Diverged, match="weights became non-finite by step 20.*lower learning rate"):
+        nextchar.train(text=TEXT, out=run, steps=40, eval_every=10, **TINY)
+    for name in ("best", "latest"):
+        tensors, meta = load_checkpoint(run / f"{name}.safetensors")
+        assert meta["step"] == 10
+        assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model."))
+
+
+# ---- disk full ------------------------------------------------------------------------------
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.fixture
+def finished_run(tmp_path):
+    run = Path(nextchar.train(text=TEXT, out=tmp_path / "run", steps=10, eval_every=5, **TINY).path)
+    return run, {name: (run / name).read_bytes() for name in ("latest.safetensors", "best.safetensors")}
+
+
+def test_disk_full_on_rename_keeps_the_old_checkpoint(finished_run, monkeypatch, capsys):
+    run, before = finished_run
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if str(dst).endswith(".safetensors"):
+            no_space()
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(runfolder.os, "replace", replace)
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--resume", str(run), "--steps", "20", "--quiet"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "could not write" in err and "No space left on device" in err
+    assert "the previous file is unchanged" in err
+    for name, data in before.items():
+        assert (run / name).read_bytes() == data
+    assert stray_temps(run) == []
+
+
+def test_disk_full_mid_write_leaves_no_partial_file(finished_run, monkeypatch):
+    run, before = finished_run
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if ".safetensors.tmp-" in os.readlink(f"/proc/self/fd/{fd}"):
+            no_space()
+        return real_fsync(fd)
+
+    monkeypatch.setattr(runfolder.os, "fsync", fsync)
+    with pytest.raises(CheckpointWriteError, match="No space left on device"):
+        nextchar.train(resume=run, steps=20)
+    for name, data in before.items():
+        assert (run / name).read_bytes() == data
+    assert stray_temps(run) == []
+    monkeypatch.undo()
+    assert nextchar.train(resume=run, steps=20).steps == 20  # space again: it goes on
+
+
+def test_disk_full_on_metrics_is_a_clear_error(finished_run, monkeypatch):
+    run, before = finished_run
+
+    def open_(path, mode="r", *args, **kwargs):
+        if str(path).endswith("metrics.jsonl") and "a" in mode:
+            no_space()
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(runfolder, "open", open_, raising=False)
+    with pytest.raises(CheckpointWriteError, match="metrics.jsonl: No space left on device"):
+        nextchar.train(resume=run, steps=20)
+    assert (run / "latest.safetensors").read_bytes() == before["latest.safetensors"]
+
+
+# ---- how much work a crash can lose ---------------------------------------------------------
+
+def test_default_checkpoint_cadence_bounds_lost_work():
+    assert 0 < TrainConfig().checkpoint_every <= 180  # seconds: a few minutes at most
+
+
+@pytest.mark.parametrize("every", [{"checkpoint_every_steps": 7, "checkpoint_every": 0.0},
+                                   {"checkpoint_every": 0.05}])
+def test_checkpoints_between_evaluations(tmp_path, monkeypatch, every):
+    import nextchar.data
+    import nextchar.trainer
+
+    saved = []
+    real_save = nextchar.trainer.save_checkpoint
+
+    def save_checkpoint(path, tensors, meta):
+        saved.append((Path(path).name, meta["step"]))
+        return real_save(path, tensors, meta)
+
+    real_window = nextchar.data.Streams.window
+
+    def slow_window(self, index):
+        time.sleep(0.01)
+        return real_window(self, index)
+
+    monkeypatch.setattr(nextchar.trainer, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(nextchar.data.Streams, "window", slow_window)
+    nextchar.train(text=TEXT, out=tmp_path / "run", steps=30, eval_every=1000, **TINY, **every)
+    steps = [step for name, step in saved if name == "latest.safetensors"]
+    assert steps[-1] == 30 and len(steps) >= 3
+    if "checkpoint_every_steps" in every:
+        assert steps == [7, 14, 21, 28, 30]

@@ -1,0 +1,157 @@
+"""Exact resume: on the CPU with the same thread count, a run interrupted and resumed ends with
+weights bit-identical to the same run uninterrupted. Data position, optimizer, schedule, RNG
+states and the carried hidden state all come back from latest.safetensors; dropout exercises
+the RNG, and the streams wrap around an epoch boundary (the hidden state is reset there).
+
+The interruption is a real SIGINT that the process sends itself when it reads a chosen window,
+so the test knows exactly where it lands."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+import nextchar
+import nextchar.data
+from nextchar.errors import Interrupted, UserError
+from nextchar.runfolder import RunFolder, load_checkpoint
+
+LINE = "The quick brown fox jumps over the lazy dog; naïve café — déjà vu.\n"
+TEXT = "".join(f"{i}: {LINE}" for i in range(90))
+# about 20 windows per epoch, so 40 steps cross an epoch boundary
+OPTIONS = {"hidden": 32, "layers": 2, "embed": 16, "dropout": 0.2, "batch_size": 8, "seq_len": 32,
+           "lr": 1e-2, "warmup_steps": 5, "sample_chars": 20, "log_every": 5, "steps": 40}
+FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in OPTIONS.items()] + ["--quiet"]
+
+INTERRUPT_AT = textwrap.dedent("""
+    import os, signal, sys
+    import nextchar.data
+    from nextchar.cli import main
+
+    stop_at, calls, window = int(sys.argv[1]), [0], nextchar.data.Streams.window
+
+    def interrupting_window(self, index):
+        calls[0] += 1
+        if calls[0] == stop_at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return window(self, index)
+
+    nextchar.data.Streams.window = interrupting_window
+    main(sys.argv[2:])
+""")
+
+
+def all_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    return load_checkpoint(path)
+
+
+def assert_identical_runs(a: Path, b: Path) -> None:
+    """Every tensor of best and latest (weights, optimizer, hidden state, RNG) bit for bit."""
+    for name in ("best.safetensors", "latest.safetensors"):
+        (ta, ma), (tb, mb) = all_tensors(a / name), all_tensors(b / name)
+        assert ta.keys() == tb.keys(), name
+        assert any(k.startswith("model.") for k in ta)
+        different = [k for k in ta if not torch.equal(ta[k], tb[k])]
+        assert different == [], (name, different)
+        assert ma["step"] == mb["step"] == OPTIONS["steps"]
+    evals_a, evals_b = evals(a), evals(b)
+    assert len(evals_a) == 10 and evals_a == evals_b
+
+
+def evals(run: Path) -> list[tuple]:
+    return [(r["step"], r["val_loss"], r["sample"]) for r in RunFolder(run).read_metrics()
+            if r["kind"] == "eval"]
+
+
+def test_cli_run_interrupted_by_sigint_and_resumed_is_bit_identical(tmp_path):
+    (tmp_path / "tiny.txt").write_text(TEXT)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, *map(str, args)], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+
+    with ThreadPoolExecutor(2) as pool:
+        whole = pool.submit(cli, "-m", "nextchar", "train", "tiny.txt", "--out", "whole", *FLAGS)
+        cut = pool.submit(cli, "-c", INTERRUPT_AT, 17, "train", "tiny.txt", "--out", "cut", *FLAGS)
+        whole, cut = whole.result(), cut.result()
+    assert whole.returncode == 0, whole.stderr
+    assert cut.returncode == 130, cut.stderr
+    assert "stopped at step 17 " in cut.stderr  # the signal came while step 17 ran: it finished
+    assert load_checkpoint(tmp_path / "cut" / "latest.safetensors")[1]["step"] == 17
+    resumed = cli("-m", "nextchar", "train", "--resume", "cut", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_identical_runs(tmp_path / "whole", tmp_path / "cut")
+
+
+@pytest.fixture(scope="module")
+def whole_runs(tmp_path_factory):
+    """The uninterrupted reference runs, in-process, one per cell."""
+    folder = tmp_path_factory.mktemp("whole")
+    return {cell: Path(nextchar.train(text=TEXT, out=folder / cell, cell=cell, **OPTIONS).path)
+            for cell in ("lstm", "gru")}
+
+
+def interrupt_at(monkeypatch, stop_at: int) -> None:
+    calls, window = [0], nextchar.data.Streams.window
+
+    def interrupting_window(self, index):
+        calls[0] += 1
+        if calls[0] == stop_at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return window(self, index)
+
+    monkeypatch.setattr(nextchar.data.Streams, "window", interrupting_window)
+
+
+@pytest.mark.parametrize("cell, stops", [
+    ("lstm", [4]),  # stopped at step 4 (checkpoint k stops after step k), an evaluation step
+    ("lstm", [10]),
+    ("lstm", [24]),  # just past the epoch boundary (23 windows)
+    ("lstm", [8, 13, 9]),  # interrupted three times: at steps 8, 21 and 30
+    ("gru", [30]),
+])
+def test_in_process_interrupted_runs_are_bit_identical(tmp_path, monkeypatch, whole_runs, cell, stops):
+    run = tmp_path / "run"
+    for session, stop_at in enumerate(stops):
+        interrupt_at(monkeypatch, stop_at)
+        with pytest.raises(Interrupted) as stopped:
+            if session == 0:
+                nextchar.train(text=TEXT, out=run, cell=cell, **OPTIONS)
+            else:
+                nextchar.train(resume=run)
+        assert stopped.value.signum == signal.SIGINT
+        monkeypatch.undo()
+    # a crash after the checkpoint logged a future that did not happen, the last line cut short
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "train", "step": 39, "loss": 0.1}) + "\n" + '{"kind": "ev')
+    assert nextchar.train(resume=run).steps == OPTIONS["steps"]
+    assert_identical_runs(whole_runs[cell], run)
+    kinds = [(r["kind"], r["step"]) for r in RunFolder(run).read_metrics()]
+    assert kinds == [(r["kind"], r["step"]) for r in RunFolder(whole_runs[cell]).read_metrics()]
+
+
+def test_resume_of_a_finished_run_changes_nothing_but_can_extend_it(tmp_path, whole_runs):
+    run = tmp_path / "run"
+    shutil.copytree(whole_runs["lstm"], run)
+    before = (run / "best.safetensors").read_bytes()
+    assert nextchar.train(resume=run).steps == 40
+    assert (run / "best.safetensors").read_bytes() == before
+    assert nextchar.train(resume=run, steps=45).steps == 45
+
+
+def test_resume_refuses_model_changes_and_a_missing_checkpoint(tmp_path, whole_runs):
+    with pytest.raises(UserError, match="cannot change hidden, layers when resuming"):
+        nextchar.train(resume=whole_runs["lstm"], hidden=64, layers=3)
+    run = tmp_path / "run"
+    shutil.copytree(whole_runs["lstm"], run)
+    (run / "latest.safetensors").unlink()
+    with pytest.raises(UserError, match="has no resumable checkpoint"):
+        nextchar.train(resume=run)
