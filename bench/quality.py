@@ -43,6 +43,9 @@ def main() -> None:
         wall = time.perf_counter() - started
         result = json.loads(proc.stdout)
         config = json.loads((run / "config.json").read_text())
+        curve = [[r["step"], round(r["val_loss"], 4)] for r in
+                 (json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
+                 if r["kind"] == "eval" and "val_loss" in r]
     val, test = result["val"], result["test"]
     last10 = (val["nats_per_char"] * val["chars"] + test["nats_per_char"] * test["chars"]) / (
         val["chars"] + test["chars"])
@@ -56,7 +59,8 @@ def main() -> None:
     record = {"time": args.time, "text": args.text or "tinyshakespeare", "extra": args.extra,
               "label": args.label, "last10_nats": round(last10, 4), "val_nats": round(val["nats_per_char"], 4),
               "test_nats": round(test["nats_per_char"], 4), "steps": result["steps"],
-              "wall": round(wall, 1), "model": config["model"], "train": config["train"]}
+              "wall": round(wall, 1), "val_curve": curve, "model": config["model"],
+              "train": config["train"]}
     out = Path(__file__).parent / "results" / "quality.jsonl"
     out.parent.mkdir(exist_ok=True)
     with open(out, "a") as f:

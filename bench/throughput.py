@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import finish, machine, metrics, nextchar, report  # noqa: E402
 from nextchar.config import ModelConfig  # noqa: E402
 from nextchar.corpus import bundled_path  # noqa: E402
+from nextchar.devices import resolve_precision  # noqa: E402
 from nextchar.evaluate import score_ids  # noqa: E402
 from nextchar.model import CharRNN, flops_per_char  # noqa: E402
 
@@ -77,10 +78,11 @@ def bare_loop(hidden: int, steps: int, tokens: np.ndarray) -> float:
     return B * T / statistics.median(times[3:])
 
 
-def nextchar_loop(hidden: int, steps: int, folder: Path) -> float:
+def nextchar_loop(hidden: int, steps: int, folder: Path, precision: str) -> float:
     """chars/s of `nextchar train` (its real loop: data, clipping, schedule, logging, progress bar)."""
     run = folder / f"run{hidden}"
     nextchar("train", "--out", run, "--force", "--steps", steps, "--hidden", hidden, "--layers", 2,
+             "--precision", precision,
              "--embed", EMBED, "--batch-size", B, "--seq-len", T, "--eval-every", 10**6,
              "--log-every", 2, "--sample-chars", 0, "--checkpoint-every", 10**6, "--eval-chars", 2,
              env={"NEXTCHAR_PROGRESS": "1"})
@@ -88,13 +90,14 @@ def nextchar_loop(hidden: int, steps: int, folder: Path) -> float:
     return statistics.median(speeds)
 
 
-def eval_speed(hidden: int, tokens: np.ndarray) -> float:
+def eval_speed(hidden: int, tokens: np.ndarray, precision: str) -> float:
+    """chars/s of the evaluation that training and `nextchar eval` run (score_ids)."""
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=V, hidden=hidden, layers=2, embed=EMBED))
     ids = tokens[:200_000]
-    score_ids(model, ids[:20_000])
+    score_ids(model, ids[:20_000], precision=precision)
     started = time.perf_counter()
-    score_ids(model, ids)
+    score_ids(model, ids, precision=precision)
     return (len(ids) - 1) / (time.perf_counter() - started)
 
 
@@ -112,20 +115,25 @@ def main() -> None:
     report("matmul 2048^3 fp32", peak, "GFLOP/s")
     with tempfile.TemporaryDirectory() as tmp:
         for hidden in args.sizes:
-            bare, ours = [], []
-            for _ in range(args.rounds):  # interleaved, so drift in machine load hits both
+            bare, fp32, auto = [], [], []
+            for _ in range(args.rounds):  # interleaved, so drift in machine load hits all three
                 bare.append(bare_loop(hidden, args.steps, tokens))
-                ours.append(nextchar_loop(hidden, args.steps, Path(tmp)))
-            bare_cps, our_cps = statistics.median(bare), statistics.median(ours)
+                fp32.append(nextchar_loop(hidden, args.steps, Path(tmp), "fp32"))
+                auto.append(nextchar_loop(hidden, args.steps, Path(tmp), "auto"))
+            bare_cps, fp32_cps, auto_cps = map(statistics.median, (bare, fp32, auto))
             flops = flops_per_char(ModelConfig(vocab_size=V, hidden=hidden, layers=2, embed=EMBED))
-            report(f"bare loop 2x{hidden} B{B} T{T}", bare_cps, "chars/s")
-            report(f"nextchar train 2x{hidden} B{B} T{T}", our_cps, "chars/s", reference=bare_cps,
+            report(f"bare fp32 loop 2x{hidden} B{B} T{T}", bare_cps, "chars/s")
+            report(f"nextchar train --precision fp32 2x{hidden}", fp32_cps, "chars/s", reference=bare_cps,
                    ref_name="bare loop", ratio_floor=0.95)
-            report(f"nextchar train 2x{hidden} GFLOP/s", our_cps * flops / 1e9, "GFLOP/s",
-                   reference=peak, ref_name="matmul")
-            evals = eval_speed(hidden, tokens)
-            report(f"evaluation 2x{hidden}", evals, "chars/s", reference=our_cps,
-                   ref_name="nextchar train", ratio_floor=3.0)
+            report(f"nextchar train --precision fp32 2x{hidden} GFLOP/s", fp32_cps * flops / 1e9,
+                   "GFLOP/s", reference=peak, ref_name="matmul")
+            report(f"nextchar train (default: auto = {resolve_precision('auto', torch.device('cpu'))}) "
+                   f"2x{hidden}", auto_cps, "chars/s", reference=bare_cps, ref_name="bare loop",
+                   ratio_floor=0.95)
+            for precision, train_cps in (("fp32", fp32_cps), ("auto", auto_cps)):
+                evals = eval_speed(hidden, tokens, precision)
+                report(f"evaluation --precision {precision} 2x{hidden}", evals, "chars/s",
+                       reference=train_cps, ref_name=f"nextchar train {precision}", ratio_floor=3.0)
     finish()
 
 

@@ -57,3 +57,13 @@ def test_flops_formula():
     config = ModelConfig(vocab_size=65, cell="lstm", hidden=512, layers=2, embed=64)
     expected = 2 * (4 * 512 * (64 + 512) + 4 * 512 * 1024 + 512 * 65) * 3
     assert flops_per_char(config) == expected
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "rnn-relu"])
+@pytest.mark.parametrize("embed", [0, 4])
+def test_parameter_shapes_match_the_module(cell, embed):
+    from nextchar.model import parameter_shapes
+
+    config = ModelConfig(vocab_size=7, cell=cell, embed=embed, hidden=5, layers=3)
+    actual = {k: tuple(v.shape) for k, v in CharRNN(config).state_dict().items()}
+    assert actual == parameter_shapes(config)

@@ -43,12 +43,14 @@ class Model:
         texts = Sampler(self.module, self.vocab).generate(config)
         return texts[0] if num_samples == 1 else texts
 
-    def evaluate(self, text: str) -> EvalResult:
+    def evaluate(self, text: str, precision: str | None = None) -> EvalResult:
         """Score `text` with carried state. Characters outside the vocabulary are taken out of
-        the stream before scoring (the model reads past them) and counted in `unknown_chars`."""
+        the stream before scoring (the model reads past them) and counted in `unknown_chars`.
+        precision: fp32, bf16 or auto; by default the one the model was trained with."""
+        precision = precision or self.config.train.precision
         ids = self.vocab.ids_of_points(code_points(text))
         unknown = ids < 0
-        result = score_ids(self.module, ids[~unknown], device=self.device)
+        result = score_ids(self.module, ids[~unknown], device=self.device, precision=precision)
         if unknown.any():
             from dataclasses import replace
 
@@ -56,8 +58,10 @@ class Model:
                              unknown_symbols=self.vocab.unknown_chars(text))
         return result
 
-    def evaluate_ids(self, ids: np.ndarray) -> EvalResult:
-        return score_ids(self.module, ids, device=self.device)
+    def evaluate_ids(self, ids: np.ndarray, precision: str | None = None) -> EvalResult:
+        """Score an array of ids, by default in the precision the model was trained with."""
+        precision = precision or self.config.train.precision
+        return score_ids(self.module, ids, device=self.device, precision=precision)
 
 
 def load(path: str | os.PathLike, which: str = "best", device: str = "cpu") -> Model:

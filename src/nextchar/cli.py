@@ -53,7 +53,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     m.add_argument("--layers", type=int)
     m.add_argument("--hidden", type=int, help="hidden units per layer")
     m.add_argument("--embed", type=int, help="embedding size; 0 = one-hot input")
-    m.add_argument("--dropout", type=float, help="dropout between recurrent layers")
+    m.add_argument("--dropout", type=float, help="dropout on each recurrent layer's output (between layers, before the head)")
     t = p.add_argument_group("training")
     t.add_argument("--batch-size", type=int, help="parallel streams B")
     t.add_argument("--seq-len", type=int, help="window length T (truncated BPTT)")
@@ -69,13 +69,17 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--time", type=duration, help="stop after a wall-clock budget: 90s, 3m, 1h "
                                                  "(default 3m when no stop is given)")
     t.add_argument("--eval-every", type=int, help="steps between evaluations (default: about 10 per run)")
-    t.add_argument("--eval-chars", type=int, help="score at most N chars per evaluation (default: all)")
+    t.add_argument("--eval-chars", type=int, help="score at most the first N chars of the val (and test) split per evaluation; "
+                                                     "0 = the whole split (default 2,000,000)")
     t.add_argument("--checkpoint-every", type=steps_or_duration,
                    help="resumable checkpoint every N steps or a duration such as 10m (default 2m)")
     t.add_argument("--sample-chars", type=int, help="length of the sample shown at each evaluation")
     t.add_argument("--log-every", type=int, help="steps between metrics.jsonl lines")
     t.add_argument("--seed", type=int)
     t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    t.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="bf16 autocast (weights stay fp32); auto = bf16 where the CPU/GPU has native "
+                        "bf16 (AVX512-BF16/AMX, recent GPUs), else fp32")
     t.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: its own choice)")
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (off by default; pays off on GPUs, for long runs)")
@@ -132,6 +136,8 @@ def build_parser() -> Parser:
     p.add_argument("--encoding", default="utf-8")
     p.add_argument("--errors", default="strict", choices=["strict", "replace"])
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="arithmetic of the scoring (default: what the run trained with)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("sample", help="generate text from a run",
@@ -171,7 +177,7 @@ def build_parser() -> Parser:
 TRAIN_OPTION_FLAGS = ("val_frac", "test_frac", "encoding", "errors", "cell", "layers", "hidden", "embed",
                       "dropout", "batch_size", "seq_len", "lr", "schedule", "final_lr_frac",
                       "warmup_steps", "optimizer", "weight_decay", "grad_clip", "steps", "epochs", "time",
-                      "eval_every", "eval_chars", "sample_chars", "log_every", "seed", "device", "threads",
+                      "eval_every", "eval_chars", "sample_chars", "log_every", "seed", "device", "threads", "precision",
                       "compile")
 
 
@@ -258,22 +264,21 @@ def cmd_eval(args) -> int:
     from .corpus import read_text
     from .devices import resolve_device
     from .runfolder import RunFolder
-    from .trainer import _load_run_data
 
     model = load(args.run, args.checkpoint, str(resolve_device(args.device)))
     if args.texts:
         text = read_text(args.texts, args.encoding, args.errors)
         if len(text) < 2:
             raise UserError("the text to evaluate needs at least two characters")
-        result = model.evaluate(text)
+        result = model.evaluate(text, args.precision)
         label = ", ".join(args.texts)
     else:
         config = model.config
-        data = _load_run_data(RunFolder(args.run)).resplit(config.data.val_frac, config.data.test_frac)
+        data = RunFolder(args.run).training_data().resplit(config.data.val_frac, config.data.test_frac)
         ids = data.split(args.split)
         if len(ids) < 2:
             raise UserError(f"the run's {args.split} split is empty; pass a TEXT file to score")
-        result = model.evaluate_ids(ids)
+        result = model.evaluate_ids(ids, args.precision)
         label = f"{args.split} split"
     if args.json:
         print(json.dumps({"run": args.run, "text": label, **result.to_dict()}))

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .devices import autocast, resolve_precision
 from .model import CharRNN
 
 LN2 = math.log(2.0)
@@ -55,9 +56,12 @@ def _layout(n_targets: int, streams: int, burn_in: int) -> tuple[np.ndarray, np.
 @torch.inference_mode()
 def score_ids(model: CharRNN, ids: np.ndarray, streams: int = 64, window: int = 256,
               burn_in: int = 128, min_stream: int = 1024,
-              device: torch.device | str | None = None) -> EvalResult:
-    """Score every position of `ids` after the first (a 1-D id array) with carried state."""
-    device = device if device is not None else next(model.parameters()).device
+              device: torch.device | str | None = None, precision: str = "fp32") -> EvalResult:
+    """Score every position of `ids` after the first (a 1-D id array) with carried state.
+
+    precision: 'fp32', 'bf16' (autocast, as training used) or 'auto' (bf16 where native)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    precision = resolve_precision(precision, device)
     n_targets = len(ids) - 1
     if n_targets < 1:
         return EvalResult(0, float("nan"), float("nan"), float("nan"), float("nan"))
@@ -66,6 +70,8 @@ def score_ids(model: CharRNN, ids: np.ndarray, streams: int = 64, window: int = 
     streams = max(1, min(streams, n_targets // min_stream))
     read_from, read_len, score_from = _layout(n_targets, streams, burn_in)
     S = len(read_from)
+    # the logits of one window are S x W x V floats: keep them (and their softmax) near 64 MB
+    window = max(16, min(window, (1 << 24) // (S * model.config.vocab_size)))
     was_training = model.training
     model.eval()
     hidden = model.init_hidden(S, device)
@@ -79,7 +85,8 @@ def score_ids(model: CharRNN, ids: np.ndarray, streams: int = 64, window: int = 
         chunk = torch.from_numpy(np.asarray(ids[positions], dtype=np.int64)).to(device)
         inside = steps[None, :-1] < read_len[:, None]
         scored = torch.from_numpy(inside & (steps[None, :-1] >= score_from[:, None])).to(device)
-        logits, hidden = model(chunk[:, :-1], hidden)  # (S, W, V)
+        with autocast(precision, device):
+            logits, hidden = model(chunk[:, :-1], hidden)  # (S, W, V)
         targets = chunk[:, 1:]
         losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
                                  reduction="none").view_as(targets)  # (S, W)

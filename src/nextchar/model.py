@@ -41,6 +41,8 @@ class CharRNN(nn.Module):
             nonlinearity = "relu" if config.cell == "rnn-relu" else "tanh"
             self.rnn = nn.RNN(input_size, H, config.layers, batch_first=True, dropout=dropout,
                               nonlinearity=nonlinearity)
+        # dropout also on the top layer's output, as on the outputs of the layers below it
+        self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.head = nn.Linear(H, V)
 
     @property
@@ -70,10 +72,28 @@ class CharRNN(nn.Module):
                 out, hidden = self.rnn(x.float(), hidden)  # (B, T, H)
         else:
             out, hidden = self.rnn(x, hidden)  # (B, T, H)
-        return self.head(out), hidden  # (B, T, V)
+        return self.head(self.drop(out)), hidden  # (B, T, V)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The state_dict shapes a CharRNN built from `config` has, computed without building it."""
+    gates = {"lstm": 4, "gru": 3}.get(config.cell, 1)
+    V, E, H = config.vocab_size, config.embed, config.hidden
+    shapes: dict[str, tuple[int, ...]] = {}
+    if E > 0:
+        shapes["embed.weight"] = (V, E)
+    for k in range(config.layers):
+        input_size = (E if E > 0 else V) if k == 0 else H
+        shapes[f"rnn.weight_ih_l{k}"] = (gates * H, input_size)
+        shapes[f"rnn.weight_hh_l{k}"] = (gates * H, H)
+        shapes[f"rnn.bias_ih_l{k}"] = (gates * H,)
+        shapes[f"rnn.bias_hh_l{k}"] = (gates * H,)
+    shapes["head.weight"] = (V, H)
+    shapes["head.bias"] = (V,)
+    return shapes
 
 
 def flops_per_char(config: ModelConfig, training: bool = True) -> float:

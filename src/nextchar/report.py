@@ -156,10 +156,9 @@ def unit_correlations(properties: dict[str, np.ndarray], activations: np.ndarray
 # ---- gathering what the page shows -----------------------------------------------------------
 
 def _load_data(folder: RunFolder, config) -> TokenData | None:
-    from .trainer import _load_run_data  # the same lookup training and resuming use
 
     try:
-        data = _load_run_data(folder)
+        data = folder.training_data()
     except UserError:
         return None
     return data.resplit(config.data.val_frac, config.data.test_frac)

@@ -31,8 +31,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .config import RunConfig
+from .data import TokenData, is_prepared, load_prepared
 from .errors import UserError
-from .model import CharRNN
+from .model import CharRNN, parameter_shapes
 from .vocab import Vocab
 
 CONFIG = "config.json"
@@ -177,7 +178,8 @@ class RunFolder:
         return self.file(CONFIG).is_file()
 
     def create(self, force: bool = False) -> None:
-        """Make the folder for a new run; refuse to overwrite a run unless `force`."""
+        """Make the folder for a new run, checking it can be written; refuse a folder holding a
+        run unless `force`. Nothing is removed here (see clear_previous)."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {self.path} exists and is not a directory")
         if self.exists() and not force:
@@ -190,12 +192,14 @@ class RunFolder:
             probe.unlink()
         except OSError as exc:
             raise UserError(f"cannot write to --out {self.path}: {exc.strerror}") from None
-        if force:
-            for name in (BEST, LATEST, METRICS):
-                try:
-                    self.file(name).unlink()
-                except FileNotFoundError:
-                    pass
+
+    def clear_previous(self) -> None:
+        """Remove what a previous run left (for --force, once the new run's input checked out)."""
+        for name in (BEST, LATEST, METRICS, SOURCE, "report.html", "curves.png"):
+            try:
+                self.file(name).unlink()
+            except FileNotFoundError:
+                pass
 
     def write_setup(self, config: RunConfig, vocab: Vocab, command: str) -> None:
         atomic_write(self.file(CONFIG), config.to_json() + "\n")
@@ -254,6 +258,18 @@ class RunFolder:
                 continue  # a line cut short by a crash
         return records
 
+    def training_data(self) -> TokenData:
+        """The prepared text the run trained on: its data/ folder, or the one source.json names."""
+        if is_prepared(self.file(DATA)):
+            return load_prepared(self.file(DATA))
+        try:
+            source = json.loads(self.file(SOURCE).read_text())["data"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"{self.path} has neither its data folder nor a pointer to one") from None
+        if not is_prepared(source):
+            raise UserError(f"the prepared data {source} that {self.path} trained on is gone")
+        return load_prepared(source)
+
     def weights_path(self, which: str = "best") -> Path:
         if which not in ("best", "latest"):
             raise UserError(f"--checkpoint must be best or latest, got {which!r}")
@@ -277,13 +293,11 @@ def load_model(path: str | os.PathLike, which: str = "best",
         raise UserError(f"{folder.file(VOCAB)} is not the vocabulary {folder.weights_path(which)} "
                         f"was trained with: the vocab does not match the weights")
     weights = prefixed(tensors, "model")
-    try:
-        with torch.device("meta"):  # the shapes the config implies, without allocating them
-            expected = CharRNN(config.model).state_dict()
-    except ValueError as exc:
-        raise UserError(f"{folder.file(CONFIG)} describes no usable model ({exc})") from None
-    if {k: (v.shape, v.dtype) for k, v in expected.items()} != \
-            {k: (v.shape, v.dtype) for k, v in weights.items()}:
+    if config.model.vocab_size < 2:
+        raise UserError(f"{folder.file(CONFIG)} describes no usable model (vocab_size < 2)")
+    # compare shapes before building anything, so a damaged config cannot ask for huge tensors
+    expected = {k: (shape, torch.float32) for k, shape in parameter_shapes(config.model).items()}
+    if expected != {k: (tuple(v.shape), v.dtype) for k, v in weights.items()}:
         raise UserError(f"{folder.weights_path(which)} does not match the model in "
                         f"{folder.file(CONFIG)} (different shapes or names)")
     model = CharRNN(config.model)

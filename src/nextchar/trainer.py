@@ -7,7 +7,6 @@ backward, clip, optimizer step. Only rank 0 logs, evaluates, samples and writes 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -38,7 +37,7 @@ from .config import (
 )
 from .corpus import discover
 from .data import IGNORE, Streams, TokenData, is_prepared, load_prepared, prepare
-from .devices import resolve_device
+from .devices import autocast, resolve_device, resolve_precision
 from .errors import Diverged, Interrupted, PeerFailure, UserError
 from .evaluate import EvalResult, score_ids
 from .model import CharRNN, detach_hidden
@@ -133,6 +132,7 @@ class Trainer:
         device = resolve_device(tc.device)
         self.dist = dist if dist is not None else distributed.setup(device.type)
         self.device = torch.device("cuda", self.dist.local_rank) if device.type == "cuda" else device
+        self.precision = resolve_precision(tc.precision, self.device)
         torch.manual_seed(tc.seed)
         self.model = CharRNN(config.model).to(self.device)
         self.defer_checks = _defers_checks(self.device)
@@ -302,8 +302,7 @@ class Trainer:
         started = time.perf_counter()
         result = None
         if len(self.val_ids) >= 2:
-            with self._autocast():
-                result = score_ids(self.model, self.val_ids, device=self.device)
+            result = score_ids(self.model, self.val_ids, device=self.device, precision=self.precision)
             self.model.train()
             if result.nats_per_char < self.best_val:
                 self.best_val = result.nats_per_char
@@ -371,10 +370,8 @@ class Trainer:
                     bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]")
 
     def _autocast(self):
-        """bf16 autocast on CUDA (the weights stay fp32); nothing elsewhere."""
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """bf16 autocast when --precision resolves to bf16 (the weights stay fp32)."""
+        return autocast(self.precision, self.device)
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array)
@@ -532,7 +529,7 @@ class Trainer:
                                                 "time": round(now - clock0, 3), "loss": train_loss,
                                                 "lr": lr, "chars_per_s": round(speed, 1)})
                 if bar is not None:
-                    postfix = {"loss": f"{train_loss:.3f}", "chars/s": f"{speed:,.0f}"}
+                    postfix = {"step": self.step, "loss": f"{train_loss:.3f}", "chars/s": f"{speed:,.0f}"}
                     if self.best_result:
                         postfix["val"] = f"{self.best_result.nats_per_char:.3f}"
                     bar.set_postfix(postfix, refresh=False)
@@ -564,8 +561,7 @@ class Trainer:
                 best, _ = load_checkpoint(self.folder.file(BEST))
                 scorer = CharRNN(self.config.model).to(self.device)
                 scorer.load_state_dict(prefixed(best, "model"))
-                with self._autocast():
-                    test_result = score_ids(scorer, test_ids, device=self.device)
+                test_result = score_ids(scorer, test_ids, device=self.device, precision=self.precision)
             elapsed = time.perf_counter() - clock0
             final = {"kind": "final", "step": self.step, "chars": self.chars_seen, "time": round(elapsed, 3),
                      "stop": stop_reason,
@@ -608,19 +604,6 @@ def build_config(options: dict[str, Any], vocab_size: int = 0) -> RunConfig:
         train=TrainConfig(**{k: v for k, v in merged.items() if k in TRAIN_FIELDS}))
 
 
-def _load_run_data(folder: RunFolder) -> TokenData:
-    if is_prepared(folder.file(DATA)):
-        return load_prepared(folder.file(DATA))
-    try:
-        source = json.loads(folder.file(SOURCE).read_text())["data"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"{folder.path} has neither its data folder nor a pointer to one; "
-                        f"it cannot be resumed") from None
-    if not is_prepared(source):
-        raise UserError(f"the prepared data {source} that {folder.path} trained on is gone")
-    return load_prepared(source)
-
-
 def _check_trainable(data: TokenData, config: RunConfig) -> None:
     lo, hi = data.splits["train"]
     need = config.train.seq_len + 1
@@ -641,6 +624,8 @@ def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = 
     """Everything `nextchar train` does: settle the config, prepare data and folder, train."""
     options = dict(options or {})
     if resume is not None:
+        if inputs:
+            raise UserError("--resume continues a run on the data it was trained on; give no INPUT with it")
         folder = RunFolder(resume)
         saved = folder.read_config()
         fixed = sorted(k for k in options if k not in TRAIN_FIELDS and options[k] is not None)
@@ -653,7 +638,7 @@ def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = 
         config = RunConfig(saved.data, saved.model, train_config)
         device = resolve_device(train_config.device)
         dist = distributed.setup(device.type)
-        data = _load_run_data(folder).resplit(config.data.val_frac, config.data.test_frac)
+        data = folder.training_data().resplit(config.data.val_frac, config.data.test_frac)
         if data.vocab != folder.read_vocab():
             raise UserError(f"the data's vocabulary differs from {folder.file(VOCAB)}")
         if dist.is_main:
@@ -673,15 +658,21 @@ def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = 
         if folder.exists() and not force:
             folder.create(force=False)  # raises: a run is there
         created = not folder.path.exists()
+        staged = folder.file(f".{DATA}.tmp-{os.getpid()}")  # the new data, until it checks out
         try:
             if not external:
                 discover(inputs)  # names missing files before a folder is made
             folder.create(force=force)
             if not external:
-                prepare(inputs, folder.file(DATA), config.data)
-            _check_trainable(load_prepared(inputs[0] if external else folder.file(DATA))
+                prepare(inputs, staged, config.data)
+            _check_trainable(load_prepared(inputs[0] if external else staged)
                              .resplit(config.data.val_frac, config.data.test_frac), config)
-        except BaseException:  # bad input leaves no half-made run behind
+            folder.clear_previous()  # --force: only now is anything of the old run removed
+            if not external:
+                shutil.rmtree(folder.file(DATA), ignore_errors=True)
+                os.replace(staged, folder.file(DATA))
+        except BaseException:  # bad input leaves no half-made run behind, and an old run intact
+            shutil.rmtree(staged, ignore_errors=True)
             if created:
                 shutil.rmtree(folder.path, ignore_errors=True)
             raise
