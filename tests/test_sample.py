@@ -64,3 +64,22 @@ def test_unknown_prime(sampler):
     check_prime(sampler.vocab, "abz", "skip")
     text = sampler.generate(SampleConfig(length=5, prime="abz", unknown="skip", seed=0))[0]
     assert text.startswith("ab") and len(text) == 7
+
+
+def test_batches_of_samples_in_bf16_stay_close_to_fp32(sampler):
+    """With --precision bf16, eight or more parallel samples step in bf16; one sample stays fp32."""
+    import torch
+
+    bf16 = Sampler(sampler.model, sampler.vocab, precision="bf16")
+    assert bf16.stepper(1).dtype == torch.float32
+    assert bf16.stepper(8).dtype == torch.bfloat16
+    fp32_step, bf16_step = sampler.stepper(8), bf16.stepper(8)
+    idx = torch.arange(8) % len(sampler.vocab)
+    state = sampler.model.init_hidden(8)
+    with torch.no_grad():
+        exact, _ = fp32_step.step(idx, fp32_step.from_module_hidden(state))
+        rounded, _ = bf16_step.step(idx, bf16_step.from_module_hidden(state))
+    assert torch.allclose(exact, rounded.float(), atol=0.05)
+    config = SampleConfig(length=40, seed=5, num_samples=8)
+    texts = bf16.generate(config)
+    assert texts == bf16.generate(config) and all(set(t) <= set(sampler.vocab.symbols) for t in texts)

@@ -40,7 +40,7 @@ class Model:
                               greedy=greedy, num_samples=num_samples, seed=seed, prime=prime,
                               unknown=unknown)
         check_prime(self.vocab, prime, unknown)
-        texts = Sampler(self.module, self.vocab).generate(config)
+        texts = Sampler(self.module, self.vocab, self.config.train.precision).generate(config)
         return texts[0] if num_samples == 1 else texts
 
     def evaluate(self, text: str, precision: str | None = None) -> EvalResult:

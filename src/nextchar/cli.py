@@ -303,7 +303,7 @@ def cmd_sample(args) -> int:
                           seed=args.seed, prime=args.prime, unknown=args.unknown)
     model = load(args.run, args.checkpoint, str(resolve_device(args.device)))
     check_prime(model.vocab, args.prime, args.unknown)
-    sampler = Sampler(model.module, model.vocab)
+    sampler = Sampler(model.module, model.vocab, model.config.train.precision)
     out = sys.stdout
     if args.json or args.num_samples > 1:
         texts = sampler.generate(config)

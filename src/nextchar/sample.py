@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import SampleConfig
+from .devices import resolve_precision
 from .errors import UserError
 from .model import CharRNN, Hidden
 from .vocab import Vocab
@@ -27,8 +28,9 @@ class StepModel:
     """A CharRNN's weights arranged for single-character steps. Hidden: list over layers of
     (h, c) for LSTM or h, each (B, H)."""
 
-    def __init__(self, model: CharRNN):
+    def __init__(self, model: CharRNN, dtype: torch.dtype = torch.float32):
         self.model = model
+        self.dtype = dtype
         self.cell = _CELLS[model.config.cell]
         self.lstm = model.config.cell == "lstm"
         rnn = model.rnn
@@ -41,11 +43,16 @@ class StepModel:
             self.input_table = torch.eye(model.config.vocab_size, device=model.head.weight.device)
         self.head_w = model.head.weight.detach().t().contiguous()  # (H, V)
         self.head_b = model.head.bias.detach()
+        if dtype != torch.float32:
+            self.layers = [tuple(w.to(dtype) for w in layer) for layer in self.layers]
+            self.input_table = self.input_table.to(dtype)
+            self.head_w, self.head_b = self.head_w.to(dtype), self.head_b.to(dtype)
 
     def from_module_hidden(self, hidden: Hidden) -> list:
         if self.lstm:
-            h, c = hidden
+            h, c = (t.to(self.dtype) for t in hidden)
             return [(h[k], c[k]) for k in range(h.size(0))]
+        hidden = hidden.to(self.dtype)
         return [hidden[k] for k in range(hidden.size(0))]
 
     def step(self, idx: torch.Tensor, hidden: list) -> tuple[torch.Tensor, list]:
@@ -79,11 +86,24 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, t
 class Sampler:
     """Draws text from a trained model and its vocabulary."""
 
-    def __init__(self, model: CharRNN, vocab: Vocab):
+    # Below this many parallel samples a step is a matrix-vector product, bound by reading the
+    # weights, which fp32 kernels do best; from it on, bf16 matrix units win (BENCHMARKS.md).
+    BF16_FROM_BATCH = 8
+
+    def __init__(self, model: CharRNN, vocab: Vocab, precision: str = "fp32"):
+        """precision: the run's (fp32, bf16 or auto); bf16 is used for batches of samples only."""
         self.model = model.eval()
         self.vocab = vocab
-        self.stepper = StepModel(model)
         self.device = model.head.weight.device
+        self.precision = resolve_precision(precision, self.device)
+        self.steppers: dict[torch.dtype, StepModel] = {}
+
+    def stepper(self, batch: int) -> StepModel:
+        bf16 = self.precision == "bf16" and batch >= self.BF16_FROM_BATCH
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        if dtype not in self.steppers:
+            self.steppers[dtype] = StepModel(self.model, dtype)
+        return self.steppers[dtype]
 
     def _prime(self, prime: str, unknown: str, batch: int, generator: torch.Generator):
         """Run the prime through the network in one call -> (printed prefix, last logits, hidden)."""
@@ -98,7 +118,7 @@ class Sampler:
             shown = self.vocab.decode(ids)
         idx = torch.tensor([ids] * batch, device=self.device)  # (B, P)
         logits, hidden = self.model(idx)  # (B, P, V)
-        return shown, logits[:, -1], self.stepper.from_module_hidden(hidden)
+        return shown, logits[:, -1], self.stepper(batch).from_module_hidden(hidden)
 
     @torch.inference_mode()
     def generate(self, config: SampleConfig,
@@ -117,6 +137,7 @@ class Sampler:
             for row in range(B):
                 on_text(row, shown)
         symbols = self.vocab.symbols
+        stepper = self.stepper(B)
         for _ in range(config.length):
             if config.greedy:
                 idx = logits.argmax(-1)  # (B,)
@@ -129,7 +150,7 @@ class Sampler:
                 pieces[row].append(char)
                 if on_text:
                     on_text(row, char)
-            logits, hidden = self.stepper.step(idx, hidden)
+            logits, hidden = stepper.step(idx, hidden)
         return ["".join(p) for p in pieces]
 
 
