@@ -252,6 +252,12 @@ def _rank(rank: int, world: int, port: int, folder: str, text: str, bad_rank: in
     torch.set_num_threads(1)
     trainer.F = _LossWithInf({4} if rank == bad_rank else ())
     trainer.launch([text], folder, quiet=True, options=dict(OPTIONS, steps=steps))
+    # Under mp.spawn rank 0 hosts the rendezvous store itself (torchrun keeps it in its agent), and
+    # tearing that down at interpreter exit while the peer is still leaving can abort in C++:
+    # leave without running the interpreter's teardown once the run has finished.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _free_port() -> int:

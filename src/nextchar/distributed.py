@@ -101,6 +101,10 @@ class Dist:
 
     def close(self) -> None:
         if self.active and dist.is_initialized() and not self.broken:
+            try:  # tear down together: a rank leaving while a peer still works can abort gloo
+                dist.barrier()
+            except Exception:  # noqa: BLE001 - a broken peer: leave the group as it is
+                return
             dist.destroy_process_group()
 
 
