@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .errors import UserError
@@ -45,8 +47,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def autocast(precision: str, device: torch.device):
     """The autocast context for a resolved precision (weights stay fp32; matmuls run in bf16)."""
-    import contextlib
-
     if precision == "bf16" and device.type in ("cpu", "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

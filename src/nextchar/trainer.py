@@ -573,11 +573,6 @@ class Trainer:
                            stop_reason=stop_reason, sample=sample)
 
 
-def effective_config(config: RunConfig) -> dict:
-    """The config as plain data (for --json output and reports)."""
-    return {"data": to_dict(config.data), "model": to_dict(config.model), "train": to_dict(config.train)}
-
-
 # ---- setting up a run: config from flags, data, folder -----------------------------------
 
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
