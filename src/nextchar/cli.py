@@ -350,6 +350,13 @@ COMMANDS = {"hihello": cmd_hihello, "train": cmd_train, "prepare": cmd_prepare, 
             "sample": cmd_sample, "plot": cmd_plot, "report": cmd_report}
 
 
+def say_line(line: str) -> None:
+    """One whole line in one write: ranks of a torchrun job share stderr, and `print`'s two writes
+    (text, then newline) can interleave with another rank's."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -359,16 +366,16 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = COMMANDS[args.command](args)
     except UserError as exc:
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        say_line(f"{PROG} {args.command}: error: {exc}")
         sys.exit(2)
     except Interrupted as exc:
-        print(f"{PROG} {args.command}: {exc}", file=sys.stderr)
+        say_line(f"{PROG} {args.command}: {exc}")
         sys.exit(128 + exc.signum)
     except (Diverged, PeerFailure) as exc:
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        say_line(f"{PROG} {args.command}: error: {exc}")
         sys.exit(1)
     except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        say_line(f"{PROG} {args.command}: interrupted")
         sys.exit(130)
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (e.g. `| head`): not an error
