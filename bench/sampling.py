@@ -1,20 +1,26 @@
 """Sampling speed of `nextchar sample` against a plain nn.LSTM loop, same run.
 
-    python bench/sampling.py
+    python bench/sampling.py              # speed, on a random 2x512 LSTM
+    python bench/sampling.py --run RUN    # and what each --precision costs in bits/char on RUN
 
 A 2x512 LSTM (vocab 65, embedding 64, random weights) is saved as a run folder. Floors: one
 stream >= 5,000 chars/s; --num-samples 64 >= 30,000 chars/s in total; the first character
-printed within 1.5 s of starting `nextchar sample`.
+printed within 1.5 s of starting `nextchar sample`. With --run, the last 20,000 characters of the
+run's text are scored by stepping one character at a time with each precision's weights, next to
+the exact fp32 figure.
 """
 
 from __future__ import annotations
 
+import argparse
+import math
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -71,15 +77,45 @@ def cli_stream(run: Path, length: int, extra=()) -> tuple[float, float]:
     return first_at - started, (len((first + rest).decode()) - 1) / (done - first_at)
 
 
+def stepped_bits(run: Path, precision: str, chars: int = 20_000) -> float:
+    """bits/char of the last `chars` characters of the run's test split, stepped one at a time."""
+    from nextchar.api import load
+    from nextchar.sample import StepModel
+
+    model = load(run)
+    ids = torch.from_numpy(np.asarray(RunFolder(run).training_data().split("test")[-chars:], dtype=np.int64))
+    stepper = StepModel(model.module, precision)
+    state = stepper.from_module_hidden(model.module.init_hidden(1))
+    total = 0.0
+    with torch.inference_mode():
+        for t in range(len(ids) - 1):
+            logits, state = stepper.step(ids[t:t + 1], state)
+            total -= float(logits[0].log_softmax(-1)[ids[t + 1]])
+    return total / (len(ids) - 1) / math.log(2)
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run", type=Path, help="a trained run folder to score each precision on")
+    args = parser.parse_args()
     print(f"machine: {machine()}")
+    if args.run:
+        exact = stepped_bits(args.run, "fp32")
+        report("stepped bits/char, fp32 weights", exact, "bits/char")
+        for precision in ("bf16", "int8"):
+            bits = stepped_bits(args.run, precision)
+            report(f"stepped bits/char, {precision} weights (change {bits - exact:+.4f})", bits, "bits/char")
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         make_run(run)
         reference = plain_loop_cps(1000)
         report("plain nn.LSTM loop, one stream 2x512", reference, "chars/s")
+        for precision in ("fp32", "bf16"):
+            _, cps = cli_stream(run, 20_000, ("--precision", precision))
+            report(f"nextchar sample --precision {precision}, one stream 2x512", cps, "chars/s",
+                   reference=reference, ref_name="plain loop")
         latency, cps = cli_stream(run, 20_000)
-        report("nextchar sample, one stream 2x512", cps, "chars/s", reference=reference,
+        report("nextchar sample, one stream 2x512 (default: auto)", cps, "chars/s", reference=reference,
                ref_name="plain loop", floor=5000)
         report("nextchar sample, first character after start", latency, "s", floor=1.5, floor_is_max=True)
         started = time.perf_counter()

@@ -23,7 +23,7 @@ def test_forward_equals_naive_loop_and_plain_torch(cell, embed):
         steps.append(out)
     assert torch.allclose(torch.cat(steps, 1), logits, atol=1e-5)
     # the fused single-step path used for sampling
-    stepper = StepModel(model)
+    stepper = StepModel(model, "fp32")
     states = stepper.from_module_hidden(model.init_hidden(3))
     fused = []
     for t in range(9):

@@ -4,7 +4,14 @@ import torch
 from nextchar.config import ModelConfig, SampleConfig
 from nextchar.errors import UserError
 from nextchar.model import CharRNN
-from nextchar.sample import Sampler, check_prime, filter_logits
+from nextchar.sample import (
+    Sampler,
+    StepModel,
+    check_prime,
+    draw,
+    filter_logits,
+    resolve_sample_precision,
+)
 from nextchar.vocab import Vocab
 
 
@@ -13,7 +20,7 @@ def sampler():
     torch.manual_seed(0)
     vocab = Vocab(list("\nabcdefgh "))
     model = CharRNN(ModelConfig(vocab_size=len(vocab), cell="lstm", embed=6, hidden=16, layers=2))
-    return Sampler(model, vocab)
+    return Sampler(model, vocab, "fp32")  # exact: compared with the module below
 
 
 def test_same_seed_same_text(sampler):
@@ -66,20 +73,60 @@ def test_unknown_prime(sampler):
     assert text.startswith("ab") and len(text) == 7
 
 
-def test_batches_of_samples_in_bf16_stay_close_to_fp32(sampler):
-    """With --precision bf16, eight or more parallel samples step in bf16; one sample stays fp32."""
-    import torch
-
-    bf16 = Sampler(sampler.model, sampler.vocab, precision="bf16")
-    assert bf16.stepper(1).dtype == torch.float32
-    assert bf16.stepper(8).dtype == torch.bfloat16
-    fp32_step, bf16_step = sampler.stepper(8), bf16.stepper(8)
-    idx = torch.arange(8) % len(sampler.vocab)
-    state = sampler.model.init_hidden(8)
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "rnn-relu"])
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_precision_steps_stay_close_to_the_module(cell, precision):
+    """bf16 and int8 weights change the logits by rounding only: compared with plain torch.nn."""
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=40, cell=cell, embed=16, hidden=64, layers=2)).eval()
+    idx = torch.randint(0, 40, (3, 20))
     with torch.no_grad():
-        exact, _ = fp32_step.step(idx, fp32_step.from_module_hidden(state))
-        rounded, _ = bf16_step.step(idx, bf16_step.from_module_hidden(state))
-    assert torch.allclose(exact, rounded.float(), atol=0.05)
-    config = SampleConfig(length=40, seed=5, num_samples=8)
-    texts = bf16.generate(config)
-    assert texts == bf16.generate(config) and all(set(t) <= set(sampler.vocab.symbols) for t in texts)
+        logits, _ = model(idx)
+        stepper = StepModel(model, precision)
+        state = stepper.from_module_hidden(model.init_hidden(3))
+        steps = [stepper.step(idx[:, t], state)[0] for t in range(20)]
+    difference = (torch.stack(steps, 1) - logits).abs().max().item()
+    assert difference < 0.02, difference
+    assert difference > 0  # the weights really were rounded
+
+
+def test_auto_precision_by_batch_and_shape(sampler):
+    """auto: int8 weights for a single stream on CPUs with bf16 instructions (and shapes the int8
+    kernel takes), bf16 from eight streams on, fp32 elsewhere."""
+    from nextchar.devices import native_bf16
+
+    model = sampler.model
+    fast = native_bf16(torch.device("cpu"))
+    assert resolve_sample_precision("auto", model, 1) == ("int8" if fast else "fp32")
+    assert resolve_sample_precision("auto", model, 8) == ("bf16" if fast else "fp32")
+    assert resolve_sample_precision("fp32", model, 1) == "fp32"
+    odd = CharRNN(ModelConfig(vocab_size=5, cell="lstm", embed=4, hidden=12, layers=1))
+    assert resolve_sample_precision("auto", odd, 1) == "fp32"
+    with pytest.raises(UserError, match="multiple of 16"):
+        resolve_sample_precision("int8", odd, 1)
+    with pytest.raises(UserError, match="--precision"):
+        Sampler(model, sampler.vocab, "fp8")
+
+
+@pytest.mark.parametrize("precision", ["auto", "bf16", "int8"])
+def test_every_precision_samples_reproducibly(sampler, precision):
+    for n in (1, 8):
+        config = SampleConfig(length=40, seed=5, num_samples=n, temperature=0.8)
+        fast = Sampler(sampler.model, sampler.vocab, precision)
+        texts = fast.generate(config)
+        assert texts == fast.generate(config) and len(texts) == n
+        assert all(set(t) <= set(sampler.vocab.symbols) for t in texts)
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, 1.0), (0.5, None, 1.0), (2.0, 3, 1.0),
+                                                       (1.0, None, 0.7), (1e-6, None, 1.0)])
+def test_gumbel_max_draws_follow_the_softmax(temperature, top_k, top_p):
+    """Frequencies of many independent draws match softmax(logits / T) on the kept set."""
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
+    n = 200_000
+    generator = torch.Generator().manual_seed(0)
+    gumbel = -torch.empty(n, 5).exponential_(generator=generator).log()
+    ids = draw(logits.expand(n, 5), gumbel, temperature, top_k, top_p)
+    observed = torch.bincount(ids, minlength=5).double() / n
+    expected = filter_logits(logits[None], temperature, top_k, top_p).softmax(-1)[0]
+    assert torch.allclose(observed, expected, atol=0.005), (observed, expected)

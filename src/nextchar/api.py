@@ -34,13 +34,14 @@ class Model:
 
     def generate(self, prime: str = "", length: int = 500, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float = 1.0, greedy: bool = False, seed: int | None = None,
-                 unknown: str = "error", num_samples: int = 1) -> str | list[str]:
-        """prime + `length` sampled characters (a list of texts when num_samples > 1)."""
+                 unknown: str = "error", num_samples: int = 1, precision: str = "auto") -> str | list[str]:
+        """prime + `length` sampled characters (a list of texts when num_samples > 1).
+        precision: the weights while stepping, auto | fp32 (exact) | bf16 | int8, as `nextchar sample`."""
         config = SampleConfig(length=length, temperature=temperature, top_k=top_k, top_p=top_p,
                               greedy=greedy, num_samples=num_samples, seed=seed, prime=prime,
                               unknown=unknown)
         check_prime(self.vocab, prime, unknown)
-        texts = Sampler(self.module, self.vocab, self.config.train.precision).generate(config)
+        texts = Sampler(self.module, self.vocab, precision).generate(config)
         return texts[0] if num_samples == 1 else texts
 
     def evaluate(self, text: str, precision: str | None = None) -> EvalResult:

@@ -155,6 +155,10 @@ def build_parser() -> Parser:
                    help="prime characters outside the vocabulary: refuse (default) or drop")
     p.add_argument("--checkpoint", default="best", choices=["best", "latest"])
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
+                   help="weights while stepping: fp32 is exact; int8 (one scale per row) and bf16 "
+                   "read fewer bytes; auto = int8 for a few streams on CPUs with bf16 "
+                   "instructions, bf16 for 8+ streams, else fp32")
     p.add_argument("--json", action="store_true", help='print {"samples": [...]} instead of streaming')
 
     p = sub.add_parser("plot", help="train and validation bits/char curves of one or more runs",
@@ -303,7 +307,7 @@ def cmd_sample(args) -> int:
                           seed=args.seed, prime=args.prime, unknown=args.unknown)
     model = load(args.run, args.checkpoint, str(resolve_device(args.device)))
     check_prime(model.vocab, args.prime, args.unknown)
-    sampler = Sampler(model.module, model.vocab, model.config.train.precision)
+    sampler = Sampler(model.module, model.vocab, args.precision)
     out = sys.stdout
     if args.json or args.num_samples > 1:
         texts = sampler.generate(config)
@@ -312,17 +316,26 @@ def cmd_sample(args) -> int:
         else:
             print("\n\n".join(texts))
         return 0
-    last_flush = [time.perf_counter()]
+    # Characters go out in one write every 50 ms (the first at once): a write per character
+    # costs a system call each when stdout is unbuffered.
+    pending: list[str] = []
+    last_flush = [0.0]
 
     def stream(row: int, text: str) -> None:
-        out.write(text)
+        pending.append(text)
         now = time.perf_counter()
         if now - last_flush[0] > 0.05:
+            out.write("".join(pending))
             out.flush()
+            pending.clear()
             last_flush[0] = now
 
-    sampler.generate(config, on_text=stream)
-    out.write("\n")
+    try:
+        sampler.generate(config, on_text=stream)
+    except KeyboardInterrupt:
+        out.write("".join(pending) + "\n")  # what was drawn before Ctrl-C is shown
+        raise
+    out.write("".join(pending) + "\n")
     out.flush()
     return 0
 

@@ -1,69 +1,211 @@
 """Generating text: one step of the recurrence per character, the state carried, never the
 prefix recomputed.
 
-`StepModel` runs a CharRNN one character at a time through torch's fused cell functions
-(torch.lstm_cell and friends), which costs far less per character than calling nn.LSTM on a
-length-1 sequence. Its math is the CharRNN's; the tests check the two agree.
+`StepModel` runs a CharRNN one character at a time with as few tensor operations as the math
+allows: the first layer's input projection is a lookup table, each LSTM/RNN layer is one
+matrix product over [input; hidden], and the hidden states of all layers live side by side in
+one buffer that the next layer reads in place. At one or a few streams a step is bound by
+reading the weights, so the weights can be held as fp32 (exact), bf16 (the numerics of bf16
+training) or int8 with one scale per row (a quarter of the bytes; on CPUs with AVX512-BF16 the
+whole 2x512 LSTM then stays in the cores' caches). The tests check every format against plain
+nn.LSTM/GRU/RNN.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .config import SampleConfig
-from .devices import resolve_precision
+from .devices import native_bf16
 from .errors import UserError
 from .model import CharRNN, Hidden
 from .vocab import Vocab
 
-_CELLS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell,
-          "rnn": torch.rnn_tanh_cell, "rnn-relu": torch.rnn_relu_cell}
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+GATES = {"lstm": 4, "gru": 3, "rnn": 1, "rnn-relu": 1}
+TABLE_LIMIT_BYTES = 64 << 20  # largest first-layer lookup table (vocab x gates) worth building
+
+
+def _uses_table(config) -> bool:
+    """Whether layer 0's input projection is kept as a (vocab, gates) lookup table."""
+    size = config.vocab_size * GATES[config.cell] * config.hidden * 4
+    return config.embed == 0 or size <= TABLE_LIMIT_BYTES
+
+
+def int8_fits(model: CharRNN) -> bool:
+    """torch's int8 weight kernel reads 16 values at a time from 32-byte aligned rows: every
+    inner dimension it sees (the hidden size, the embedding when it is not tabled) must be a
+    multiple of 16, and it runs on the CPU only."""
+    config = model.config
+    return (model.head.weight.device.type == "cpu" and hasattr(torch, "_weight_int8pack_mm")
+            and config.hidden % 16 == 0 and (_uses_table(config) or config.embed % 16 == 0))
+
+
+def resolve_sample_precision(precision: str, model: CharRNN, batch: int) -> str:
+    """'auto' -> int8 weights for one to a few streams on CPUs with native bf16 (a step reads
+    every weight once, so bytes decide), bf16 for batches where bf16 matrix units help, else fp32."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "int8" and not int8_fits(model):
+        raise UserError("--precision int8 needs the CPU and a hidden size (and an embedding size, "
+                        "for vocabularies over ~10,000 symbols) that is a multiple of 16; use bf16 or fp32")
+    if precision != "auto":
+        return precision
+    fast_bf16 = native_bf16(model.head.weight.device)
+    if batch < Sampler.BATCH_FROM:
+        return "int8" if fast_bf16 and int8_fits(model) else "fp32"
+    return "bf16" if fast_bf16 else "fp32"
+
+
+class Projection:
+    """y = base + x @ W.T with W (N, K) stored as fp32, bf16 or int8 rows with fp32->bf16 scales.
+
+    x (B, K) in the format's activation dtype (fp32 for fp32, else bf16) -> (B, N) fp32."""
+
+    def __init__(self, weight: torch.Tensor, precision: str):
+        weight = weight.detach().float()
+        self.precision = precision
+        if precision == "int8":
+            scale = weight.abs().amax(1).clamp_min(1e-30) / 127  # (N,)
+            self.weight = torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8).contiguous()
+            self.scale = scale.to(torch.bfloat16)
+        else:
+            self.weight = weight.to(activation_dtype(precision)).contiguous()
+
+    def __call__(self, x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        if x.size(0) == 1:  # one stream: matrix-vector products, the fastest kernels for it
+            base = base[0] if base.dim() == 2 else base
+            if self.precision == "fp32":
+                return torch.addmv(base, self.weight, x[0]).unsqueeze(0)
+            if self.precision == "int8":
+                y = torch._weight_int8pack_mm(x, self.weight, self.scale)[0]  # (N,) bf16
+            else:
+                y = torch.mv(self.weight, x[0])  # bf16 mv beats a (1, K) matmul
+            return torch.add(base, y).unsqueeze(0)  # (1, N) fp32
+        if self.precision == "fp32":
+            return torch.addmm(base, x, self.weight.t())
+        if self.precision == "int8":
+            y = torch._weight_int8pack_mm(x.contiguous(), self.weight, self.scale)  # (B, N) bf16
+        else:
+            y = x @ self.weight.t()
+        return torch.add(base, y)  # (B, N) fp32
+
+
+def activation_dtype(precision: str) -> torch.dtype:
+    return torch.float32 if precision == "fp32" else torch.bfloat16
+
+
+@dataclass
+class StepState:
+    """Hidden state between steps: z (B, L*H) every layer's output side by side, in the
+    activation dtype (layer l reads z[:, (l-1)H:(l+1)H] = [input; its own state] in place);
+    c: the LSTM cell state per layer, (B, H) fp32."""
+
+    z: torch.Tensor
+    c: list[torch.Tensor]
 
 
 class StepModel:
-    """A CharRNN's weights arranged for single-character steps. Hidden: list over layers of
-    (h, c) for LSTM or h, each (B, H)."""
+    """A CharRNN's weights arranged for single-character steps (see the module docstring)."""
 
-    def __init__(self, model: CharRNN, dtype: torch.dtype = torch.float32):
-        self.model = model
-        self.dtype = dtype
-        self.cell = _CELLS[model.config.cell]
-        self.lstm = model.config.cell == "lstm"
-        rnn = model.rnn
-        self.layers = [(getattr(rnn, f"weight_ih_l{k}").detach(), getattr(rnn, f"weight_hh_l{k}").detach(),
-                        getattr(rnn, f"bias_ih_l{k}").detach(), getattr(rnn, f"bias_hh_l{k}").detach())
-                       for k in range(model.config.layers)]
-        if model.embed is not None:
-            self.input_table = model.embed.weight.detach()  # (V, E)
-        else:  # a one-hot row times W_ih is a column of W_ih
-            self.input_table = torch.eye(model.config.vocab_size, device=model.head.weight.device)
-        self.head_w = model.head.weight.detach().t().contiguous()  # (H, V)
-        self.head_b = model.head.bias.detach()
-        if dtype != torch.float32:
-            self.layers = [tuple(w.to(dtype) for w in layer) for layer in self.layers]
-            self.input_table = self.input_table.to(dtype)
-            self.head_w, self.head_b = self.head_w.to(dtype), self.head_b.to(dtype)
+    def __init__(self, model: CharRNN, precision: str = "fp32"):
+        if precision not in ("fp32", "bf16", "int8"):
+            raise ValueError(f"StepModel precision must be fp32, bf16 or int8, got {precision!r}")
+        cfg = model.config
+        self.model, self.precision, self.cell = model, precision, cfg.cell
+        self.dtype = activation_dtype(precision)
+        self.H, self.L = cfg.hidden, cfg.layers
+        G, H, rnn = GATES[cfg.cell], cfg.hidden, model.rnn
+        order = _lstm_order(H) if cfg.cell == "lstm" else torch.arange(G * H)  # i f g o -> i f o g
+        param = lambda name, k: getattr(rnn, f"{name}_l{k}").detach().float()[order]  # noqa: E731
+        merged = cfg.cell != "gru"  # GRU applies its reset gate to W_hn h alone: keep them apart
+        device = model.head.weight.device
+        with torch.no_grad():
+            # layer 0's input projection (with biases that are added unconditionally) as a table
+            w_ih0 = param("weight_ih", 0)  # (G*H, E|V)
+            bias0 = param("bias_ih", 0) + (param("bias_hh", 0) if merged else 0)
+            if model.embed is None:
+                self.table = (w_ih0.t() + bias0).contiguous()  # a one-hot row picks a column
+                self.embed_proj = None
+            elif _uses_table(cfg):
+                self.table = torch.addmm(bias0, model.embed.weight.detach().float(), w_ih0.t())
+                self.embed_proj = None
+            else:  # a huge vocabulary: project the embedding row each step instead
+                self.table, self.embed_proj = None, (model.embed.weight.detach().float(),
+                                                     Projection(w_ih0, precision), bias0)
+            self.recurrent, self.recurrent_bias = [], []
+            for k in range(self.L):
+                if k == 0 or not merged:
+                    w, b = param("weight_hh", k), (torch.zeros(G * H, device=device) if merged
+                                                   else param("bias_hh", k))
+                    self.recurrent.append(Projection(w, precision))  # reads h_k
+                else:
+                    w = torch.cat([param("weight_ih", k), param("weight_hh", k)], 1)
+                    b = param("bias_ih", k) + param("bias_hh", k)
+                    self.recurrent.append(Projection(w, precision))  # reads [h_{k-1}; h_k]
+                self.recurrent_bias.append(b)
+            self.inputs = [None] + [(Projection(param("weight_ih", k), precision), param("bias_ih", k))
+                                    if not merged else None for k in range(1, self.L)]
+            self.head = Projection(model.head.weight, precision)
+            self.head_bias = model.head.bias.detach().float()
 
-    def from_module_hidden(self, hidden: Hidden) -> list:
-        if self.lstm:
-            h, c = (t.to(self.dtype) for t in hidden)
-            return [(h[k], c[k]) for k in range(h.size(0))]
-        hidden = hidden.to(self.dtype)
-        return [hidden[k] for k in range(hidden.size(0))]
+    def from_module_hidden(self, hidden: Hidden) -> StepState:
+        """The module's (L, B, H) hidden [and cell] state -> a StepState."""
+        h, c = hidden if self.cell == "lstm" else (hidden, None)
+        z = torch.empty(h.size(1), self.L * self.H, dtype=self.dtype, device=h.device)  # fresh, aligned
+        z.copy_(h.detach().permute(1, 0, 2).reshape(h.size(1), -1))
+        cells = [c[k].detach().float().clone() for k in range(self.L)] if c is not None else []
+        return StepState(z, cells)
 
-    def step(self, idx: torch.Tensor, hidden: list) -> tuple[torch.Tensor, list]:
-        """idx (B,) ids -> logits (B, V), next hidden."""
-        x = self.input_table[idx]  # (B, E)
-        new = []
-        for (w_ih, w_hh, b_ih, b_hh), state in zip(self.layers, hidden):
-            state = self.cell(x, state, w_ih, w_hh, b_ih, b_hh)
-            new.append(state)
-            x = state[0] if self.lstm else state  # (B, H)
-        return torch.addmm(self.head_b, x, self.head_w), new  # (B, V)
+    def step(self, idx: torch.Tensor, state: StepState) -> tuple[torch.Tensor, StepState]:
+        """idx (B,) ids -> logits (B, V) fp32; `state` is advanced in place and returned."""
+        H, z = self.H, state.z
+        if self.table is not None:
+            first = self.table[idx]  # (B, G*H): input projection and biases of layer 0
+        else:
+            embed, proj, bias = self.embed_proj
+            first = proj(embed[idx].to(self.dtype), bias)
+        for k in range(self.L):
+            own = z[:, k * H:(k + 1) * H]  # (B, H)
+            if self.cell == "gru":
+                x_part = first if k == 0 else self.inputs[k][0](z[:, (k - 1) * H:k * H], self.inputs[k][1])
+                h_part = self.recurrent[k](own, self.recurrent_bias[k])
+                _gru_update(x_part, h_part, own, H)
+                continue
+            if k == 0:
+                pre = self.recurrent[0](own, first)  # (B, G*H) fp32
+            else:
+                pre = self.recurrent[k](z[:, (k - 1) * H:(k + 1) * H], self.recurrent_bias[k])
+            if self.cell == "lstm":
+                _lstm_update(pre, state.c[k], own, H)
+            else:
+                own.copy_(pre.tanh_() if self.cell == "rnn" else pre.relu_())
+        return self.head(z[:, (self.L - 1) * H:], self.head_bias), state
+
+
+def _lstm_order(H: int) -> torch.Tensor:
+    """Rows of PyTorch's i f g o gate blocks reordered to i f o g: one sigmoid covers three."""
+    i, f, g, o = torch.arange(4 * H).chunk(4)
+    return torch.cat([i, f, o, g])
+
+
+def _lstm_update(gates: torch.Tensor, c: torch.Tensor, h_out: torch.Tensor, H: int) -> None:
+    """gates (B, 4H) fp32 in i f o g order; updates c (B, H) and writes h into h_out in place."""
+    gates[:, :3 * H].sigmoid_()
+    g = gates[:, 3 * H:].tanh_()
+    c.mul_(gates[:, H:2 * H]).addcmul_(gates[:, :H], g)
+    torch.mul(gates[:, 2 * H:3 * H], c.tanh(), out=h_out)
+
+
+def _gru_update(x_part: torch.Tensor, h_part: torch.Tensor, h: torch.Tensor, H: int) -> None:
+    """PyTorch's GRU: r, z = sigmoid(x_rz + h_rz); n = tanh(x_n + r * h_n); h' = n + z * (h - n)."""
+    rz = torch.add(x_part[:, :2 * H], h_part[:, :2 * H]).sigmoid_()
+    n = torch.addcmul(x_part[:, 2 * H:], rz[:, :H], h_part[:, 2 * H:]).tanh_()
+    torch.addcmul(n, rz[:, H:], h.float() - n, out=h)
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float) -> torch.Tensor:
@@ -83,30 +225,45 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, t
     return logits
 
 
+def draw(logits: torch.Tensor, gumbel: torch.Tensor, temperature: float, top_k: int | None = None,
+         top_p: float = 1.0) -> torch.Tensor:
+    """logits (B, V), standard Gumbel noise (B, V) -> ids (B,) distributed as
+    softmax(logits / temperature) restricted to the top-k / top-p set (Gumbel-max trick)."""
+    if top_k is None and top_p >= 1.0 and 1e-3 <= temperature <= 1e3:
+        # argmax(logits + T*G) = argmax(logits/T + G); no overflow at these temperatures
+        return torch.add(logits, gumbel, alpha=temperature).argmax(-1)
+    # extreme temperatures and top-k/top-p: shifted, divided and masked in float64
+    return (filter_logits(logits, temperature, top_k, top_p) + gumbel).argmax(-1)
+
+
 class Sampler:
-    """Draws text from a trained model and its vocabulary."""
+    """Draws text from a trained model and its vocabulary.
 
-    # Below this many parallel samples a step is a matrix-vector product, bound by reading the
-    # weights, which fp32 kernels do best; from it on, bf16 matrix units win (BENCHMARKS.md).
-    BF16_FROM_BATCH = 8
+    Each character is drawn by the Gumbel-max trick: argmax(logits / T + G) with G standard
+    Gumbel noise is an exact draw from softmax(logits / T); the noise comes from the seeded
+    generator in blocks, so a step costs an add and an argmax."""
 
-    def __init__(self, model: CharRNN, vocab: Vocab, precision: str = "fp32"):
-        """precision: the run's (fp32, bf16 or auto); bf16 is used for batches of samples only."""
+    BATCH_FROM = 8  # from this many parallel samples on, bf16 matrix units beat int8 weight reads
+    NOISE_BLOCK = 1 << 20  # Gumbel noise values drawn at a time
+
+    def __init__(self, model: CharRNN, vocab: Vocab, precision: str = "auto"):
+        """precision: auto, fp32, bf16 or int8 for the weights while stepping (see
+        resolve_sample_precision); the prime always runs through the fp32 module."""
         self.model = model.eval()
         self.vocab = vocab
         self.device = model.head.weight.device
-        self.precision = resolve_precision(precision, self.device)
-        self.steppers: dict[torch.dtype, StepModel] = {}
+        resolve_sample_precision(precision, model, 1)  # refuse a bad choice up front
+        self.precision = precision
+        self.steppers: dict[str, StepModel] = {}
 
     def stepper(self, batch: int) -> StepModel:
-        bf16 = self.precision == "bf16" and batch >= self.BF16_FROM_BATCH
-        dtype = torch.bfloat16 if bf16 else torch.float32
-        if dtype not in self.steppers:
-            self.steppers[dtype] = StepModel(self.model, dtype)
-        return self.steppers[dtype]
+        precision = resolve_sample_precision(self.precision, self.model, batch)
+        if precision not in self.steppers:
+            self.steppers[precision] = StepModel(self.model, precision)
+        return self.steppers[precision]
 
     def _prime(self, prime: str, unknown: str, batch: int, generator: torch.Generator):
-        """Run the prime through the network in one call -> (printed prefix, last logits, hidden)."""
+        """Run the prime through the network in one call -> (printed prefix, last logits, state)."""
         ids = self.vocab.encode(prime, unknown=unknown) if prime else []
         if not ids:
             if "\n" in self.vocab:  # start as if after a line break: a natural beginning
@@ -118,7 +275,18 @@ class Sampler:
             shown = self.vocab.decode(ids)
         idx = torch.tensor([ids] * batch, device=self.device)  # (B, P)
         logits, hidden = self.model(idx)  # (B, P, V)
-        return shown, logits[:, -1], self.stepper(batch).from_module_hidden(hidden)
+        return shown, logits[:, -1].float(), self.stepper(batch).from_module_hidden(hidden)
+
+    def _noise(self, generator: torch.Generator, steps: int, batch: int):
+        """Standard Gumbel noise, (B, V) per step, drawn block by block."""
+        V = len(self.vocab)
+        per_block = max(1, self.NOISE_BLOCK // (batch * V))
+        while steps > 0:
+            n = min(per_block, steps)
+            block = torch.empty(n, batch, V).exponential_(generator=generator)
+            block = block.clamp_min_(1e-30).log_().neg_().to(self.device)  # -log Exp(1) ~ Gumbel
+            yield from block
+            steps -= n
 
     @torch.inference_mode()
     def generate(self, config: SampleConfig,
@@ -131,26 +299,26 @@ class Sampler:
         seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
         generator = torch.Generator(device="cpu").manual_seed(seed)
         B = config.num_samples
-        shown, logits, hidden = self._prime(config.prime, config.unknown, B, generator)
+        shown, logits, state = self._prime(config.prime, config.unknown, B, generator)
         pieces = [[shown] for _ in range(B)]
         if on_text and shown:
             for row in range(B):
                 on_text(row, shown)
         symbols = self.vocab.symbols
         stepper = self.stepper(B)
+        noise = self._noise(generator, 0 if config.greedy else config.length, B)
         for _ in range(config.length):
             if config.greedy:
                 idx = logits.argmax(-1)  # (B,)
             else:
-                filtered = filter_logits(logits.float(), config.temperature, config.top_k, config.top_p)
-                probs = F.softmax(filtered, dim=-1).cpu()
-                idx = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(self.device)
-            chars = [symbols[i] for i in idx.tolist()]
-            for row, char in enumerate(chars):
+                idx = draw(logits, next(noise), config.temperature, config.top_k, config.top_p)
+            ids = idx.tolist()
+            for row in range(B):
+                char = symbols[ids[row]]
                 pieces[row].append(char)
                 if on_text:
                     on_text(row, char)
-            logits, hidden = stepper.step(idx, hidden)
+            logits, state = stepper.step(idx, state)
         return ["".join(p) for p in pieces]
 
 

@@ -293,7 +293,7 @@ class Trainer:
     def _sample(self, length: int, seed: int) -> str:
         if length <= 0:
             return ""
-        sampler = Sampler(self.model, self.data.vocab, self.precision)
+        sampler = Sampler(self.model, self.data.vocab)  # previews: the fastest weights here
         text = sampler.generate(SampleConfig(length=length, temperature=0.8, seed=seed))[0]
         self.model.train()
         return text
