@@ -2,8 +2,9 @@ import pytest
 import torch
 from torch import nn
 
+import nextchar.model as model_module
 from nextchar.config import ModelConfig
-from nextchar.model import CharRNN, flops_per_char
+from nextchar.model import CharRNN, dropout, flops_per_char
 from nextchar.sample import StepModel
 
 
@@ -67,3 +68,42 @@ def test_parameter_shapes_match_the_module(cell, embed):
     config = ModelConfig(vocab_size=7, cell=cell, embed=embed, hidden=5, layers=3)
     actual = {k: tuple(v.shape) for k, v in CharRNN(config).state_dict().items()}
     assert actual == parameter_shapes(config)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "rnn-relu"])
+def test_training_layer_by_layer_is_the_fused_rnn_without_the_masks(cell, monkeypatch):
+    """With dropout, CPU training runs one fused call per layer; with the masks taken out it
+    must be exactly the stacked nn.LSTM/GRU/RNN, outputs, final state and gradients."""
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=9, cell=cell, embed=5, hidden=7, layers=3, dropout=0.3))
+    idx = torch.randint(0, 9, (2, 6))
+    state = model.init_hidden(2)
+    state = tuple(torch.randn_like(t) for t in state) if isinstance(state, tuple) else torch.randn_like(state)
+    monkeypatch.setattr(model_module, "dropout", lambda x, p, training: x)
+    model.train()
+    logits, hidden = model(idx, state)
+    logits.square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.eval()  # the fused multi-layer call; its dropout is off in eval mode
+    ref_logits, ref_hidden = model(idx, state)
+    ref_logits.square().sum().backward()
+    assert torch.allclose(logits, ref_logits, atol=1e-6)
+    for a, b in zip(hidden if isinstance(hidden, tuple) else [hidden],
+                    ref_hidden if isinstance(ref_hidden, tuple) else [ref_hidden]):
+        assert torch.allclose(a, b, atol=1e-6)
+    for g, p in zip(grads, model.parameters()):
+        assert torch.allclose(g, p.grad, atol=1e-5)
+
+
+def test_dropout_keeps_the_expected_fraction_and_scale():
+    torch.manual_seed(0)
+    x = torch.ones(400_000, requires_grad=True)
+    y = dropout(x, 0.3, True)
+    dropped = (y == 0).double().mean().item()
+    assert abs(dropped - 0.3) < 0.005
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.7))
+    assert abs(y.mean().item() - 1.0) < 0.01
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient flows through the kept entries, scaled
+    assert dropout(x, 0.3, False) is x and dropout(x, 0.0, True) is x
