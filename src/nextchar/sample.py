@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -62,9 +62,10 @@ def resolve_sample_precision(precision: str, model: CharRNN, batch: int) -> str:
 
 
 class Projection:
-    """y = base + x @ W.T with W (N, K) stored as fp32, bf16 or int8 rows with fp32->bf16 scales.
+    """base + x @ W.T with W (N, K) stored as fp32, bf16 or int8 rows with fp32->bf16 scales.
 
-    x (B, K) in the format's activation dtype (fp32 for fp32, else bf16) -> (B, N) fp32."""
+    x (B, K) in the format's activation dtype (fp32 for fp32, else bf16), base (B or 1, N) fp32
+    -> (B, N) fp32, into `out` when given."""
 
     def __init__(self, weight: torch.Tensor, precision: str):
         weight = weight.detach().float()
@@ -75,24 +76,18 @@ class Projection:
             self.scale = scale.to(torch.bfloat16)
         else:
             self.weight = weight.to(activation_dtype(precision)).contiguous()
+        self.weight_t = self.weight.t()  # (K, N) view, made once
 
-    def __call__(self, x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-        if x.size(0) == 1:  # one stream: matrix-vector products, the fastest kernels for it
-            base = base[0] if base.dim() == 2 else base
-            if self.precision == "fp32":
-                return torch.addmv(base, self.weight, x[0]).unsqueeze(0)
-            if self.precision == "int8":
-                y = torch._weight_int8pack_mm(x, self.weight, self.scale)[0]  # (N,) bf16
-            else:
-                y = torch.mv(self.weight, x[0])  # bf16 mv beats a (1, K) matmul
-            return torch.add(base, y).unsqueeze(0)  # (1, N) fp32
+    def __call__(self, x: torch.Tensor, base: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         if self.precision == "fp32":
-            return torch.addmm(base, x, self.weight.t())
+            return torch.addmm(base, x, self.weight_t, out=out)
         if self.precision == "int8":
-            y = torch._weight_int8pack_mm(x.contiguous(), self.weight, self.scale)  # (B, N) bf16
+            y = torch._weight_int8pack_mm(x if x.is_contiguous() else x.contiguous(), self.weight, self.scale)
+        elif x.size(0) == 1:
+            y = torch.mv(self.weight, x[0])  # (N,): bf16 mv beats a (1, K) matmul
         else:
-            y = x @ self.weight.t()
-        return torch.add(base, y)  # (B, N) fp32
+            y = torch.mm(x, self.weight_t)
+        return torch.add(base, y, out=out)
 
 
 def activation_dtype(precision: str) -> torch.dtype:
@@ -101,12 +96,16 @@ def activation_dtype(precision: str) -> torch.dtype:
 
 @dataclass
 class StepState:
-    """Hidden state between steps: z (B, L*H) every layer's output side by side, in the
-    activation dtype (layer l reads z[:, (l-1)H:(l+1)H] = [input; its own state] in place);
-    c: the LSTM cell state per layer, (B, H) fp32."""
+    """Hidden state between steps.
+
+    z (B, L*H): every layer's output side by side, in the activation dtype; layer k reads
+    z[:, (k-1)H:(k+1)H] = [its input; its own state] in place. c: the LSTM cell state per layer,
+    (B, H) fp32. work: per layer, the gate buffer and the views the step writes through, made
+    once here so that a step allocates and slices as little as possible."""
 
     z: torch.Tensor
     c: list[torch.Tensor]
+    work: list[tuple] = field(default_factory=list)
 
 
 class StepModel:
@@ -118,8 +117,8 @@ class StepModel:
         cfg = model.config
         self.model, self.precision, self.cell = model, precision, cfg.cell
         self.dtype = activation_dtype(precision)
-        self.H, self.L = cfg.hidden, cfg.layers
-        G, H, rnn = GATES[cfg.cell], cfg.hidden, model.rnn
+        self.H, self.L, self.G = cfg.hidden, cfg.layers, GATES[cfg.cell]
+        G, H, rnn = self.G, cfg.hidden, model.rnn
         order = _lstm_order(H) if cfg.cell == "lstm" else torch.arange(G * H)  # i f g o -> i f o g
         param = lambda name, k: getattr(rnn, f"{name}_l{k}").detach().float()[order]  # noqa: E731
         merged = cfg.cell != "gru"  # GRU applies its reset gate to W_hn h alone: keep them apart
@@ -136,8 +135,8 @@ class StepModel:
                 self.embed_proj = None
             else:  # a huge vocabulary: project the embedding row each step instead
                 self.table, self.embed_proj = None, (model.embed.weight.detach().float(),
-                                                     Projection(w_ih0, precision), bias0)
-            self.recurrent, self.recurrent_bias = [], []
+                                                     Projection(w_ih0, precision), bias0[None])
+            self.recurrent, self.recurrent_bias = [], []  # biases (1, G*H)
             for k in range(self.L):
                 if k == 0 or not merged:
                     w, b = param("weight_hh", k), (torch.zeros(G * H, device=device) if merged
@@ -147,58 +146,59 @@ class StepModel:
                     w = torch.cat([param("weight_ih", k), param("weight_hh", k)], 1)
                     b = param("bias_ih", k) + param("bias_hh", k)
                     self.recurrent.append(Projection(w, precision))  # reads [h_{k-1}; h_k]
-                self.recurrent_bias.append(b)
-            self.inputs = [None] + [(Projection(param("weight_ih", k), precision), param("bias_ih", k))
+                self.recurrent_bias.append(b[None])
+            self.inputs = [None] + [(Projection(param("weight_ih", k), precision), param("bias_ih", k)[None])
                                     if not merged else None for k in range(1, self.L)]
             self.head = Projection(model.head.weight, precision)
-            self.head_bias = model.head.bias.detach().float()
+            self.head_bias = model.head.bias.detach().float()[None]  # (1, V)
 
     def from_module_hidden(self, hidden: Hidden) -> StepState:
         """The module's (L, B, H) hidden [and cell] state -> a StepState."""
         h, c = hidden if self.cell == "lstm" else (hidden, None)
-        z = torch.empty(h.size(1), self.L * self.H, dtype=self.dtype, device=h.device)  # fresh, aligned
-        z.copy_(h.detach().permute(1, 0, 2).reshape(h.size(1), -1))
-        cells = [c[k].detach().float().clone() for k in range(self.L)] if c is not None else []
-        return StepState(z, cells)
+        B, H, L = h.size(1), self.H, self.L
+        z = torch.empty(B, L * H, dtype=self.dtype, device=h.device)  # fresh, so aligned
+        z.copy_(h.detach().permute(1, 0, 2).reshape(B, -1))
+        cells = [c[k].detach().float().clone() for k in range(L)] if c is not None else []
+        work = []
+        for k in range(L):
+            own = z[:, k * H:(k + 1) * H]  # (B, H)
+            reads = own if k == 0 or self.cell == "gru" else z[:, (k - 1) * H:(k + 1) * H]
+            gates = torch.empty(B, self.G * H, device=h.device)  # fp32
+            views = (gates[:, :3 * H], gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H],
+                     gates[:, 3 * H:], torch.empty(B, H, device=h.device)) if self.cell == "lstm" else ()
+            below = z[:, (k - 1) * H:k * H] if k else None  # (B, H): a GRU layer's input
+            work.append((own, reads, below, gates, views))
+        return StepState(z, cells, work)
 
     def step(self, idx: torch.Tensor, state: StepState) -> tuple[torch.Tensor, StepState]:
-        """idx (B,) ids -> logits (B, V) fp32; `state` is advanced in place and returned."""
-        H, z = self.H, state.z
+        """idx (B,) ids -> logits (B, V) fp32 (a new tensor); `state` is advanced in place."""
         if self.table is not None:
             first = self.table[idx]  # (B, G*H): input projection and biases of layer 0
         else:
             embed, proj, bias = self.embed_proj
             first = proj(embed[idx].to(self.dtype), bias)
-        for k in range(self.L):
-            own = z[:, k * H:(k + 1) * H]  # (B, H)
+        for k, (own, reads, below, gates, views) in enumerate(state.work):
             if self.cell == "gru":
-                x_part = first if k == 0 else self.inputs[k][0](z[:, (k - 1) * H:k * H], self.inputs[k][1])
-                h_part = self.recurrent[k](own, self.recurrent_bias[k])
-                _gru_update(x_part, h_part, own, H)
+                x_part = first if k == 0 else self.inputs[k][0](below, self.inputs[k][1])
+                _gru_update(x_part, self.recurrent[k](own, self.recurrent_bias[k]), own, self.H)
                 continue
-            if k == 0:
-                pre = self.recurrent[0](own, first)  # (B, G*H) fp32
-            else:
-                pre = self.recurrent[k](z[:, (k - 1) * H:(k + 1) * H], self.recurrent_bias[k])
+            self.recurrent[k](reads, first if k == 0 else self.recurrent_bias[k], out=gates)  # (B, G*H)
             if self.cell == "lstm":
-                _lstm_update(pre, state.c[k], own, H)
+                sig, i, f, o, g, tanh_c = views
+                sig.sigmoid_()
+                g.tanh_()
+                c = state.c[k]
+                c.mul_(f).addcmul_(i, g)
+                torch.mul(o, torch.tanh(c, out=tanh_c), out=own)
             else:
-                own.copy_(pre.tanh_() if self.cell == "rnn" else pre.relu_())
-        return self.head(z[:, (self.L - 1) * H:], self.head_bias), state
+                own.copy_(gates.tanh_() if self.cell == "rnn" else gates.relu_())
+        return self.head(state.work[-1][0], self.head_bias), state
 
 
 def _lstm_order(H: int) -> torch.Tensor:
     """Rows of PyTorch's i f g o gate blocks reordered to i f o g: one sigmoid covers three."""
     i, f, g, o = torch.arange(4 * H).chunk(4)
     return torch.cat([i, f, o, g])
-
-
-def _lstm_update(gates: torch.Tensor, c: torch.Tensor, h_out: torch.Tensor, H: int) -> None:
-    """gates (B, 4H) fp32 in i f o g order; updates c (B, H) and writes h into h_out in place."""
-    gates[:, :3 * H].sigmoid_()
-    g = gates[:, 3 * H:].tanh_()
-    c.mul_(gates[:, H:2 * H]).addcmul_(gates[:, :H], g)
-    torch.mul(gates[:, 2 * H:3 * H], c.tanh(), out=h_out)
 
 
 def _gru_update(x_part: torch.Tensor, h_part: torch.Tensor, h: torch.Tensor, H: int) -> None:
