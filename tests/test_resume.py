@@ -155,3 +155,11 @@ def test_resume_refuses_model_changes_and_a_missing_checkpoint(tmp_path, whole_r
     (run / "latest.safetensors").unlink()
     with pytest.raises(UserError, match="has no resumable checkpoint"):
         nextchar.train(resume=run)
+
+
+def test_resume_can_turn_weight_decay_on_for_the_matrices_only(tmp_path, whole_runs):
+    run = tmp_path / "run"
+    shutil.copytree(whole_runs["lstm"], run)  # trained without weight decay
+    assert nextchar.train(resume=run, steps=42, weight_decay=0.05).steps == 42
+    _, meta = load_checkpoint(run / "latest.safetensors")
+    assert [g["weight_decay"] for g in meta["param_groups"]] == [0.05, 0.0]

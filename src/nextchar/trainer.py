@@ -257,8 +257,9 @@ class Trainer:
             _load_optimizer(self.optimizer, tensors, meta["param_groups"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise UserError(f"{self.folder.file(LATEST)} does not match this run's model ({exc})") from None
-        for group in self.optimizer.param_groups:  # a resumed run may change --lr or --weight-decay
-            group["weight_decay"] = self.config.train.weight_decay if group["weight_decay"] else 0.0
+        # a resumed run may change --lr or --weight-decay; group 0 holds the decayed matrices
+        for k, group in enumerate(self.optimizer.param_groups):
+            group["weight_decay"] = self.config.train.weight_decay if k == 0 else 0.0
         self.step = int(meta["step"])
         self.chars_seen = int(meta.get("chars_seen", 0))
         self.elapsed_before = float(meta["elapsed"])
