@@ -237,4 +237,4 @@ def budget_defaults(time_budget_s: float) -> dict[str, dict[str, Any]]:
         return {"model": {"cell": "lstm", "hidden": 384, "layers": 2, "embed": 64},
                 "train": {"batch_size": 32, "seq_len": 64, "lr": 3e-3}}
     return {"model": {"cell": "lstm", "hidden": 768, "layers": 2, "embed": 64, "dropout": 0.3},
-            "train": {"batch_size": 32, "seq_len": 64, "lr": 2e-3}}
+            "train": {"batch_size": 32, "seq_len": 64, "lr": 2e-3, "weight_decay": 0.2}}
