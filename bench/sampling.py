@@ -77,13 +77,10 @@ def cli_stream(run: Path, length: int, extra=()) -> tuple[float, float]:
     return first_at - started, (len((first + rest).decode()) - 1) / (done - first_at)
 
 
-def stepped_bits(run: Path, precision: str, chars: int = 20_000) -> float:
-    """bits/char of the last `chars` characters of the run's test split, stepped one at a time."""
-    from nextchar.api import load
+def stepped_bits(model, ids: torch.Tensor, precision: str) -> float:
+    """bits/char of `ids` under a loaded Model, stepped one character at a time."""
     from nextchar.sample import StepModel
 
-    model = load(run)
-    ids = torch.from_numpy(np.asarray(RunFolder(run).training_data().split("test")[-chars:], dtype=np.int64))
     stepper = StepModel(model.module, precision)
     state = stepper.from_module_hidden(model.module.init_hidden(1))
     total = 0.0
@@ -99,11 +96,16 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a trained run folder to score each precision on")
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    if args.run:
-        exact = stepped_bits(args.run, "fp32")
+    if args.run:  # the last 20,000 characters of the run's test split
+        from nextchar.api import load
+
+        model = load(args.run)
+        ids = torch.from_numpy(np.asarray(RunFolder(args.run).training_data().split("test")[-20_000:],
+                                          dtype=np.int64))
+        exact = stepped_bits(model, ids, "fp32")
         report("stepped bits/char, fp32 weights", exact, "bits/char")
         for precision in ("bf16", "int8"):
-            bits = stepped_bits(args.run, precision)
+            bits = stepped_bits(model, ids, precision)
             report(f"stepped bits/char, {precision} weights (change {bits - exact:+.4f})", bits, "bits/char")
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"

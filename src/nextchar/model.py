@@ -14,6 +14,7 @@ from .config import ModelConfig
 
 # Hidden state: (h, c) for LSTM, h otherwise; each (L, B, H).
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+GATES = {"lstm": 4, "gru": 3, "rnn": 1, "rnn-relu": 1}  # gate blocks per layer, each hidden wide
 
 
 def detach_hidden(hidden: Hidden) -> Hidden:
@@ -85,8 +86,7 @@ class CharRNN(nn.Module):
             hidden = self.init_hidden(x.size(0), x.device)
         run = {"lstm": torch.lstm, "gru": torch.gru, "rnn": torch.rnn_tanh, "rnn-relu": torch.rnn_relu}[cell]
         hs, cs = [], []
-        for k in range(L):
-            weights = [getattr(self.rnn, f"{name}_l{k}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        for k, weights in enumerate(self.rnn.all_weights):  # [w_ih, w_hh, b_ih, b_hh] of layer k
             # (input, state, weights, has_biases, layers, dropout, train, bidirectional, batch_first)
             if cell == "lstm":
                 x, h, c = run(x, (hidden[0][k:k + 1], hidden[1][k:k + 1]), weights, True, 1, 0.0, True, False, True)
@@ -115,7 +115,7 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """The state_dict shapes a CharRNN built from `config` has, computed without building it."""
-    gates = {"lstm": 4, "gru": 3}.get(config.cell, 1)
+    gates = GATES[config.cell]
     V, E, H = config.vocab_size, config.embed, config.hidden
     shapes: dict[str, tuple[int, ...]] = {}
     if E > 0:
@@ -133,7 +133,7 @@ def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 def flops_per_char(config: ModelConfig, training: bool = True) -> float:
     """Matrix-multiply FLOPs per character (2 per multiply-add); x3 for forward+backward."""
-    gates = {"lstm": 4, "gru": 3}.get(config.cell, 1)
+    gates = GATES[config.cell]
     H, V = config.hidden, config.vocab_size
     input_size = config.embed if config.embed > 0 else V
     macs = gates * H * (input_size + H) + (config.layers - 1) * gates * H * (2 * H) + H * V

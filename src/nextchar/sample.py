@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from .config import SampleConfig
 from .devices import native_bf16
 from .errors import UserError
-from .model import CharRNN, Hidden
+from .model import GATES, CharRNN, Hidden
 from .vocab import Vocab
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
-GATES = {"lstm": 4, "gru": 3, "rnn": 1, "rnn-relu": 1}
 TABLE_LIMIT_BYTES = 64 << 20  # largest first-layer lookup table (vocab x gates) worth building
 
 
@@ -105,7 +104,7 @@ class StepState:
 
     z: torch.Tensor
     c: list[torch.Tensor]
-    work: list[tuple] = field(default_factory=list)
+    work: list[tuple]
 
 
 class StepModel:
@@ -122,7 +121,6 @@ class StepModel:
         order = _lstm_order(H) if cfg.cell == "lstm" else torch.arange(G * H)  # i f g o -> i f o g
         param = lambda name, k: getattr(rnn, f"{name}_l{k}").detach().float()[order]  # noqa: E731
         merged = cfg.cell != "gru"  # GRU applies its reset gate to W_hn h alone: keep them apart
-        device = model.head.weight.device
         with torch.no_grad():
             # layer 0's input projection (with biases that are added unconditionally) as a table
             w_ih0 = param("weight_ih", 0)  # (G*H, E|V)
@@ -136,17 +134,18 @@ class StepModel:
             else:  # a huge vocabulary: project the embedding row each step instead
                 self.table, self.embed_proj = None, (model.embed.weight.detach().float(),
                                                      Projection(w_ih0, precision), bias0[None])
-            self.recurrent, self.recurrent_bias = [], []  # biases (1, G*H)
+            # per layer: the product and its bias (1, G*H); merged layer 0 adds the table row instead
+            self.recurrent, self.recurrent_bias = [], []
             for k in range(self.L):
-                if k == 0 or not merged:
-                    w, b = param("weight_hh", k), (torch.zeros(G * H, device=device) if merged
-                                                   else param("bias_hh", k))
-                    self.recurrent.append(Projection(w, precision))  # reads h_k
-                else:
+                if not merged:  # reads h_k
+                    w, b = param("weight_hh", k), param("bias_hh", k)[None]
+                elif k == 0:  # reads h_0
+                    w, b = param("weight_hh", 0), None
+                else:  # reads [h_{k-1}; h_k]
                     w = torch.cat([param("weight_ih", k), param("weight_hh", k)], 1)
-                    b = param("bias_ih", k) + param("bias_hh", k)
-                    self.recurrent.append(Projection(w, precision))  # reads [h_{k-1}; h_k]
-                self.recurrent_bias.append(b[None])
+                    b = (param("bias_ih", k) + param("bias_hh", k))[None]
+                self.recurrent.append(Projection(w, precision))
+                self.recurrent_bias.append(b)
             self.inputs = [None] + [(Projection(param("weight_ih", k), precision), param("bias_ih", k)[None])
                                     if not merged else None for k in range(1, self.L)]
             self.head = Projection(model.head.weight, precision)
