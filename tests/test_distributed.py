@@ -26,6 +26,7 @@ from nextchar.config import SampleConfig
 from nextchar.errors import Diverged
 from nextchar.runfolder import RunFolder, load_checkpoint, load_model, save_checkpoint
 from nextchar.sample import Sampler
+from processes import wait_until
 
 LINE = "The quick brown fox jumps over the lazy dog; naïve café — déjà vu.\n"
 TEXT = "".join(f"{i}: {LINE}" for i in range(90))
@@ -98,17 +99,6 @@ def worker_pid(agent: subprocess.Popen, rank: int, timeout: float = 60) -> int:
                 return int(entry.name)
         time.sleep(0.05)
     raise AssertionError(f"no worker with RANK={rank} under torchrun")
-
-
-def wait_until(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc.poll() is not None:
-            raise AssertionError(f"ended early ({proc.returncode}): {proc.stderr.read()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("no progress")
-        time.sleep(0.02)
 
 
 def alive(pid: int) -> bool:

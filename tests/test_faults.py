@@ -22,6 +22,7 @@ from nextchar.cli import main
 from nextchar.config import TrainConfig
 from nextchar.errors import Diverged
 from nextchar.runfolder import CheckpointWriteError, load_checkpoint, load_model
+from processes import wait_until
 
 TRAIN = ["--hidden", "32", "--layers", "1", "--embed", "16", "--batch-size", "4", "--seq-len", "16",
          "--sample-chars", "20", "--log-every", "5", "--quiet"]
@@ -32,17 +33,6 @@ TEXT = "".join(f"{i}: {LINE}" for i in range(90))
 def start(*args, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "nextchar", *map(str, args)], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended early ({proc.returncode}): {proc.stderr.read()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("training made no progress")
-        time.sleep(0.02)
 
 
 def logged_steps(run: Path) -> list[int]:
@@ -71,7 +61,7 @@ def test_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, signum, code
     run = tmp_path / "run"
     proc = start("train", "tiny.txt", "--out", "run", *TRAIN, "--steps", 100000,
                  "--checkpoint-every", 100000, "--eval-every", 100000, cwd=tmp_path)
-    wait_for(lambda: len(logged_steps(run)) >= 2, proc)
+    wait_until(lambda: len(logged_steps(run)) >= 2, proc)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
@@ -106,7 +96,7 @@ def test_sigkill_at_random_moments_leaves_a_resumable_run(tmp_path):
                          "--checkpoint-every", 1, "--eval-every", 7, cwd=tmp_path)
         else:
             proc = start("train", "--resume", "run", "--quiet", cwd=tmp_path)
-        wait_for(lambda done=last_step: latest.exists() and max(logged_steps(run), default=0) > done,
+        wait_until(lambda done=last_step: latest.exists() and max(logged_steps(run), default=0) > done,
                  proc)
         time.sleep(rng.uniform(0.0, 0.4))
         proc.kill()
