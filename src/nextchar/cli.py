@@ -14,7 +14,7 @@ import shlex
 import sys
 import time
 
-from .config import parse_duration
+from .config import SCHEDULES, parse_duration
 from .errors import Diverged, Interrupted, PeerFailure, UserError
 
 PROG = "nextchar"
@@ -59,7 +59,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--batch-size", type=int, help="parallel streams B")
     t.add_argument("--seq-len", type=int, help="window length T (truncated BPTT)")
     t.add_argument("--lr", type=float, help="peak learning rate")
-    t.add_argument("--schedule", choices=["cosine", "linear", "constant"])
+    t.add_argument("--schedule", choices=SCHEDULES,
+                   help="after warmup: wsd (default: full lr, then linear decay over the last 20%%), "
+                        "cosine, linear or constant")
     t.add_argument("--final-lr-frac", type=float, help="the schedule ends at lr x this (default 0.05)")
     t.add_argument("--warmup-steps", type=int)
     t.add_argument("--optimizer", choices=["adamw", "adam"])

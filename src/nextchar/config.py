@@ -16,7 +16,7 @@ from .errors import UserError
 
 FORMAT_VERSION = 1  # of the run folder; a folder with a larger number is refused
 CELLS = ("lstm", "gru", "rnn", "rnn-relu")
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
 OPTIMIZERS = ("adamw", "adam")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -75,7 +75,7 @@ class TrainConfig:
     seq_len: int = 64  # T characters per window (truncated BPTT length)
     lr: float = 3e-3
     final_lr_frac: float = 0.05  # the schedule decays to lr * final_lr_frac
-    schedule: str = "cosine"
+    schedule: str = "wsd"  # warmup, stable, then decay over the last 20% (schedule.py, BENCHMARKS.md)
     warmup_steps: int = 50
     optimizer: str = "adamw"
     weight_decay: float = 0.0

@@ -1,8 +1,13 @@
-"""Learning-rate schedule: linear warmup, then cosine or linear decay over the run's progress."""
+"""Learning-rate schedule: linear warmup, then cosine, linear or warmup-stable-decay ("wsd": the
+full rate until the last COOLDOWN of the run, then linear to the final rate; Hagele et al. 2024,
+"Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations") over the run's
+progress."""
 
 from __future__ import annotations
 
 import math
+
+COOLDOWN = 0.2  # share of the run over which "wsd" decays
 
 
 def lr_factor(step: int, progress: float, warmup_steps: int, schedule: str, final_frac: float) -> float:
@@ -14,6 +19,8 @@ def lr_factor(step: int, progress: float, warmup_steps: int, schedule: str, fina
         decay = final_frac + (1.0 - final_frac) * 0.5 * (1.0 + math.cos(math.pi * p))
     elif schedule == "linear":
         decay = 1.0 - (1.0 - final_frac) * p
+    elif schedule == "wsd":
+        decay = 1.0 - (1.0 - final_frac) * max(0.0, p - (1.0 - COOLDOWN)) / COOLDOWN
     else:
         decay = 1.0
     return warm * decay
