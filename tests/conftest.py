@@ -30,3 +30,18 @@ def tiny_file(tmp_path, tiny_text):
 @pytest.fixture
 def tiny_options():
     return dict(TINY)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _autotune_cache(tmp_path_factory):
+    """One `auto` timing cache for the whole session (CLI subprocesses inherit it), never the
+    user's own."""
+    os.environ["NEXTCHAR_CACHE_DIR"] = str(tmp_path_factory.mktemp("autotune-cache"))
+    yield
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty `auto` timing cache for one test."""
+    monkeypatch.setenv("NEXTCHAR_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"

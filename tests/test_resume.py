@@ -66,6 +66,16 @@ def assert_identical_runs(a: Path, b: Path) -> None:
     assert len(evals_a) == 10 and evals_a == evals_b
 
 
+def flip_cached_timings() -> None:
+    """Swap the fastest and slowest timing of every cached training decision."""
+    for path in Path(os.environ["NEXTCHAR_CACHE_DIR"]).glob("autotune-train-*.json"):
+        entry = json.loads(path.read_text())
+        names = sorted(entry["seconds"], key=entry["seconds"].get)
+        times = [entry["seconds"][n] for n in names]
+        entry["seconds"] = dict(zip(names, reversed(times)))
+        path.write_text(json.dumps(entry))
+
+
 def evals(run: Path) -> list[tuple]:
     return [(r["step"], r["val_loss"], r["sample"]) for r in RunFolder(run).read_metrics()
             if r["kind"] == "eval"]
@@ -78,6 +88,8 @@ def test_cli_run_interrupted_by_sigint_and_resumed_is_bit_identical(tmp_path):
         return subprocess.run([sys.executable, *map(str, args)], cwd=tmp_path, capture_output=True,
                               text=True, timeout=300)
 
+    warm = cli("-m", "nextchar", "train", "tiny.txt", "--out", "warm", *FLAGS)  # `auto` timed once:
+    assert warm.returncode == 0, warm.stderr  # both runs below read the same cached verdict
     with ThreadPoolExecutor(2) as pool:
         whole = pool.submit(cli, "-m", "nextchar", "train", "tiny.txt", "--out", "whole", *FLAGS)
         cut = pool.submit(cli, "-c", INTERRUPT_AT, 17, "train", "tiny.txt", "--out", "cut", *FLAGS)
@@ -86,6 +98,7 @@ def test_cli_run_interrupted_by_sigint_and_resumed_is_bit_identical(tmp_path):
     assert cut.returncode == 130, cut.stderr
     assert "stopped at step 17 " in cut.stderr  # the signal came while step 17 ran: it finished
     assert load_checkpoint(tmp_path / "cut" / "latest.safetensors")[1]["step"] == 17
+    flip_cached_timings()  # `auto` would now choose the other precision; resume keeps its own
     resumed = cli("-m", "nextchar", "train", "--resume", "cut", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert_identical_runs(tmp_path / "whole", tmp_path / "cut")
@@ -163,3 +176,22 @@ def test_resume_can_turn_weight_decay_on_for_the_matrices_only(tmp_path, whole_r
     assert nextchar.train(resume=run, steps=42, weight_decay=0.05).steps == 42
     _, meta = load_checkpoint(run / "latest.safetensors")
     assert [g["weight_decay"] for g in meta["param_groups"]] == [0.05, 0.0]
+
+
+@pytest.mark.parametrize("trained, resumed", [("bf16", "fp32"), ("fp32", "bf16")])
+def test_resume_in_another_precision_carries_the_state_over(tmp_path, trained, resumed):
+    """A run moved to a machine where `auto` decides otherwise (or resumed with --precision)
+    continues with its carried hidden state, whatever dtype that state was saved in."""
+    from nextchar import devices
+
+    if devices.precision_candidates(torch.device("cpu")) != ("fp32", "bf16"):
+        pytest.skip("no bf16 on this CPU")
+    run = tmp_path / "run"
+    options = dict(OPTIONS, steps=10, dropout=0.0)
+    nextchar.train(text=TEXT, out=run, precision=trained, **options)
+    _, meta = load_checkpoint(run / "latest.safetensors")
+    tensors, _ = load_checkpoint(run / "latest.safetensors")
+    assert tensors["hidden.h"].dtype == (torch.bfloat16 if trained == "bf16" else torch.float32)
+    assert nextchar.train(resume=run, steps=14, precision=resumed).steps == 14
+    record = json.loads((run / "machine.json").read_text())
+    assert record["train_precision"]["value"] == resumed

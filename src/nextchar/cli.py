@@ -81,8 +81,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--seed", type=int)
     t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     t.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                   help="bf16 autocast (weights stay fp32); auto = bf16 where the CPU/GPU has native "
-                        "bf16 (AVX512-BF16/AMX, recent GPUs), else fp32")
+                   help="bf16 autocast (weights stay fp32); auto (default) = the faster of the two, "
+                        "timed here on the run's shapes in about a second and cached")
     t.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: its own choice)")
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (off by default; pays off on GPUs, for long runs)")
@@ -140,7 +140,8 @@ def build_parser() -> Parser:
     p.add_argument("--errors", default="strict", choices=["strict", "replace"])
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                   help="arithmetic of the scoring (default: what the run trained with)")
+                   help="arithmetic of the scoring (default: the run's setting; auto = the faster "
+                        "of fp32 and bf16, timed here)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("sample", help="generate text from a run",
@@ -160,8 +161,8 @@ def build_parser() -> Parser:
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
                    help="weights while stepping: fp32 is exact; int8 (one scale per row) and bf16 "
-                   "read fewer bytes; auto = int8 for a few streams on CPUs with bf16 "
-                   "instructions, bf16 for 8+ streams, else fp32")
+                   "read fewer bytes; auto = the fastest for this model and --num-samples, timed "
+                   "here in a fraction of a second and cached")
     p.add_argument("--json", action="store_true", help='print {"samples": [...]} instead of streaming')
 
     p = sub.add_parser("plot", help="train and validation bits/char curves of one or more runs",

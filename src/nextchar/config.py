@@ -226,15 +226,3 @@ def parse_duration(text: str, flag: str = "--time") -> float:
     if seconds <= 0:
         raise UserError(f"{flag} must be longer than zero, got {text!r}")
     return seconds
-
-
-def budget_defaults(time_budget_s: float) -> dict[str, dict[str, Any]]:
-    """Model and training defaults for a wall-clock budget, chosen by the sweep in BENCHMARKS.md.
-
-    A longer budget affords a wider network; the schedule always spans the whole budget.
-    """
-    if time_budget_s <= 6 * 60:
-        return {"model": {"cell": "lstm", "hidden": 384, "layers": 2, "embed": 64},
-                "train": {"batch_size": 32, "seq_len": 64, "lr": 3e-3}}
-    return {"model": {"cell": "lstm", "hidden": 768, "layers": 2, "embed": 64, "dropout": 0.3},
-            "train": {"batch_size": 32, "seq_len": 64, "lr": 2e-3, "weight_decay": 0.2}}

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .devices import autocast, resolve_precision
+from .devices import autocast, eval_precision
 from .model import CharRNN
 
 LN2 = math.log(2.0)
@@ -59,9 +59,9 @@ def score_ids(model: CharRNN, ids: np.ndarray, streams: int = 64, window: int = 
               device: torch.device | str | None = None, precision: str = "fp32") -> EvalResult:
     """Score every position of `ids` after the first (a 1-D id array) with carried state.
 
-    precision: 'fp32', 'bf16' (autocast, as training used) or 'auto' (bf16 where native)."""
+    precision: 'fp32', 'bf16' (autocast) or 'auto' (the faster of the two, timed here)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    precision = resolve_precision(precision, device)
+    precision = eval_precision(precision, model.config, device).value
     n_targets = len(ids) - 1
     if n_targets < 1:
         return EvalResult(0, float("nan"), float("nan"), float("nan"), float("nan"))

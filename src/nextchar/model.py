@@ -65,6 +65,9 @@ class CharRNN(nn.Module):
     def forward(self, idx: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
         """idx (B, T) ids, hidden from the previous window (zeros if None) -> logits (B, T, V), hidden."""
         x = self.inputs(idx)  # (B, T, E|V)
+        if hidden is not None and not _autocasting(x.device.type):
+            # bf16 state carried into an fp32 window (a run resumed in another precision): exact
+            hidden = _cast(hidden, x.dtype)
         if x.is_cuda and torch.is_autocast_enabled():
             # CUDA autocast runs cuDNN's RNN in fp16 whatever its dtype, and fp16 gradients need
             # loss scaling: the recurrence stays fp32 (TF32 on tensor cores), the head autocasts.
@@ -100,6 +103,19 @@ class CharRNN(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _autocasting(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch before 2.4 takes no device type
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+def _cast(hidden: Hidden, dtype: torch.dtype) -> Hidden:
+    if isinstance(hidden, tuple):
+        return tuple(h.to(dtype) for h in hidden)
+    return hidden.to(dtype)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:

@@ -9,6 +9,7 @@
       best.safetensors    weights with the best validation loss
       latest.safetensors  weights + optimizer + carried hidden state + RNG: the resume point
       metrics.jsonl       one JSON object per log step and per evaluation
+      machine.json        the machine it ran on and what `auto` chose there, with the timings
 
 Checkpoints are safetensors (never pickle) with a JSON `nextchar` metadata entry and a checksum
 of the tensor bytes, so a damaged file is refused rather than loaded. Every file is written to a
@@ -44,6 +45,7 @@ METRICS = "metrics.jsonl"
 COMMAND = "command.txt"
 DATA = "data"
 SOURCE = "source.json"  # where the prepared data lives when it is not in data/
+MACHINE = "machine.json"  # the machine and the choices `auto` made on it
 
 
 class CheckpointWriteError(UserError):
@@ -195,7 +197,7 @@ class RunFolder:
 
     def clear_previous(self) -> None:
         """Remove what a previous run left (for --force, once the new run's input checked out)."""
-        for name in (BEST, LATEST, METRICS, SOURCE, "report.html", "curves.png"):
+        for name in (BEST, LATEST, METRICS, SOURCE, MACHINE, "report.html", "curves.png"):
             try:
                 self.file(name).unlink()
             except FileNotFoundError:
@@ -205,6 +207,17 @@ class RunFolder:
         atomic_write(self.file(CONFIG), config.to_json() + "\n")
         atomic_write(self.file(VOCAB), vocab.to_json() + "\n")
         atomic_write(self.file(COMMAND), command + "\n")
+
+    def write_machine(self, record: dict[str, Any]) -> None:
+        atomic_write(self.file(MACHINE), json.dumps(record, indent=2) + "\n")
+
+    def read_machine(self) -> dict[str, Any]:
+        """machine.json, or {} when it is missing or unreadable (runs made before it existed)."""
+        try:
+            record = json.loads(self.file(MACHINE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
 
     def read_config(self) -> RunConfig:
         if not self.path.is_dir():

@@ -13,19 +13,22 @@ nn.LSTM/GRU/RNN.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from . import autotune
 from .config import SampleConfig
-from .devices import native_bf16
 from .errors import UserError
 from .model import GATES, CharRNN, Hidden
 from .vocab import Vocab
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
+TIMING_S = 0.2  # seconds of timing per `auto` decision (one per model shape and batch size)
+STEPS_PER_CALL = 8  # steps timed together, so one timing is well above the clock's resolution
 TABLE_LIMIT_BYTES = 64 << 20  # largest first-layer lookup table (vocab x gates) worth building
 
 
@@ -44,20 +47,48 @@ def int8_fits(model: CharRNN) -> bool:
             and config.hidden % 16 == 0 and (_uses_table(config) or config.embed % 16 == 0))
 
 
-def resolve_sample_precision(precision: str, model: CharRNN, batch: int) -> str:
-    """'auto' -> int8 weights for one to a few streams on CPUs with native bf16 (a step reads
-    every weight once, so bytes decide), bf16 for batches where bf16 matrix units help, else fp32."""
+def check_sample_precision(precision: str, model: CharRNN) -> None:
+    """Refuse a weight format that cannot run here, before any work."""
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "int8" and not int8_fits(model):
         raise UserError("--precision int8 needs the CPU and a hidden size (and an embedding size, "
                         "for vocabularies over ~10,000 symbols) that is a multiple of 16; use bf16 or fp32")
+
+
+def sample_step_seconds(model: CharRNN, batch: int, precisions: tuple[str, ...],
+                        budget_s: float = TIMING_S) -> dict[str, float]:
+    """Seconds per step of `batch` streams with the weights held in each format, timed in turn."""
+    steppers = {p: StepModel(model, p) for p in precisions}
+    device = model.head.weight.device
+    states = {p: steppers[p].from_module_hidden(model.init_hidden(batch, device)) for p in precisions}
+    idx = torch.zeros(batch, dtype=torch.long, device=device)
+
+    @torch.inference_mode()
+    def run(precision: str) -> None:
+        for _ in range(STEPS_PER_CALL):
+            steppers[precision].step(idx, states[precision])
+
+    per_call = autotune.time_interleaved({p: (lambda p=p: run(p)) for p in precisions}, budget_s,
+                                         autotune.synchronizer(device))
+    return {p: seconds / STEPS_PER_CALL for p, seconds in per_call.items()}
+
+
+def sample_precision(precision: str, model: CharRNN, batch: int) -> autotune.Choice:
+    """The weight format for stepping `batch` streams: a named one as it is; `auto` the fastest
+    of fp32, bf16 (where the hardware runs bf16) and int8 (where the shapes allow it), timed on
+    this model and batch, never one slower than fp32."""
+    check_sample_precision(precision, model)
     if precision != "auto":
-        return precision
-    fast_bf16 = native_bf16(model.head.weight.device)
-    if batch < Sampler.BATCH_FROM:
-        return "int8" if fast_bf16 and int8_fits(model) else "fp32"
-    return "bf16" if fast_bf16 else "fp32"
+        return autotune.Choice(precision, how="named")
+    device = model.head.weight.device
+    candidates = ("fp32",) + (("bf16",) if autotune.bf16_possible(device) else ()) + \
+        (("int8",) if int8_fits(model) else ())
+    if len(candidates) == 1:
+        return autotune.Choice("fp32", how="only candidate")
+    shapes = {**dataclasses.asdict(model.config), "batch": batch}
+    return autotune.decide("sample", shapes, device,
+                           lambda: sample_step_seconds(model, batch, candidates))
 
 
 class Projection:
@@ -242,21 +273,23 @@ class Sampler:
     Gumbel noise is an exact draw from softmax(logits / T); the noise comes from the seeded
     generator in blocks, so a step costs an add and an argmax."""
 
-    BATCH_FROM = 8  # from this many parallel samples on, bf16 matrix units beat int8 weight reads
     NOISE_BLOCK = 1 << 20  # Gumbel noise values drawn at a time
 
     def __init__(self, model: CharRNN, vocab: Vocab, precision: str = "auto"):
         """precision: auto, fp32, bf16 or int8 for the weights while stepping (see
-        resolve_sample_precision); the prime always runs through the fp32 module."""
+        sample_precision); the prime always runs through the fp32 module."""
         self.model = model.eval()
         self.vocab = vocab
         self.device = model.head.weight.device
-        resolve_sample_precision(precision, model, 1)  # refuse a bad choice up front
+        check_sample_precision(precision, model)  # refuse a bad choice up front
         self.precision = precision
         self.steppers: dict[str, StepModel] = {}
+        self.choices: dict[int, autotune.Choice] = {}  # per batch size: what `auto` chose
 
     def stepper(self, batch: int) -> StepModel:
-        precision = resolve_sample_precision(self.precision, self.model, batch)
+        if batch not in self.choices:
+            self.choices[batch] = sample_precision(self.precision, self.model, batch)
+        precision = self.choices[batch].value
         if precision not in self.steppers:
             self.steppers[precision] = StepModel(self.model, precision)
         return self.steppers[precision]

@@ -25,19 +25,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import distributed
+from . import autotune, budget, devices, distributed
+from .autotune import Choice
 from .config import (
     DataConfig,
     ModelConfig,
     RunConfig,
     SampleConfig,
     TrainConfig,
-    budget_defaults,
     to_dict,
 )
 from .corpus import discover
 from .data import IGNORE, Streams, TokenData, is_prepared, load_prepared, prepare
-from .devices import autocast, resolve_device, resolve_precision
+from .devices import EVAL_SHAPE, autocast, eval_precision, resolve_device, train_precision
 from .errors import Diverged, Interrupted, PeerFailure, UserError
 from .evaluate import EvalResult, score_ids
 from .model import CharRNN, detach_hidden
@@ -118,21 +118,24 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
 
 
 class Trainer:
+    """The training loop of one run: owns the model, optimizer, carried state and counters.
+
+    `precision` and `eval_precision` are resolved ones (fp32 or bf16), as `launch` chose them."""
+
     def __init__(self, config: RunConfig, data: TokenData, folder: RunFolder, *,
-                 resume: bool = False, quiet: bool = False, log: TextIO | None = None,
-                 dist: distributed.Dist | None = None):
+                 precision: str, eval_precision: str, resume: bool = False, quiet: bool = False,
+                 log: TextIO | None = None, dist: distributed.Dist | None = None):
         self.config = config
         self.data = data
         self.folder = folder
         self.quiet = quiet
         self.log = log if log is not None else sys.stderr
         tc = config.train
-        if tc.threads:
-            torch.set_num_threads(tc.threads)
         device = resolve_device(tc.device)
         self.dist = dist if dist is not None else distributed.setup(device.type)
         self.device = torch.device("cuda", self.dist.local_rank) if device.type == "cuda" else device
-        self.precision = resolve_precision(tc.precision, self.device)
+        self.precision = precision
+        self.eval_precision = eval_precision
         torch.manual_seed(tc.seed)
         self.model = CharRNN(config.model).to(self.device)
         self.defer_checks = _defers_checks(self.device)
@@ -303,7 +306,8 @@ class Trainer:
         started = time.perf_counter()
         result = None
         if len(self.val_ids) >= 2:
-            result = score_ids(self.model, self.val_ids, device=self.device, precision=self.precision)
+            result = score_ids(self.model, self.val_ids, device=self.device,
+                               precision=self.eval_precision)
             self.model.train()
             if result.nats_per_char < self.best_val:
                 self.best_val = result.nats_per_char
@@ -562,7 +566,8 @@ class Trainer:
                 best, _ = load_checkpoint(self.folder.file(BEST))
                 scorer = CharRNN(self.config.model).to(self.device)
                 scorer.load_state_dict(prefixed(best, "model"))
-                test_result = score_ids(scorer, test_ids, device=self.device, precision=self.precision)
+                test_result = score_ids(scorer, test_ids, device=self.device,
+                                        precision=self.eval_precision)
             elapsed = time.perf_counter() - clock0
             final = {"kind": "final", "step": self.step, "chars": self.chars_seen, "time": round(elapsed, 3),
                      "stop": stop_reason,
@@ -585,19 +590,90 @@ DEFAULT_TIME = 180.0  # seconds, when no stopping point is given
 def build_config(options: dict[str, Any], vocab_size: int = 0) -> RunConfig:
     """Flat options (any field of DataConfig / ModelConfig / TrainConfig) -> RunConfig.
 
-    Options left out take the defaults for the run's time budget (config.budget_defaults)."""
+    Options left out take budget.RUN_DEFAULTS; for a --time run, budget.plan replaces some of
+    those with what the budget buys on this machine."""
     unknown = sorted(set(options) - TRAIN_FIELDS - MODEL_FIELDS - DATA_FIELDS)
     if unknown:
         raise UserError(f"unknown training option(s): {', '.join(unknown)}")
     options = dict(options)
     if not (options.get("steps") or options.get("epochs") or options.get("time")):
         options["time"] = DEFAULT_TIME
-    preset = budget_defaults(options.get("time") or DEFAULT_TIME)
-    merged = {**preset["model"], **preset["train"], **options}
+    merged = {**budget.RUN_DEFAULTS, **options}
     return RunConfig(
         data=DataConfig(**{k: v for k, v in merged.items() if k in DATA_FIELDS}),
         model=ModelConfig(vocab_size=vocab_size, **{k: v for k, v in merged.items() if k in MODEL_FIELDS}),
         train=TrainConfig(**{k: v for k, v in merged.items() if k in TRAIN_FIELDS}))
+
+
+def _compute_device(config: RunConfig, dist: distributed.Dist) -> torch.device:
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    device = resolve_device(config.train.device)
+    return torch.device("cuda", dist.local_rank) if device.type == "cuda" else device
+
+
+def _settle(options: dict[str, Any], config: RunConfig, train_chars: int,
+            device: torch.device) -> tuple[RunConfig, dict[str, Any]]:
+    """The budget rule and the precision decisions for a new run -> its final config and the
+    machine.json record (the machine, what `auto` chose and the timings behind it)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    if not (given.get("steps") or given.get("epochs") or given.get("time")):
+        given["time"] = DEFAULT_TIME
+    tc = config.train
+    plan = budget.plan(given, config.model, tc.batch_size, tc.seq_len, train_chars, device,
+                       tc.precision)
+    config = build_config({**plan.options, **given}, vocab_size=config.model.vocab_size)
+    evaluation = eval_precision(tc.precision, config.model, device)
+    if "eval_chars" not in given:  # evaluations take about a tenth of the run, not more
+        config = replace(config, train=replace(config.train, eval_chars=_eval_chars(
+            config, plan.precision, evaluation, train_chars, device)))
+    record = {"machine": autotune.machine(device), "train_precision": plan.precision.to_dict(),
+              "eval_precision": evaluation.to_dict(), "budget": plan.to_dict()}
+    return config, record
+
+
+def _eval_chars(config: RunConfig, train_choice: Choice, eval_choice: Choice, train_chars: int,
+                device: torch.device) -> int:
+    """--eval-chars for a run of this length, from the measured step and evaluation speeds."""
+    tc = config.train
+    step_s = train_choice.timings.get(train_choice.value) or devices.train_step_seconds(
+        config.model, tc.batch_size, tc.seq_len, device, (train_choice.value,))[train_choice.value]
+    eval_s = eval_choice.timings.get(eval_choice.value) or devices.eval_seconds(
+        config.model, device, (eval_choice.value,))[eval_choice.value]
+    steps = [tc.steps] if tc.steps else []
+    if tc.epochs:
+        steps.append(tc.epochs * train_chars / (tc.batch_size * tc.seq_len))
+    run_seconds = min(([tc.time] if tc.time else []) + [n * step_s for n in steps])
+    return budget.eval_chars(run_seconds, EVAL_SHAPE[0] * EVAL_SHAPE[1] / eval_s)
+
+
+def _resumed_choices(folder: RunFolder, config: RunConfig, device: torch.device) -> dict[str, Any]:
+    """On the machine the run was made on, the precisions it recorded (so a resumed run computes
+    exactly as before); elsewhere, or for a precision named now, decided afresh."""
+    record = folder.read_machine()
+    if record.get("machine") == autotune.machine(device) and config.train.precision == "auto" and \
+            "train_precision" in record and "eval_precision" in record:
+        return record
+    tc = config.train
+    return {**record, "machine": autotune.machine(device),
+            "train_precision": train_precision(tc.precision, config.model, tc.batch_size,
+                                               tc.seq_len, device).to_dict(),
+            "eval_precision": eval_precision(tc.precision, config.model, device).to_dict()}
+
+
+def _say_choices(record: dict[str, Any], config: RunConfig, log: TextIO | None, quiet: bool) -> None:
+    """The first lines of `train`: 'precision bf16 (measured: bf16 21.3k chars/s, fp32 12.1k
+    chars/s); evaluation ...' and, for a --time run, what the budget bought."""
+    if quiet:
+        return
+    per_step = config.train.batch_size * config.train.seq_len
+    train = Choice.from_dict(record["train_precision"]).describe(per_step)
+    evaluation = Choice.from_dict(record["eval_precision"]).describe(EVAL_SHAPE[0] * EVAL_SHAPE[1])
+    lines = [f"precision {train}; evaluation {evaluation}"]
+    plan = record.get("budget") or {}
+    if plan.get("params"):
+        lines.append(budget.describe(plan, config.model))
+    print("\n".join(lines), file=log if log is not None else sys.stderr, flush=True)
 
 
 def _check_trainable(data: TokenData, config: RunConfig) -> None:
@@ -632,22 +708,29 @@ def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = 
             raise UserError(f"{folder.path} has no resumable checkpoint ({LATEST})")
         train_config = TrainConfig(**{**to_dict(saved.train), **options})
         config = RunConfig(saved.data, saved.model, train_config)
-        device = resolve_device(train_config.device)
-        dist = distributed.setup(device.type)
+        dist = distributed.setup(resolve_device(train_config.device).type)
+        device = _compute_device(config, dist)
         data = folder.training_data().resplit(config.data.val_frac, config.data.test_frac)
         if data.vocab != folder.read_vocab():
             raise UserError(f"the data's vocabulary differs from {folder.file(VOCAB)}")
         if dist.is_main:
             folder.remove_stray_temps()  # of writes a crash cut short
-        trainer = Trainer(config, data, folder, resume=True, quiet=quiet, log=log, dist=dist)
+            record = _resumed_choices(folder, config, device)
+            folder.write_machine(record)
+        dist.barrier()
+        record = folder.read_machine()  # every rank computes as rank 0 decided
+        _say_choices(record, config, log, quiet or not dist.is_main)
+        trainer = Trainer(config, data, folder, precision=record["train_precision"]["value"],
+                          eval_precision=record["eval_precision"]["value"], resume=True,
+                          quiet=quiet, log=log, dist=dist)
         if dist.is_main and options:  # only once the checkpoint accepted them
             atomic_write(folder.file(CONFIG), config.to_json() + "\n")
         return trainer.fit()
 
     config = build_config(options)  # validates every option before anything is touched
-    device = resolve_device(config.train.device)
     folder = RunFolder(out if out is not None else default_out())
-    dist = distributed.setup(device.type)
+    dist = distributed.setup(resolve_device(config.train.device).type)
+    device = _compute_device(config, dist)
     inputs = list(inputs) if inputs else ["tinyshakespeare"]
     external = len(inputs) == 1 and is_prepared(inputs[0])
     if dist.is_main:
@@ -675,13 +758,19 @@ def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = 
     dist.barrier()
     data = load_prepared(inputs[0] if external else folder.file(DATA))
     data = data.resplit(config.data.val_frac, config.data.test_frac)
-    config = RunConfig(config.data, replace(config.model, vocab_size=len(data.vocab)), config.train)
-    if dist.is_main:
+    if dist.is_main:  # rank 0 measures and decides; the others read what it wrote
+        config = RunConfig(config.data, replace(config.model, vocab_size=len(data.vocab)), config.train)
+        config, record = _settle(options, config, len(data.split("train")), device)
         folder.write_setup(config, data.vocab, command)
+        folder.write_machine(record)
         if external:
             atomic_write(folder.file(SOURCE), json.dumps({"data": str(Path(inputs[0]).resolve())}) + "\n")
     dist.barrier()
-    return Trainer(config, data, folder, quiet=quiet, log=log, dist=dist).fit()
+    config, record = folder.read_config(), folder.read_machine()
+    _say_choices(record, config, log, quiet or not dist.is_main)
+    return Trainer(config, data, folder, precision=record["train_precision"]["value"],
+                   eval_precision=record["eval_precision"]["value"], quiet=quiet, log=log,
+                   dist=dist).fit()
 
 
 def default_out() -> Path:

@@ -1,0 +1,144 @@
+"""--time T -> model width, learning rate and regularisation, from what T buys on this machine.
+
+A training step's work grows with the parameter count, so measured training throughput times
+parameters, K (parameter-characters per second), is about the same for every width on one
+machine. The budget buys K * tau of it (tau: the share of T left after evaluations, saving and
+start-up), and the rule spends it like this (fit on the sweeps in BENCHMARKS.md, "The budget
+rule"):
+
+    P     = sqrt(K * tau / CHARS_PER_PARAM)    parameters, so the run sees that many chars each
+    width = the widest on WIDTHS whose model has at most P parameters
+    if the run would pass over the training text more than DATA_LIMITED_EPOCHS times, data, not
+    compute, is the limit: 4x the compute per parameter goes to a 2x larger model (P doubled)
+    with dropout and weight decay instead of more passes
+    lr    = 3e-3 up to 384 wide, 2e-3 above (the 3- and 10-minute sweeps)
+
+A slower machine gets a smaller model, a faster one (or a GPU) a larger one. Options the user
+names are kept; only the rest are chosen. Runs stopped by --steps or --epochs alone keep fixed
+defaults, so a step count means the same model on every machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import devices
+from .autotune import Choice
+from .config import ModelConfig
+from .model import parameter_shapes
+
+WIDTHS = (128, 192, 256, 320, 384, 448, 512, 640, 768, 1024, 1280, 1536, 2048)
+PROBE_WIDTH = 256  # the width timed first, to measure K
+CHARS_PER_PARAM = 1.6  # measured chars per parameter the budget should buy (see BENCHMARKS.md)
+DATA_LIMITED_EPOCHS = 4.5  # measured passes over the training split beyond which data is the limit
+TRAIN_SHARE = 0.85  # of --time spent in training steps (evaluations ~10%, saves and start-up)
+REGULARISED = {"dropout": 0.3, "weight_decay": 0.2}  # the 10-minute sweep's best
+EVAL_SHARE = 0.1  # of a run's wall time that evaluation may take
+EVALUATIONS = 12  # about ten during a run, the final one and the test split
+EVAL_CHARS = (20_000, 2_000_000)  # the fewest and most characters one evaluation scores
+FIXED_DEFAULTS = {"hidden": 384, "lr": 3e-3}  # --steps / --epochs runs: machine-independent
+RUN_DEFAULTS = {"cell": "lstm", "layers": 2, "embed": 64, "batch_size": 32, "seq_len": 64,
+                **FIXED_DEFAULTS}  # of `nextchar train`, before the rule chooses
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the budget rule chose and why; recorded in the run folder's machine.json."""
+
+    options: dict[str, Any]  # the chosen values of the options the user left out
+    precision: Choice  # training precision at the chosen shape
+    param_chars_per_s: float = 0.0  # K, measured
+    target_params: float = 0.0
+    params: int = 0
+    chars: float = 0.0  # characters the budget is expected to buy
+    epochs: float = 0.0
+    data_limited: bool = False
+
+    def to_dict(self) -> dict[str, Any] | None:
+        """The record of a --time plan (its precision is recorded beside it), None otherwise."""
+        if not self.params:
+            return None
+        record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del record["precision"]
+        return record
+
+
+def describe(plan: dict[str, Any], model: ModelConfig) -> str:
+    """One line on what a recorded plan (Plan.to_dict) chose and why."""
+    regime = ("data-limited: a larger model with dropout" if plan["data_limited"]
+              else "compute-limited")
+    return (f"budget: {model.layers}x{model.hidden} {model.cell}, {plan['params'] / 1e6:.2f} M "
+            f"parameters (measured {plan['param_chars_per_s'] / 1e9:.2f} G parameter-chars/s buys "
+            f"~{plan['chars'] / 1e6:.1f} M chars, {plan['epochs']:.1f} passes over the training "
+            f"text; {regime})")
+
+
+def eval_chars(run_seconds: float, eval_chars_per_s: float) -> int:
+    """Characters one evaluation may score so that all of a run's evaluations take about
+    EVAL_SHARE of its wall time (within EVAL_CHARS)."""
+    affordable = EVAL_SHARE * run_seconds / EVALUATIONS * eval_chars_per_s
+    return int(min(max(affordable, EVAL_CHARS[0]), EVAL_CHARS[1]))
+
+
+def num_params(config: ModelConfig) -> int:
+    return sum(math.prod(shape) for shape in parameter_shapes(config).values())
+
+
+def spend(k: float, seconds: float, train_chars: int, params_of) -> tuple[int, bool, float]:
+    """The rule itself, on a measured K: -> (width, data-limited?, target parameters)."""
+    target = math.sqrt(k * seconds * TRAIN_SHARE / CHARS_PER_PARAM)
+    epochs = CHARS_PER_PARAM * target / max(1, train_chars)
+    data_limited = epochs > DATA_LIMITED_EPOCHS
+    if data_limited:
+        target *= 2.0
+    fitting = [w for w in WIDTHS if params_of(w) <= target]
+    return (fitting[-1] if fitting else WIDTHS[0]), data_limited, target
+
+
+def plan(options: dict[str, Any], model: ModelConfig, batch: int, seq_len: int,
+         train_chars: int, device: torch.device, precision: str) -> Plan:
+    """Choose the options the user left out for a --time budget, timing on this machine.
+
+    `options`: what the user named; `model`: the model config with the user's values and the
+    plain defaults for the rest (vocab_size filled in)."""
+    seconds = options.get("time") or 0.0
+    if not seconds:
+        chosen = {k: v for k, v in FIXED_DEFAULTS.items() if k not in options}
+        shape = dataclasses.replace(model, **{k: v for k, v in chosen.items() if k == "hidden"})
+        return Plan(chosen, devices.train_precision(precision, shape, batch, seq_len, device))
+
+    def shape_of(width: int) -> ModelConfig:
+        return dataclasses.replace(model, hidden=width)
+
+    def speed(config: ModelConfig) -> tuple[Choice, float]:
+        choice = devices.train_precision(precision, config, batch, seq_len, device)
+        if not choice.timings:  # a named precision: time it alone
+            timings = devices.train_step_seconds(config, batch, seq_len, device, (choice.value,))
+            choice = Choice(choice.value, timings, "named")
+        return choice, batch * seq_len / choice.timings[choice.value]
+
+    fixed_width = "hidden" in options
+    probe = shape_of(options["hidden"] if fixed_width else PROBE_WIDTH)
+    choice, chars_per_s = speed(probe)
+    k = chars_per_s * num_params(probe)
+    width, data_limited, target = spend(k, seconds, train_chars, lambda w: num_params(shape_of(w)))
+    if fixed_width:
+        width = options["hidden"]
+    elif width != probe.hidden:
+        choice, chars_per_s = speed(shape_of(width))  # the real shape: its own precision verdict
+    chosen: dict[str, Any] = {}
+    if not fixed_width:
+        chosen["hidden"] = width
+    if "lr" not in options:
+        chosen["lr"] = 3e-3 if width <= 384 else 2e-3
+    if data_limited:
+        chosen.update({k: v for k, v in REGULARISED.items() if k not in options})
+    chars = chars_per_s * seconds * TRAIN_SHARE
+    return Plan(chosen, choice, param_chars_per_s=k, target_params=target,
+                params=num_params(shape_of(width)), chars=chars, epochs=chars / max(1, train_chars),
+                data_limited=data_limited)
