@@ -590,6 +590,8 @@ def build_config(options: dict[str, Any], vocab_size: int = 0) -> RunConfig:
     if unknown:
         raise UserError(f"unknown training option(s): {', '.join(unknown)}")
     options = dict(options)
+    if "time" in options:  # checked first: the budget picks the defaults
+        options["time"] = TrainConfig(time=options["time"]).time
     if not (options.get("steps") or options.get("epochs") or options.get("time")):
         options["time"] = DEFAULT_TIME
     preset = budget_defaults(options.get("time") or DEFAULT_TIME)
@@ -619,6 +621,9 @@ def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = 
            ) -> TrainResult:
     """Everything `nextchar train` does: settle the config, prepare data and folder, train."""
     options = dict(options or {})
+    for flag, path in (("--out", out), ("--resume", resume)):
+        if path is not None and not str(path).strip():
+            raise UserError(f"{flag} is empty (an unset shell variable?); name a folder")
     if resume is not None:
         if inputs:
             raise UserError("--resume continues a run on the data it was trained on; give no INPUT with it")
