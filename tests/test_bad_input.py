@@ -45,7 +45,9 @@ def user_error(proc) -> str:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """The folder's files but the lock file (which names its latest holder)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".nextchar.lock"}
 
 
 def copy_run(src: Path, dst: Path) -> Path:

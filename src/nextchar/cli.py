@@ -110,7 +110,8 @@ def build_parser() -> Parser:
                        "a folder made by `nextchar prepare`, or nothing for the bundled corpus.")
     p.add_argument("inputs", nargs="*", metavar="INPUT")
     p.add_argument("--out", help="run folder (default runs/<date>-<time>)")
-    p.add_argument("--force", action="store_true", help="overwrite the run already in --out")
+    p.add_argument("--force", action="store_true",
+                   help="replace the nextchar run already in --out (never anything else)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN where it stopped")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
@@ -121,7 +122,8 @@ def build_parser() -> Parser:
                        "data.json) that `nextchar train DATA` reads without loading it into memory.")
     p.add_argument("inputs", nargs="+", metavar="TEXT")
     p.add_argument("--out", required=True, metavar="DATA")
-    p.add_argument("--force", action="store_true", help="replace an existing data folder")
+    p.add_argument("--force", action="store_true",
+                   help="replace a data folder that nextchar prepared (never anything else)")
     p.add_argument("--val-frac", type=float, default=0.05)
     p.add_argument("--test-frac", type=float, default=0.05)
     p.add_argument("--encoding", default="utf-8")
@@ -248,16 +250,15 @@ def cmd_prepare(args) -> int:
     from pathlib import Path
 
     from .config import DataConfig
-    from .data import is_prepared, prepare
+    from .data import prepare
 
     config = DataConfig(val_frac=args.val_frac, test_frac=args.test_frac, encoding=args.encoding,
                         errors=args.errors)
+    if not args.out.strip():
+        raise UserError("--out is empty (an unset shell variable?); name a folder")
     out = Path(args.out)
-    if out.exists() and not args.force:
-        what = "a prepared data folder" if is_prepared(out) else "something"
-        raise UserError(f"{out} already holds {what}; use --force to replace it or pick another --out")
     started = time.perf_counter()
-    prepare(args.inputs, out, config)
+    prepare(args.inputs, out, config, force=args.force)
     meta = json.loads((out / "data.json").read_text())
     print(f"prepared {meta['length']:,} chars ({meta['dtype']}) from {len(meta['sources'])} file(s) "
           f"into {out} in {time.perf_counter() - started:.1f}s", file=sys.stderr)

@@ -9,6 +9,7 @@
       best.safetensors    weights with the best validation loss
       latest.safetensors  weights + optimizer + carried hidden state + RNG: the resume point
       metrics.jsonl       one JSON object per log step and per evaluation
+      .nextchar.lock      held (flock) by the one process writing the run; see folderlock.py
 
 Checkpoints are safetensors (never pickle) with a JSON `nextchar` metadata entry and a checksum
 of the tensor bytes, so a damaged file is refused rather than loaded. Every file is written to a
@@ -31,8 +32,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .config import RunConfig
-from .data import TokenData, is_prepared, load_prepared
+from .data import TokenData, is_prepared, load_prepared, overlaps
 from .errors import UserError
+from .folderlock import LOCK, FolderLock, acquire
 from .model import CharRNN, parameter_shapes
 from .vocab import Vocab
 
@@ -177,14 +179,38 @@ class RunFolder:
     def exists(self) -> bool:
         return self.file(CONFIG).is_file()
 
-    def create(self, force: bool = False) -> None:
-        """Make the folder for a new run, checking it can be written; refuse a folder holding a
-        run unless `force`. Nothing is removed here (see clear_previous)."""
+    def is_run(self) -> bool:
+        """Whether the folder provably holds a nextchar run: a config.json that nextchar wrote
+        (format version and sections that parse), not merely the absence of other files."""
+        try:
+            self.read_config()
+        except UserError:
+            return False
+        return True
+
+    def check_new(self, inputs: list[str], force: bool) -> None:
+        """Refuse an --out that a new run may not use. Usable: a new or empty folder (but for our
+        lock and temporary files), or with `force` a nextchar run that neither holds nor lies
+        inside an input. Nothing else is ever replaced."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {self.path} exists and is not a directory")
-        if self.exists() and not force:
+        if not self.path.exists():
+            return
+        if not [p for p in self.path.iterdir() if p.name != LOCK and ".tmp-" not in p.name]:
+            return
+        if not self.is_run():
+            raise UserError(f"--out {self.path} is not empty and holds no nextchar run; nextchar "
+                            f"only replaces its own run folders: pick a new or empty folder")
+        if not force:
             raise UserError(f"{self.path} already holds a run; use --resume {self.path} to continue "
                             f"it, --force to overwrite it, or another --out")
+        for item in inputs:
+            if Path(item).exists() and overlaps(self.path, item):
+                raise UserError(f"--force would replace the run in {self.path}, which overlaps the "
+                                f"input {item} (one holds the other); pick another --out")
+
+    def create(self) -> None:
+        """Make the folder (checked by check_new) and check that it can be written."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / f".write-test-{os.getpid()}"
@@ -192,6 +218,10 @@ class RunFolder:
             probe.unlink()
         except OSError as exc:
             raise UserError(f"cannot write to --out {self.path}: {exc.strerror}") from None
+
+    def lock(self, purpose: str) -> FolderLock:
+        """This process's exclusive hold on the folder as its one writer (see folderlock.py)."""
+        return acquire(self.path, purpose)
 
     def clear_previous(self) -> None:
         """Remove what a previous run left (for --force, once the new run's input checked out)."""

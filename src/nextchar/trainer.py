@@ -7,6 +7,7 @@ backward, clip, optimizer step. Only rank 0 logs, evaluates, samples and writes 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -625,6 +626,9 @@ def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = 
         if path is not None and not str(path).strip():
             raise UserError(f"{flag} is empty (an unset shell variable?); name a folder")
     if resume is not None:
+        if out is not None or force:
+            raise UserError("--resume continues the run in its own folder; give no --out or --force "
+                            "with it")
         if inputs:
             raise UserError("--resume continues a run on the data it was trained on; give no INPUT with it")
         folder = RunFolder(resume)
@@ -642,12 +646,13 @@ def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = 
         data = folder.training_data().resplit(config.data.val_frac, config.data.test_frac)
         if data.vocab != folder.read_vocab():
             raise UserError(f"the data's vocabulary differs from {folder.file(VOCAB)}")
-        if dist.is_main:
-            folder.remove_stray_temps()  # of writes a crash cut short
-        trainer = Trainer(config, data, folder, resume=True, quiet=quiet, log=log, dist=dist)
-        if dist.is_main and options:  # only once the checkpoint accepted them
-            atomic_write(folder.file(CONFIG), config.to_json() + "\n")
-        return trainer.fit()
+        with folder.lock("resuming") if dist.is_main else contextlib.nullcontext():
+            if dist.is_main:
+                folder.remove_stray_temps()  # of writes a crash cut short
+            trainer = Trainer(config, data, folder, resume=True, quiet=quiet, log=log, dist=dist)
+            if dist.is_main and options:  # only once the checkpoint accepted them
+                atomic_write(folder.file(CONFIG), config.to_json() + "\n")
+            return trainer.fit()
 
     config = build_config(options)  # validates every option before anything is touched
     device = resolve_device(config.train.device)
@@ -655,38 +660,44 @@ def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = 
     dist = distributed.setup(device.type)
     inputs = list(inputs) if inputs else ["tinyshakespeare"]
     external = len(inputs) == 1 and is_prepared(inputs[0])
+    lock = contextlib.nullcontext()
     if dist.is_main:
-        if folder.exists() and not force:
-            folder.create(force=False)  # raises: a run is there
+        if not external:
+            discover(inputs)  # names missing files before a folder is made
+        folder.check_new(inputs, force)
         created = not folder.path.exists()
-        staged = folder.file(f".{DATA}.tmp-{os.getpid()}")  # the new data, until it checks out
-        try:
-            if not external:
-                discover(inputs)  # names missing files before a folder is made
-            folder.create(force=force)
-            if not external:
-                prepare(inputs, staged, config.data)
-            _check_trainable(load_prepared(inputs[0] if external else staged)
-                             .resplit(config.data.val_frac, config.data.test_frac), config)
-            folder.clear_previous()  # --force: only now is anything of the old run removed
-            if not external:
-                shutil.rmtree(folder.file(DATA), ignore_errors=True)
-                os.replace(staged, folder.file(DATA))
-        except BaseException:  # bad input leaves no half-made run behind, and an old run intact
-            shutil.rmtree(staged, ignore_errors=True)
-            if created:
-                shutil.rmtree(folder.path, ignore_errors=True)
-            raise
-    dist.barrier()
-    data = load_prepared(inputs[0] if external else folder.file(DATA))
-    data = data.resplit(config.data.val_frac, config.data.test_frac)
-    config = RunConfig(config.data, replace(config.model, vocab_size=len(data.vocab)), config.train)
-    if dist.is_main:
-        folder.write_setup(config, data.vocab, command)
-        if external:
-            atomic_write(folder.file(SOURCE), json.dumps({"data": str(Path(inputs[0]).resolve())}) + "\n")
-    dist.barrier()
-    return Trainer(config, data, folder, quiet=quiet, log=log, dist=dist).fit()
+        folder.create()
+        lock = folder.lock("training")  # before anything in the folder is cleared or written
+    with lock:
+        if dist.is_main:
+            staged = folder.file(f".{DATA}.tmp-{os.getpid()}")  # the new data, until it checks out
+            try:
+                folder.check_new(inputs, force)  # again: no other writer can change it now
+                if not external:
+                    prepare(inputs, staged, config.data, lock=False)
+                _check_trainable(load_prepared(inputs[0] if external else staged)
+                                 .resplit(config.data.val_frac, config.data.test_frac), config)
+                folder.clear_previous()  # --force: only now is anything of the old run removed
+                if not external:
+                    shutil.rmtree(folder.file(DATA), ignore_errors=True)
+                    os.replace(staged, folder.file(DATA))
+            except BaseException:  # bad input leaves no half-made run behind, and an old run intact
+                shutil.rmtree(staged, ignore_errors=True)
+                if created:
+                    shutil.rmtree(folder.path, ignore_errors=True)
+                raise
+        dist.barrier()
+        data = load_prepared(inputs[0] if external else folder.file(DATA))
+        data = data.resplit(config.data.val_frac, config.data.test_frac)
+        config = RunConfig(config.data, replace(config.model, vocab_size=len(data.vocab)),
+                           config.train)
+        if dist.is_main:
+            folder.write_setup(config, data.vocab, command)
+            if external:
+                atomic_write(folder.file(SOURCE),
+                             json.dumps({"data": str(Path(inputs[0]).resolve())}) + "\n")
+        dist.barrier()
+        return Trainer(config, data, folder, quiet=quiet, log=log, dist=dist).fit()
 
 
 def default_out() -> Path:
