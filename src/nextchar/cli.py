@@ -302,12 +302,14 @@ def cmd_sample(args) -> int:
     from .api import load
     from .config import SampleConfig
     from .devices import resolve_device
+    from .runfolder import RunFolder
     from .sample import Sampler, check_prime
 
     config = SampleConfig(length=args.length, temperature=args.temperature, top_k=args.top_k,
                           top_p=args.top_p, greedy=args.greedy, num_samples=args.num_samples,
                           seed=args.seed, prime=args.prime, unknown=args.unknown)
     model = load(args.run, args.checkpoint, str(resolve_device(args.device)))
+    RunFolder(args.run).check_data()
     check_prime(model.vocab, args.prime, args.unknown)
     sampler = Sampler(model.module, model.vocab, args.precision)
     out = sys.stdout

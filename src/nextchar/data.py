@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import hashlib
 import json
 import os
 import queue
@@ -176,6 +177,7 @@ class _BackgroundWriter:
         self.f = f
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.error: OSError | None = None
+        self.digest = hashlib.blake2b(digest_size=16)  # of the ids, as written (releases the GIL)
         self.thread = threading.Thread(target=self._run, name="nextchar-prepare-writer", daemon=True)
         self.thread.start()
 
@@ -183,6 +185,7 @@ class _BackgroundWriter:
         while (ids := self.queue.get()) is not None:
             if self.error is None:
                 try:
+                    self.digest.update(memoryview(ids))
                     self.f.write(memoryview(ids))
                 except OSError as exc:
                     self.error = exc
@@ -321,6 +324,7 @@ def _prepare_into(out: Path, paths: list[Path], config: DataConfig, vocab: Vocab
         if length == 0:
             raise UserError(f"the input is empty: {', '.join(map(str, paths))}")
         meta = {"nextchar": PREPARED_MARK, "format": DATA_FORMAT, "dtype": dtype.name, "length": length,
+                "fingerprint": fingerprint(length, dtype.name, vocab, writer.digest.hexdigest()),
                 "splits": split_bounds(length, config.val_frac, config.test_frac),
                 "sources": sources, "encoding": config.encoding, "errors": config.errors}
         (folder / "data.json").write_text(json.dumps(meta, indent=2))
@@ -340,6 +344,14 @@ def _prepare_into(out: Path, paths: list[Path], config: DataConfig, vocab: Vocab
         shutil.rmtree(build, ignore_errors=True)
 
 
+def fingerprint(length: int, dtype: str, vocab: Vocab, tokens_digest: str) -> str:
+    """What identifies a prepared corpus: its size, its symbols and a hash of its ids, computed
+    once while preparing and kept in data.json; a run records it to know its data again."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(json.dumps([length, dtype, vocab.to_json(), tokens_digest]).encode())
+    return digest.hexdigest()
+
+
 @dataclass
 class TokenData:
     """A prepared corpus: ids (memory-mapped), vocab and split offsets."""
@@ -349,6 +361,7 @@ class TokenData:
     splits: dict[str, tuple[int, int]]
     sources: list[dict]
     folder: Path | None = None
+    fingerprint: str | None = None  # None for data prepared before fingerprints
 
     def split(self, name: str) -> np.ndarray:
         lo, hi = self.splits[name]
@@ -361,7 +374,7 @@ class TokenData:
 
     def resplit(self, val_frac: float, test_frac: float) -> TokenData:
         splits = split_bounds(len(self.tokens), val_frac, test_frac)
-        return TokenData(self.tokens, self.vocab, splits, self.sources, self.folder)
+        return TokenData(self.tokens, self.vocab, splits, self.sources, self.folder, self.fingerprint)
 
 
 def is_prepared(path: str | os.PathLike) -> bool:
@@ -386,7 +399,7 @@ def load_prepared(folder: str | os.PathLike) -> TokenData:
         raise UserError(f"{folder}/tokens.bin holds {size} bytes, expected {length * dtype.itemsize}: "
                         f"the data folder is truncated or damaged; prepare it again")
     tokens = np.memmap(folder / "tokens.bin", dtype=dtype, mode="r", shape=(length,))
-    return TokenData(tokens, vocab, splits, meta.get("sources", []), folder)
+    return TokenData(tokens, vocab, splits, meta.get("sources", []), folder, meta.get("fingerprint"))
 
 
 class Streams:

@@ -5,7 +5,8 @@
       vocab.json          the symbols
       command.txt         the command line that made the run
       data/               the prepared training text (when trained from text files)
-      source.json         or: the path of the prepared data folder it trained on
+      source.json         the fingerprint of the data it trained on (and that data's folder
+                          when it is not data/)
       best.safetensors    weights with the best validation loss
       latest.safetensors  weights + optimizer + carried hidden state + RNG: the resume point
       metrics.jsonl       one JSON object per log step and per evaluation
@@ -46,6 +47,10 @@ METRICS = "metrics.jsonl"
 COMMAND = "command.txt"
 DATA = "data"
 SOURCE = "source.json"  # where the prepared data lives when it is not in data/
+
+
+class DataChanged(UserError):
+    """The run's prepared data is no longer the data it trained on."""
 
 
 class CheckpointWriteError(UserError):
@@ -288,17 +293,43 @@ class RunFolder:
                 continue  # a line cut short by a crash
         return records
 
-    def training_data(self) -> TokenData:
-        """The prepared text the run trained on: its data/ folder, or the one source.json names."""
-        if is_prepared(self.file(DATA)):
-            return load_prepared(self.file(DATA))
+    def source(self) -> dict[str, Any]:
+        """source.json: the data's fingerprint, and its folder when not in data/ ({} if none)."""
         try:
-            source = json.loads(self.file(SOURCE).read_text())["data"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise UserError(f"{self.path} has neither its data folder nor a pointer to one") from None
-        if not is_prepared(source):
-            raise UserError(f"the prepared data {source} that {self.path} trained on is gone")
-        return load_prepared(source)
+            source = json.loads(self.file(SOURCE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return source if isinstance(source, dict) else {}
+
+    def training_data(self) -> TokenData:
+        """The prepared text the run trained on: its data/ folder, or the one source.json names.
+        Data that is no longer what the run recorded (prepared again from other text) raises
+        DataChanged; runs from before fingerprints are checked by their vocabulary only."""
+        source = self.source()
+        if is_prepared(self.file(DATA)):
+            where = str(self.file(DATA))
+        elif isinstance(source.get("data"), str):
+            where = source["data"]
+            if not is_prepared(where):
+                raise UserError(f"the prepared data {where} that {self.path} trained on is gone")
+        else:
+            raise UserError(f"{self.path} has neither its data folder nor a pointer to one")
+        data = load_prepared(where)
+        recorded = source.get("fingerprint")
+        if (recorded and data.fingerprint != recorded) or data.vocab != self.read_vocab():
+            raise DataChanged(f"the data in {where} is not the data {self.path} trained on (it was "
+                              f"prepared again from other text); prepare it again from the run's "
+                              f"original text, or train a new run on it")
+        return data
+
+    def check_data(self) -> None:
+        """Refuse a run whose data changed under it (data that is gone is not checked)."""
+        try:
+            self.training_data()
+        except DataChanged:
+            raise
+        except UserError:
+            pass
 
     def weights_path(self, which: str = "best") -> Path:
         if which not in ("best", "latest"):

@@ -49,7 +49,6 @@ from .runfolder import (
     LATEST,
     METRICS,
     SOURCE,
-    VOCAB,
     RunFolder,
     atomic_write,
     load_checkpoint,
@@ -644,8 +643,6 @@ def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = 
         device = resolve_device(train_config.device)
         dist = distributed.setup(device.type)
         data = folder.training_data().resplit(config.data.val_frac, config.data.test_frac)
-        if data.vocab != folder.read_vocab():
-            raise UserError(f"the data's vocabulary differs from {folder.file(VOCAB)}")
         with folder.lock("resuming") if dist.is_main else contextlib.nullcontext():
             if dist.is_main:
                 folder.remove_stray_temps()  # of writes a crash cut short
@@ -693,9 +690,10 @@ def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = 
                            config.train)
         if dist.is_main:
             folder.write_setup(config, data.vocab, command)
+            source = {"fingerprint": data.fingerprint}  # binds the run to its data
             if external:
-                atomic_write(folder.file(SOURCE),
-                             json.dumps({"data": str(Path(inputs[0]).resolve())}) + "\n")
+                source["data"] = str(Path(inputs[0]).resolve())
+            atomic_write(folder.file(SOURCE), json.dumps(source) + "\n")
         dist.barrier()
         return Trainer(config, data, folder, quiet=quiet, log=log, dist=dist).fit()
 
