@@ -124,6 +124,7 @@ def build_parser() -> Parser:
     p.add_argument("--out", required=True, metavar="DATA")
     p.add_argument("--force", action="store_true",
                    help="replace a data folder that nextchar prepared (never anything else)")
+    p.add_argument("--quiet", action="store_true", help="no messages (such as the files skipped)")
     p.add_argument("--val-frac", type=float, default=0.05)
     p.add_argument("--test-frac", type=float, default=0.05)
     p.add_argument("--encoding", default="utf-8")
@@ -258,10 +259,12 @@ def cmd_prepare(args) -> int:
         raise UserError("--out is empty (an unset shell variable?); name a folder")
     out = Path(args.out)
     started = time.perf_counter()
-    prepare(args.inputs, out, config, force=args.force)
+    prepare(args.inputs, out, config, force=args.force,
+            say=None if args.quiet else lambda line: print(line, file=sys.stderr))
     meta = json.loads((out / "data.json").read_text())
-    print(f"prepared {meta['length']:,} chars ({meta['dtype']}) from {len(meta['sources'])} file(s) "
-          f"into {out} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    if not args.quiet:
+        print(f"prepared {meta['length']:,} chars ({meta['dtype']}) from {len(meta['sources'])} file(s) "
+              f"into {out} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
     return 0
 
 

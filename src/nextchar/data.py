@@ -259,15 +259,16 @@ def check_output_folder(out: Path, inputs, force: bool) -> None:
 
 
 def prepare(inputs, out: str | os.PathLike, config: DataConfig | None = None,
-            vocab: Vocab | None = None, *, force: bool = False, lock: bool = True) -> Path:
+            vocab: Vocab | None = None, *, force: bool = False, lock: bool = True,
+            say=None) -> Path:
     """Encode text files into a prepared data folder at `out`; returns its path.
 
     `out` must be new, empty, or (with `force`) a folder nextchar prepared that neither holds nor
     lies inside an input. Unless `lock` is False (the caller holds a lock on a folder above),
-    `out` is locked for this process while it is written."""
+    `out` is locked for this process while it is written. `say` hears of each file skipped."""
     config = config if config is not None else DataConfig()
     out = Path(out)
-    paths = discover(inputs)
+    paths = discover(inputs, say)
     if not paths:
         raise UserError("no input text given")
     check_output_folder(out, inputs, force)

@@ -671,7 +671,8 @@ def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = 
             try:
                 folder.check_new(inputs, force)  # again: no other writer can change it now
                 if not external:
-                    prepare(inputs, staged, config.data, lock=False)
+                    prepare(inputs, staged, config.data, lock=False,
+                            say=None if quiet else lambda line: print(line, file=log or sys.stderr))
                 _check_trainable(load_prepared(inputs[0] if external else staged)
                                  .resplit(config.data.val_frac, config.data.test_frac), config)
                 folder.clear_previous()  # --force: only now is anything of the old run removed
