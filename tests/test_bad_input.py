@@ -413,4 +413,4 @@ def test_resume_needs_a_checkpoint(cli):
 
 
 def test_resume_refuses_a_changed_model(cli):
-    assert "cannot change hidden when resuming" in user_error(cli["resume-changed-model"])
+    assert "cannot change --hidden when resuming" in user_error(cli["resume-changed-model"])

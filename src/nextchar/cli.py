@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -205,6 +206,21 @@ def cmd_hihello(args) -> int:
     return 0
 
 
+def _finite(value):
+    """`value` with every NaN or infinity replaced by None, so that --json output is valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def print_json(value, **kwargs) -> None:
+    print(json.dumps(_finite(value), allow_nan=False, **kwargs))
+
+
 def _eval_line(label: str, result) -> str:
     return (f"{label}: {result.bits_per_char:.4f} bits/char, {result.nats_per_char:.4f} nats/char, "
             f"perplexity {result.perplexity:.3f}, accuracy {result.accuracy:.2%} over {result.chars:,} chars")
@@ -226,12 +242,12 @@ def cmd_train(args) -> int:
     result = launch(args.inputs, args.out, resume=args.resume, force=args.force, quiet=args.quiet,
                     command=command, options=options)
     if args.json:
-        print(json.dumps({"run": str(result.folder), "steps": result.steps,
-                          "elapsed": round(result.elapsed, 2), "chars_seen": result.chars_seen,
-                          "stop": result.stop_reason,
-                          "val": result.best_val.to_dict() if result.best_val else None,
-                          "test": result.test.to_dict() if result.test else None,
-                          "sample": result.sample}))
+        print_json({"run": str(result.folder), "steps": result.steps,
+                    "elapsed": round(result.elapsed, 2), "chars_seen": result.chars_seen,
+                    "stop": result.stop_reason,
+                    "val": result.best_val.to_dict() if result.best_val else None,
+                    "test": result.test.to_dict() if result.test else None,
+                    "sample": result.sample})
         return 0
     if not args.quiet:
         err = sys.stderr
@@ -281,6 +297,12 @@ def cmd_eval(args) -> int:
             raise UserError("the text to evaluate needs at least two characters")
         result = model.evaluate(text, args.precision)
         label = ", ".join(args.texts)
+        if result.chars == 0:
+            from .vocab import describe_chars
+
+            raise UserError(f"nothing to score in {label}: fewer than two of its characters are in "
+                            f"the model's vocabulary (outside it: "
+                            f"{describe_chars(result.unknown_symbols)})")
     else:
         config = model.config
         data = RunFolder(args.run).training_data().resplit(config.data.val_frac, config.data.test_frac)
@@ -290,7 +312,7 @@ def cmd_eval(args) -> int:
         result = model.evaluate_ids(ids, args.precision)
         label = f"{args.split} split"
     if args.json:
-        print(json.dumps({"run": args.run, "text": label, **result.to_dict()}))
+        print_json({"run": args.run, "text": label, **result.to_dict()})
     else:
         print(_eval_line(label, result))
         if result.unknown_chars:
@@ -347,6 +369,10 @@ def cmd_sample(args) -> int:
 
 def cmd_plot(args) -> int:
     from .plot import plot_runs
+    from .runfolder import check_output_file
+
+    if args.out is not None:
+        check_output_file(args.out, "--out")  # before the work, not after
 
     path = plot_runs(args.runs, args.out, args.labels)
     print(f"wrote {path}", file=sys.stderr)
@@ -358,6 +384,10 @@ def cmd_report(args) -> int:
 
     if args.chars < 2:
         raise UserError(f"--chars must be at least 2, got {args.chars}")
+    if args.out is not None:
+        from .runfolder import check_output_file
+
+        check_output_file(args.out, "--out")  # before the work, not after
     started = time.perf_counter()
     path = write_report(args.run, args.text, args.out, args.chars)
     print(f"wrote {path} in {time.perf_counter() - started:.1f}s; open it in a browser", file=sys.stderr)

@@ -93,6 +93,18 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     _fsync_dir(path.parent)
 
 
+def check_output_file(path: str | os.PathLike, flag: str) -> None:
+    """Refuse, before any work, a file path that cannot be written: empty, a folder, or in a folder
+    that does not exist."""
+    if not str(path).strip():
+        raise UserError(f"{flag} is empty (an unset shell variable?); name a file")
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; name a file in it")
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write {path}: the folder {path.parent} does not exist")
+
+
 def _checksum(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
     """Over the tensors' names, dtypes, shapes and bytes, and the metadata (but its checksum)."""
     digest = hashlib.blake2b(digest_size=16)

@@ -632,9 +632,12 @@ def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = 
             raise UserError("--resume continues a run on the data it was trained on; give no INPUT with it")
         folder = RunFolder(resume)
         saved = folder.read_config()
-        fixed = sorted(k for k in options if k not in TRAIN_FIELDS and options[k] is not None)
+        # the model and data are the run's; the random state comes from the checkpoint
+        fixed = sorted(k for k in options if k not in TRAIN_FIELDS - {"seed"}
+                       and options[k] is not None)
         if fixed:
-            raise UserError(f"cannot change {', '.join(fixed)} when resuming; only training options "
+            flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+            raise UserError(f"cannot change {flags} when resuming; only training options "
                             f"(--steps, --time, --lr, ...) may change")
         if not folder.file(LATEST).exists():
             raise UserError(f"{folder.path} has no resumable checkpoint ({LATEST})")
