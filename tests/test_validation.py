@@ -74,7 +74,13 @@ def test_prepare_refuses_unknown_and_mistyped_options(tmp_path):
         nextchar.prepare(tmp_path / "a.txt", tmp_path / "d", val_fraction=0.1)
     with pytest.raises(UserError, match="val_frac must be float"):
         nextchar.prepare(tmp_path / "a.txt", tmp_path / "d", val_frac="0.1")
+    with pytest.raises(UserError, match="force must be True or False"):
+        nextchar.prepare(tmp_path / "a.txt", tmp_path / "d", force="yes")
     assert not (tmp_path / "d").exists()
+    nextchar.prepare(tmp_path / "a.txt", tmp_path / "d")
+    with pytest.raises(UserError, match="use --force to replace it"):
+        nextchar.prepare(tmp_path / "a.txt", tmp_path / "d")
+    assert nextchar.prepare(tmp_path / "a.txt", tmp_path / "d", force=True) == tmp_path / "d"
 
 
 def test_config_json_types_match_the_api_types():

@@ -128,10 +128,17 @@ def train(inputs: str | Sequence[str] | None = None, out: str | os.PathLike | No
     return Run(result.folder, result.steps, result.elapsed, result.best_val, result.test, result.sample)
 
 
-def prepare(inputs: str | Sequence[str], out: str | os.PathLike, **options: Any) -> Path:
-    """Encode text into a memory-mapped data folder for `train` (options: DataConfig fields)."""
+def prepare(inputs: str | Sequence[str], out: str | os.PathLike, *, force: bool = False,
+            **options: Any) -> Path:
+    """Encode text into a memory-mapped data folder for `train` (options: DataConfig fields).
+    `force` replaces a data folder that nextchar prepared, and nothing else."""
     from .data import prepare as prepare_data
 
+    if not isinstance(force, bool):
+        raise UserError(f"force must be True or False, got {force!r}")
+    if not str(out).strip():
+        raise UserError("out is empty; name a folder")
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [str(inputs)]
-    return prepare_data(inputs, out, from_dict(DataConfig, options, "nextchar.prepare"))
+    config = from_dict(DataConfig, options, "nextchar.prepare")
+    return prepare_data(inputs, out, config, force=force)
