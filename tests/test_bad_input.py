@@ -45,7 +45,9 @@ def user_error(proc) -> str:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """The folder's files but the lock file (which names its latest holder)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".nextchar.lock"}
 
 
 def copy_run(src: Path, dst: Path) -> Path:
@@ -298,7 +300,7 @@ def test_time_zero_or_malformed(world, cli, case):
     ("--layers", "0", "--layers must be at least 1"),
     ("--seq-len", "0", "--seq-len must be at least 1"),
     ("--dropout", "1.5", "--dropout must be in [0, 1)"),
-    ("--dropout", "nan", "--dropout must be in [0, 1)"),
+    ("--dropout", "nan", "--dropout must be a finite number, got nan"),
     ("--batch-size", "0", "--batch-size must be at least 1"),
     ("--lr", "-1", "--lr must be positive"),
     ("--time", "-3", "--time"),
@@ -322,7 +324,7 @@ def test_top_k_zero_is_refused(cli):
     (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
     (["--temperature", "0"], "--temperature must be positive"),
     (["--temperature", "-0.5"], "--temperature must be positive"),
-    (["--temperature", "inf"], "--temperature must be positive"),
+    (["--temperature", "inf"], "--temperature must be a finite number, got inf"),
     (["--length", "-1"], "--length must not be negative"),
 ])
 def test_impossible_sampling_settings(world, capsys, flags, message):
@@ -411,4 +413,4 @@ def test_resume_needs_a_checkpoint(cli):
 
 
 def test_resume_refuses_a_changed_model(cli):
-    assert "cannot change hidden when resuming" in user_error(cli["resume-changed-model"])
+    assert "cannot change --hidden when resuming" in user_error(cli["resume-changed-model"])

@@ -161,7 +161,7 @@ def test_resume_of_a_finished_run_changes_nothing_but_can_extend_it(tmp_path, wh
 
 
 def test_resume_refuses_model_changes_and_a_missing_checkpoint(tmp_path, whole_runs):
-    with pytest.raises(UserError, match="cannot change hidden, layers when resuming"):
+    with pytest.raises(UserError, match="cannot change --hidden, --layers when resuming"):
         nextchar.train(resume=whole_runs["lstm"], hidden=64, layers=3)
     run = tmp_path / "run"
     shutil.copytree(whole_runs["lstm"], run)

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import DataConfig, RunConfig, SampleConfig
+from .config import DataConfig, RunConfig, SampleConfig, from_dict
+from .errors import UserError
 from .evaluate import EvalResult, score_ids
 from .model import CharRNN
 from .runfolder import load_model
@@ -65,8 +66,19 @@ class Model:
         return score_ids(self.module, ids, device=self.device, precision=precision)
 
 
+def _check_device(device: Any) -> None:
+    """A device nextchar can use here ('cpu', 'cuda', 'cuda:1', 'mps', or a torch.device)."""
+    from .devices import resolve_device
+
+    kind = getattr(device, "type", device)
+    if not isinstance(kind, str) or kind.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise UserError(f"device must be cpu, cuda or mps (or a torch.device), got {device!r}")
+    resolve_device(kind.split(":")[0])  # refuses a device this machine does not have
+
+
 def load(path: str | os.PathLike, which: str = "best", device: str = "cpu") -> Model:
     """Load a run folder's model (its best weights by default) onto `device`."""
+    _check_device(device)
     module, vocab, config, meta = load_model(path, which, device)
     return Model(module, vocab, config, meta)
 
@@ -94,6 +106,14 @@ def train(inputs: str | Sequence[str] | None = None, out: str | os.PathLike | No
     DataConfig, ModelConfig or TrainConfig (steps=, time=, hidden=, cell=, lr=, ...)."""
     from .trainer import launch
 
+    for name, value in (("force", force), ("quiet", quiet)):
+        if not isinstance(value, bool):
+            raise UserError(f"{name} must be True or False, got {value!r}")
+    if text is not None and not isinstance(text, str):
+        raise UserError(f"text must be a string, got {type(text).__name__}")
+    for name, value in (("out", out), ("resume", resume)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise UserError(f"{name} must be a path, got {value!r}")
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [str(inputs)]
     if text is not None:
@@ -108,10 +128,17 @@ def train(inputs: str | Sequence[str] | None = None, out: str | os.PathLike | No
     return Run(result.folder, result.steps, result.elapsed, result.best_val, result.test, result.sample)
 
 
-def prepare(inputs: str | Sequence[str], out: str | os.PathLike, **options: Any) -> Path:
-    """Encode text into a memory-mapped data folder for `train` (options: DataConfig fields)."""
+def prepare(inputs: str | Sequence[str], out: str | os.PathLike, *, force: bool = False,
+            **options: Any) -> Path:
+    """Encode text into a memory-mapped data folder for `train` (options: DataConfig fields).
+    `force` replaces a data folder that nextchar prepared, and nothing else."""
     from .data import prepare as prepare_data
 
+    if not isinstance(force, bool):
+        raise UserError(f"force must be True or False, got {force!r}")
+    if not str(out).strip():
+        raise UserError("out is empty; name a folder")
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [str(inputs)]
-    return prepare_data(inputs, out, DataConfig(**options))
+    config = from_dict(DataConfig, options, "nextchar.prepare")
+    return prepare_data(inputs, out, config, force=force)

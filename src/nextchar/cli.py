@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -112,7 +113,8 @@ def build_parser() -> Parser:
                        "a folder made by `nextchar prepare`, or nothing for the bundled corpus.")
     p.add_argument("inputs", nargs="*", metavar="INPUT")
     p.add_argument("--out", help="run folder (default runs/<date>-<time>)")
-    p.add_argument("--force", action="store_true", help="overwrite the run already in --out")
+    p.add_argument("--force", action="store_true",
+                   help="replace the nextchar run already in --out (never anything else)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN where it stopped")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
@@ -123,7 +125,9 @@ def build_parser() -> Parser:
                        "data.json) that `nextchar train DATA` reads without loading it into memory.")
     p.add_argument("inputs", nargs="+", metavar="TEXT")
     p.add_argument("--out", required=True, metavar="DATA")
-    p.add_argument("--force", action="store_true", help="replace an existing data folder")
+    p.add_argument("--force", action="store_true",
+                   help="replace a data folder that nextchar prepared (never anything else)")
+    p.add_argument("--quiet", action="store_true", help="no messages (such as the files skipped)")
     p.add_argument("--val-frac", type=float, default=0.05)
     p.add_argument("--test-frac", type=float, default=0.05)
     p.add_argument("--encoding", default="utf-8")
@@ -205,6 +209,21 @@ def cmd_hihello(args) -> int:
     return 0
 
 
+def _finite(value):
+    """`value` with every NaN or infinity replaced by None, so that --json output is valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def print_json(value, **kwargs) -> None:
+    print(json.dumps(_finite(value), allow_nan=False, **kwargs))
+
+
 def _eval_line(label: str, result) -> str:
     return (f"{label}: {result.bits_per_char:.4f} bits/char, {result.nats_per_char:.4f} nats/char, "
             f"perplexity {result.perplexity:.3f}, accuracy {result.accuracy:.2%} over {result.chars:,} chars")
@@ -226,12 +245,12 @@ def cmd_train(args) -> int:
     result = launch(args.inputs, args.out, resume=args.resume, force=args.force, quiet=args.quiet,
                     command=command, options=options)
     if args.json:
-        print(json.dumps({"run": str(result.folder), "steps": result.steps,
-                          "elapsed": round(result.elapsed, 2), "chars_seen": result.chars_seen,
-                          "stop": result.stop_reason,
-                          "val": result.best_val.to_dict() if result.best_val else None,
-                          "test": result.test.to_dict() if result.test else None,
-                          "sample": result.sample}))
+        print_json({"run": str(result.folder), "steps": result.steps,
+                    "elapsed": round(result.elapsed, 2), "chars_seen": result.chars_seen,
+                    "stop": result.stop_reason,
+                    "val": result.best_val.to_dict() if result.best_val else None,
+                    "test": result.test.to_dict() if result.test else None,
+                    "sample": result.sample})
         return 0
     if not args.quiet:
         err = sys.stderr
@@ -251,19 +270,20 @@ def cmd_prepare(args) -> int:
     from pathlib import Path
 
     from .config import DataConfig
-    from .data import is_prepared, prepare
+    from .data import prepare
 
     config = DataConfig(val_frac=args.val_frac, test_frac=args.test_frac, encoding=args.encoding,
                         errors=args.errors)
+    if not args.out.strip():
+        raise UserError("--out is empty (an unset shell variable?); name a folder")
     out = Path(args.out)
-    if out.exists() and not args.force:
-        what = "a prepared data folder" if is_prepared(out) else "something"
-        raise UserError(f"{out} already holds {what}; use --force to replace it or pick another --out")
     started = time.perf_counter()
-    prepare(args.inputs, out, config)
+    prepare(args.inputs, out, config, force=args.force,
+            say=None if args.quiet else lambda line: print(line, file=sys.stderr))
     meta = json.loads((out / "data.json").read_text())
-    print(f"prepared {meta['length']:,} chars ({meta['dtype']}) from {len(meta['sources'])} file(s) "
-          f"into {out} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    if not args.quiet:
+        print(f"prepared {meta['length']:,} chars ({meta['dtype']}) from {len(meta['sources'])} file(s) "
+              f"into {out} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
     return 0
 
 
@@ -280,6 +300,12 @@ def cmd_eval(args) -> int:
             raise UserError("the text to evaluate needs at least two characters")
         result = model.evaluate(text, args.precision)
         label = ", ".join(args.texts)
+        if result.chars == 0:
+            from .vocab import describe_chars
+
+            raise UserError(f"nothing to score in {label}: fewer than two of its characters are in "
+                            f"the model's vocabulary (outside it: "
+                            f"{describe_chars(result.unknown_symbols)})")
     else:
         config = model.config
         data = RunFolder(args.run).training_data().resplit(config.data.val_frac, config.data.test_frac)
@@ -289,7 +315,7 @@ def cmd_eval(args) -> int:
         result = model.evaluate_ids(ids, args.precision)
         label = f"{args.split} split"
     if args.json:
-        print(json.dumps({"run": args.run, "text": label, **result.to_dict()}))
+        print_json({"run": args.run, "text": label, **result.to_dict()})
     else:
         print(_eval_line(label, result))
         if result.unknown_chars:
@@ -304,12 +330,14 @@ def cmd_sample(args) -> int:
     from .api import load
     from .config import SampleConfig
     from .devices import resolve_device
+    from .runfolder import RunFolder
     from .sample import Sampler, check_prime
 
     config = SampleConfig(length=args.length, temperature=args.temperature, top_k=args.top_k,
                           top_p=args.top_p, greedy=args.greedy, num_samples=args.num_samples,
                           seed=args.seed, prime=args.prime, unknown=args.unknown)
     model = load(args.run, args.checkpoint, str(resolve_device(args.device)))
+    RunFolder(args.run).check_data()
     check_prime(model.vocab, args.prime, args.unknown)
     sampler = Sampler(model.module, model.vocab, args.precision)
     out = sys.stdout
@@ -344,6 +372,10 @@ def cmd_sample(args) -> int:
 
 def cmd_plot(args) -> int:
     from .plot import plot_runs
+    from .runfolder import check_output_file
+
+    if args.out is not None:
+        check_output_file(args.out, "--out")  # before the work, not after
 
     path = plot_runs(args.runs, args.out, args.labels)
     print(f"wrote {path}", file=sys.stderr)
@@ -355,6 +387,10 @@ def cmd_report(args) -> int:
 
     if args.chars < 2:
         raise UserError(f"--chars must be at least 2, got {args.chars}")
+    if args.out is not None:
+        from .runfolder import check_output_file
+
+        check_output_file(args.out, "--out")  # before the work, not after
     started = time.perf_counter()
     path = write_report(args.run, args.text, args.out, args.chars)
     print(f"wrote {path} in {time.perf_counter() - started:.1f}s; open it in a browser", file=sys.stderr)

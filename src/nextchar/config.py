@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
+import operator
 import re
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,6 +31,54 @@ def _require(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's too
+
+
+def _as_int(value: Any) -> int | None:
+    """An int (numpy integers welcome) or None; bools and floats are not ints."""
+    if _is_bool(value) or isinstance(value, float):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _as_float(value: Any) -> float | None:
+    """A finite float from an int or float (numpy's too), or None; bools are not numbers."""
+    if _is_bool(value) or not isinstance(value, numbers.Real):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _check_types(config: Any) -> None:
+    """Every field of a config dataclass has its declared type, so the CLI, the Python API and
+    config.json all pass the same checks: numpy integers become ints, an int becomes a float where
+    a float is due; bools are not numbers, floats are not ints, and strings are not numbers."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        kind = f.type.replace(" ", "")
+        if kind == "int|None" and value is None:
+            continue
+        if kind in ("int", "int|None"):
+            number, expected = _as_int(value), "a whole number"
+        elif kind == "float":
+            number, expected = _as_float(value), "a finite number"
+        elif kind == "bool":
+            number, expected = (bool(value) if _is_bool(value) else None), "true or false"
+        else:  # str
+            number, expected = (value if isinstance(value, str) else None), "a string"
+        if number is None:
+            raise UserError(f"{_flag(f.name)} must be {expected}, got {value!r}")
+        object.__setattr__(config, f.name, number)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """How text becomes token splits."""
@@ -39,6 +89,7 @@ class DataConfig:
     errors: str = "strict"  # or "replace": undecodable bytes become U+FFFD
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _require(0 <= self.val_frac < 1, f"--val-frac must be in [0, 1), got {self.val_frac}")
         _require(0 <= self.test_frac < 1, f"--test-frac must be in [0, 1), got {self.test_frac}")
         _require(self.val_frac + self.test_frac < 0.9,
@@ -59,6 +110,7 @@ class ModelConfig:
     dropout: float = 0.0  # on each recurrent layer's output (between layers and before the head)
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _require(self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
         _require(self.hidden >= 1, f"--hidden must be at least 1, got {self.hidden}")
         _require(self.layers >= 1, f"--layers must be at least 1, got {self.layers}")
@@ -97,6 +149,7 @@ class TrainConfig:
     precision: str = "auto"  # fp32 | bf16 (autocast; weights stay fp32) | auto: bf16 where the hardware has it
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
         _require(self.seq_len >= 1, f"--seq-len must be at least 1, got {self.seq_len}")
         _require(self.lr > 0 and math.isfinite(self.lr), f"--lr must be positive, got {self.lr}")
@@ -141,6 +194,7 @@ class SampleConfig:
     unknown: str = "error"  # what to do with prime characters outside the vocabulary: error | skip
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _require(self.length >= 0, f"--length must not be negative, got {self.length}")
         _require(self.temperature > 0 and math.isfinite(self.temperature),
                  f"--temperature must be positive, got {self.temperature}")

@@ -6,8 +6,9 @@ Nothing here holds a whole corpus in memory: `iter_chunks` yields decoded pieces
 from __future__ import annotations
 
 import codecs
+import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -28,18 +29,70 @@ def _looks_binary(path: Path) -> bool:
         return b"\x00" in f.read(_SNIFF_BYTES)
 
 
-def discover(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files named, and the text files inside directories named (recursively, sorted, no hidden
-    files, no files with NUL bytes). The bundled corpus's name ('tinyshakespeare') is accepted too."""
+def nextchar_folder(path: Path) -> str | None:
+    """What nextchar folder `path` is ('a run folder', 'a prepared data folder'), or None."""
+    if (path / "data.json").is_file() and (path / "tokens.bin").is_file():
+        return "a prepared data folder"
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(config, dict) and "format_version" in config and "model" in config:
+        return "a run folder"
+    return None
+
+
+def _text_files(folder: Path, say: Callable[[str], None]) -> list[Path]:
+    """The text files under `folder`, sorted; what is skipped is told to `say`, with why."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        root_path = Path(root)
+        keep = []
+        for name in sorted(dirs):
+            sub = root_path / name
+            own = None if name.startswith(".") else nextchar_folder(sub)
+            if name.startswith("."):
+                say(f"skipped {sub}/: hidden")
+            elif own:
+                say(f"skipped {sub}/: {own} of nextchar's own")
+            else:
+                keep.append(name)
+        dirs[:] = keep
+        for name in sorted(files):
+            path = root_path / name
+            if name.startswith("."):
+                say(f"skipped {path}: hidden")
+                continue
+            try:
+                binary = path.is_file() and _looks_binary(path)
+            except OSError as exc:
+                say(f"skipped {path}: unreadable ({exc.strerror})")
+                continue
+            if not path.is_file():
+                say(f"skipped {path}: not a regular file")
+            elif binary:
+                say(f"skipped {path}: binary (it holds NUL bytes)")
+            else:
+                found.append(path)
+    return sorted(found)
+
+
+def discover(inputs: Sequence[str | os.PathLike],
+             say: Callable[[str], None] | None = None) -> list[Path]:
+    """Files named, and the text files inside directories named (recursively, sorted). Skipped,
+    and told to `say` with the reason: hidden files, binary files (NUL bytes), unreadable ones,
+    and nextchar's own folders (runs, prepared data). The bundled corpus's name is accepted too."""
+    say = say or (lambda line: None)
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
         if str(item) in BUNDLED and not path.exists():
             files.append(bundled_path(str(item)))
         elif path.is_dir():
-            found = [p for p in sorted(path.rglob("*"))
-                     if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                     and not _looks_binary(p)]
+            own = nextchar_folder(path)
+            if own:
+                raise UserError(f"{path} is {own} of nextchar, not text; give the text it came from")
+            found = _text_files(path, say)
             if not found:
                 raise UserError(f"directory {path} holds no text files")
             files.extend(found)

@@ -22,6 +22,8 @@ in length by at most one, and positions past a stream's end are padded with IGNO
 from __future__ import annotations
 
 import codecs
+import contextlib
+import hashlib
 import json
 import os
 import queue
@@ -32,9 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DataConfig
+from .config import DataConfig, RunConfig
 from .corpus import discover, is_utf8, iter_bytes, iter_chunks
 from .errors import UserError
+from .folderlock import LOCK, acquire
 from .vocab import Vocab, code_points, describe_chars
 
 IGNORE = -100  # target id that the loss skips (torch's CrossEntropyLoss default ignore_index)
@@ -174,6 +177,7 @@ class _BackgroundWriter:
         self.f = f
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.error: OSError | None = None
+        self.digest = hashlib.blake2b(digest_size=16)  # of the ids, as written (releases the GIL)
         self.thread = threading.Thread(target=self._run, name="nextchar-prepare-writer", daemon=True)
         self.thread.start()
 
@@ -181,6 +185,7 @@ class _BackgroundWriter:
         while (ids := self.queue.get()) is not None:
             if self.error is None:
                 try:
+                    self.digest.update(memoryview(ids))
                     self.f.write(memoryview(ids))
                 except OSError as exc:
                     self.error = exc
@@ -200,29 +205,90 @@ class _BackgroundWriter:
         self._check()
 
 
-def _atomic_dir_write(out: Path, write) -> None:
-    """Build a folder under a temporary name and rename it into place when complete."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+PREPARED_MARK = "nextchar prepared data"  # in data.json: what proves a folder is ours to replace
+_PREPARED_FILES = ("data.json", "tokens.bin", "vocab.json")
+
+
+def _ours_or_empty(folder: Path) -> str | None:
+    """None when `folder` may be written: missing, empty (but for our lock and temporary files),
+    or a data folder that nextchar prepared; otherwise what it is instead."""
+    if not folder.exists():
+        return None
+    if not folder.is_dir():
+        return "a file"
+    names = [p.name for p in folder.iterdir() if p.name != LOCK and ".tmp-" not in p.name]
+    if not names:
+        return None
     try:
-        write(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        marked = json.loads((folder / "data.json").read_text()).get("nextchar") == PREPARED_MARK
+    except (OSError, ValueError, AttributeError):
+        marked = False
+    if marked and set(names) <= set(_PREPARED_FILES):
+        return None
+    if is_prepared(folder) and not marked:
+        return "data prepared before nextchar marked its folders (remove it yourself to replace it)"
+    return "files nextchar did not make"
+
+
+def overlaps(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether one of two paths is, holds or lies inside the other."""
+    a, b = Path(a).resolve(), Path(b).resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_output_folder(out: Path, inputs, force: bool) -> None:
+    """Refuse an --out for prepared data that nextchar cannot prove is its own to replace."""
+    what = _ours_or_empty(out)
+    if what is not None:
+        raise UserError(f"--out {out} holds {what}; nextchar only replaces a data folder it "
+                        f"prepared: pick a new or empty folder")
+    if is_prepared(out) and not force:
+        raise UserError(f"{out} already holds prepared data; use --force to replace it or pick "
+                        f"another --out")
+    if not is_prepared(out):
+        return
+    for item in inputs:  # what --force would replace
+        if Path(item).exists() and overlaps(out, item):
+            raise UserError(f"--out {out} and the input {item} overlap (one holds the other); "
+                            f"pick an --out outside the inputs")
+    try:
+        RunConfig.from_json((out.parent / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, UserError):
+        return
+    raise UserError(f"--out {out} is the data folder of the run in {out.parent}; pick another --out")
 
 
 def prepare(inputs, out: str | os.PathLike, config: DataConfig | None = None,
-            vocab: Vocab | None = None) -> Path:
-    """Encode text files into a prepared data folder at `out`; returns its path."""
+            vocab: Vocab | None = None, *, force: bool = False, lock: bool = True,
+            say=None) -> Path:
+    """Encode text files into a prepared data folder at `out`; returns its path.
+
+    `out` must be new, empty, or (with `force`) a folder nextchar prepared that neither holds nor
+    lies inside an input. Unless `lock` is False (the caller holds a lock on a folder above),
+    `out` is locked for this process while it is written. `say` hears of each file skipped."""
     config = config if config is not None else DataConfig()
-    paths = discover(inputs)
+    out = Path(out)
+    paths = discover(inputs, say)
     if not paths:
         raise UserError("no input text given")
+    check_output_folder(out, inputs, force)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot make --out {out}: {exc.strerror}") from None
+    with acquire(out, "preparing data") if lock else contextlib.nullcontext():
+        check_output_folder(out, inputs, force)  # again, now that no other writer can change it
+        try:
+            _prepare_into(out, paths, config, vocab)
+        except BaseException:
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+    return out
+
+
+def _prepare_into(out: Path, paths: list[Path], config: DataConfig, vocab: Vocab | None) -> None:
     if vocab is None:
         symbols, total = _symbols_of(paths, config)
         if total == 0:
@@ -233,7 +299,6 @@ def prepare(inputs, out: str | os.PathLike, config: DataConfig | None = None,
         vocab = Vocab(symbols)
     dtype = dtype_for(len(vocab))
     encode = _Encoder(vocab, dtype)
-    out = Path(out)
 
     def write(folder: Path) -> None:
         length = 0
@@ -259,14 +324,33 @@ def prepare(inputs, out: str | os.PathLike, config: DataConfig | None = None,
             os.fsync(f.fileno())
         if length == 0:
             raise UserError(f"the input is empty: {', '.join(map(str, paths))}")
-        meta = {"format": DATA_FORMAT, "dtype": dtype.name, "length": length,
+        meta = {"nextchar": PREPARED_MARK, "format": DATA_FORMAT, "dtype": dtype.name, "length": length,
+                "fingerprint": fingerprint(length, dtype.name, vocab, writer.digest.hexdigest()),
                 "splits": split_bounds(length, config.val_frac, config.test_frac),
                 "sources": sources, "encoding": config.encoding, "errors": config.errors}
         (folder / "data.json").write_text(json.dumps(meta, indent=2))
         (folder / "vocab.json").write_text(vocab.to_json())
 
-    _atomic_dir_write(out, write)
-    return out
+    # built beside the old files, then moved over them: data.json goes first and comes back last,
+    # so a reader sees the old data, no data, or the new data
+    build = out / f".build.tmp-{os.getpid()}"
+    shutil.rmtree(build, ignore_errors=True)
+    build.mkdir()
+    try:
+        write(build)
+        (out / "data.json").unlink(missing_ok=True)
+        for name in ("tokens.bin", "vocab.json", "data.json"):
+            os.replace(build / name, out / name)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+
+
+def fingerprint(length: int, dtype: str, vocab: Vocab, tokens_digest: str) -> str:
+    """What identifies a prepared corpus: its size, its symbols and a hash of its ids, computed
+    once while preparing and kept in data.json; a run records it to know its data again."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(json.dumps([length, dtype, vocab.to_json(), tokens_digest]).encode())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -278,6 +362,7 @@ class TokenData:
     splits: dict[str, tuple[int, int]]
     sources: list[dict]
     folder: Path | None = None
+    fingerprint: str | None = None  # None for data prepared before fingerprints
 
     def split(self, name: str) -> np.ndarray:
         lo, hi = self.splits[name]
@@ -290,7 +375,7 @@ class TokenData:
 
     def resplit(self, val_frac: float, test_frac: float) -> TokenData:
         splits = split_bounds(len(self.tokens), val_frac, test_frac)
-        return TokenData(self.tokens, self.vocab, splits, self.sources, self.folder)
+        return TokenData(self.tokens, self.vocab, splits, self.sources, self.folder, self.fingerprint)
 
 
 def is_prepared(path: str | os.PathLike) -> bool:
@@ -315,7 +400,7 @@ def load_prepared(folder: str | os.PathLike) -> TokenData:
         raise UserError(f"{folder}/tokens.bin holds {size} bytes, expected {length * dtype.itemsize}: "
                         f"the data folder is truncated or damaged; prepare it again")
     tokens = np.memmap(folder / "tokens.bin", dtype=dtype, mode="r", shape=(length,))
-    return TokenData(tokens, vocab, splits, meta.get("sources", []), folder)
+    return TokenData(tokens, vocab, splits, meta.get("sources", []), folder, meta.get("fingerprint"))
 
 
 class Streams:

@@ -34,7 +34,7 @@ from .data import TokenData
 from .errors import UserError
 from .model import CharRNN
 from .plot import render_png
-from .runfolder import COMMAND, RunFolder, atomic_write, load_model
+from .runfolder import COMMAND, DataChanged, RunFolder, atomic_write, load_model
 from .vocab import Vocab, code_points
 
 LN2 = math.log(2.0)
@@ -159,6 +159,8 @@ def _load_data(folder: RunFolder, config) -> TokenData | None:
 
     try:
         data = folder.training_data()
+    except DataChanged:
+        raise
     except UserError:
         return None
     return data.resplit(config.data.val_frac, config.data.test_frac)

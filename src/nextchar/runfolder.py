@@ -5,11 +5,13 @@
       vocab.json          the symbols
       command.txt         the command line that made the run
       data/               the prepared training text (when trained from text files)
-      source.json         or: the path of the prepared data folder it trained on
+      source.json         the fingerprint of the data it trained on (and that data's folder
+                          when it is not data/)
       best.safetensors    weights with the best validation loss
       latest.safetensors  weights + optimizer + carried hidden state + RNG: the resume point
       metrics.jsonl       one JSON object per log step and per evaluation
       machine.json        the machine it ran on and what `auto` chose there, with the timings
+      .nextchar.lock      held (flock) by the one process writing the run; see folderlock.py
 
 Checkpoints are safetensors (never pickle) with a JSON `nextchar` metadata entry and a checksum
 of the tensor bytes, so a damaged file is refused rather than loaded. Every file is written to a
@@ -32,8 +34,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .config import RunConfig
-from .data import TokenData, is_prepared, load_prepared
+from .data import TokenData, is_prepared, load_prepared, overlaps
 from .errors import UserError
+from .folderlock import LOCK, FolderLock, acquire
 from .model import CharRNN, parameter_shapes
 from .vocab import Vocab
 
@@ -46,6 +49,10 @@ COMMAND = "command.txt"
 DATA = "data"
 SOURCE = "source.json"  # where the prepared data lives when it is not in data/
 MACHINE = "machine.json"  # the machine and the choices `auto` made on it
+
+
+class DataChanged(UserError):
+    """The run's prepared data is no longer the data it trained on."""
 
 
 class CheckpointWriteError(UserError):
@@ -86,6 +93,18 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
         raise CheckpointWriteError(f"could not write {path}: {exc.strerror or exc}; "
                                    f"the previous file is unchanged") from None
     _fsync_dir(path.parent)
+
+
+def check_output_file(path: str | os.PathLike, flag: str) -> None:
+    """Refuse, before any work, a file path that cannot be written: empty, a folder, or in a folder
+    that does not exist."""
+    if not str(path).strip():
+        raise UserError(f"{flag} is empty (an unset shell variable?); name a file")
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; name a file in it")
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write {path}: the folder {path.parent} does not exist")
 
 
 def _checksum(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
@@ -179,14 +198,38 @@ class RunFolder:
     def exists(self) -> bool:
         return self.file(CONFIG).is_file()
 
-    def create(self, force: bool = False) -> None:
-        """Make the folder for a new run, checking it can be written; refuse a folder holding a
-        run unless `force`. Nothing is removed here (see clear_previous)."""
+    def is_run(self) -> bool:
+        """Whether the folder provably holds a nextchar run: a config.json that nextchar wrote
+        (format version and sections that parse), not merely the absence of other files."""
+        try:
+            self.read_config()
+        except UserError:
+            return False
+        return True
+
+    def check_new(self, inputs: list[str], force: bool) -> None:
+        """Refuse an --out that a new run may not use. Usable: a new or empty folder (but for our
+        lock and temporary files), or with `force` a nextchar run that neither holds nor lies
+        inside an input. Nothing else is ever replaced."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {self.path} exists and is not a directory")
-        if self.exists() and not force:
+        if not self.path.exists():
+            return
+        if not [p for p in self.path.iterdir() if p.name != LOCK and ".tmp-" not in p.name]:
+            return
+        if not self.is_run():
+            raise UserError(f"--out {self.path} is not empty and holds no nextchar run; nextchar "
+                            f"only replaces its own run folders: pick a new or empty folder")
+        if not force:
             raise UserError(f"{self.path} already holds a run; use --resume {self.path} to continue "
                             f"it, --force to overwrite it, or another --out")
+        for item in inputs:
+            if Path(item).exists() and overlaps(self.path, item):
+                raise UserError(f"--force would replace the run in {self.path}, which overlaps the "
+                                f"input {item} (one holds the other); pick another --out")
+
+    def create(self) -> None:
+        """Make the folder (checked by check_new) and check that it can be written."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / f".write-test-{os.getpid()}"
@@ -194,6 +237,10 @@ class RunFolder:
             probe.unlink()
         except OSError as exc:
             raise UserError(f"cannot write to --out {self.path}: {exc.strerror}") from None
+
+    def lock(self, purpose: str) -> FolderLock:
+        """This process's exclusive hold on the folder as its one writer (see folderlock.py)."""
+        return acquire(self.path, purpose)
 
     def clear_previous(self) -> None:
         """Remove what a previous run left (for --force, once the new run's input checked out)."""
@@ -271,17 +318,43 @@ class RunFolder:
                 continue  # a line cut short by a crash
         return records
 
-    def training_data(self) -> TokenData:
-        """The prepared text the run trained on: its data/ folder, or the one source.json names."""
-        if is_prepared(self.file(DATA)):
-            return load_prepared(self.file(DATA))
+    def source(self) -> dict[str, Any]:
+        """source.json: the data's fingerprint, and its folder when not in data/ ({} if none)."""
         try:
-            source = json.loads(self.file(SOURCE).read_text())["data"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise UserError(f"{self.path} has neither its data folder nor a pointer to one") from None
-        if not is_prepared(source):
-            raise UserError(f"the prepared data {source} that {self.path} trained on is gone")
-        return load_prepared(source)
+            source = json.loads(self.file(SOURCE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return source if isinstance(source, dict) else {}
+
+    def training_data(self) -> TokenData:
+        """The prepared text the run trained on: its data/ folder, or the one source.json names.
+        Data that is no longer what the run recorded (prepared again from other text) raises
+        DataChanged; runs from before fingerprints are checked by their vocabulary only."""
+        source = self.source()
+        if is_prepared(self.file(DATA)):
+            where = str(self.file(DATA))
+        elif isinstance(source.get("data"), str):
+            where = source["data"]
+            if not is_prepared(where):
+                raise UserError(f"the prepared data {where} that {self.path} trained on is gone")
+        else:
+            raise UserError(f"{self.path} has neither its data folder nor a pointer to one")
+        data = load_prepared(where)
+        recorded = source.get("fingerprint")
+        if (recorded and data.fingerprint != recorded) or data.vocab != self.read_vocab():
+            raise DataChanged(f"the data in {where} is not the data {self.path} trained on (it was "
+                              f"prepared again from other text); prepare it again from the run's "
+                              f"original text, or train a new run on it")
+        return data
+
+    def check_data(self) -> None:
+        """Refuse a run whose data changed under it (data that is gone is not checked)."""
+        try:
+            self.training_data()
+        except DataChanged:
+            raise
+        except UserError:
+            pass
 
     def weights_path(self, which: str = "best") -> Path:
         if which not in ("best", "latest"):

@@ -7,6 +7,7 @@ backward, clip, optimizer step. Only rank 0 logs, evaluates, samples and writes 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -48,7 +49,6 @@ from .runfolder import (
     LATEST,
     METRICS,
     SOURCE,
-    VOCAB,
     RunFolder,
     atomic_write,
     load_checkpoint,
@@ -596,6 +596,8 @@ def build_config(options: dict[str, Any], vocab_size: int = 0) -> RunConfig:
     if unknown:
         raise UserError(f"unknown training option(s): {', '.join(unknown)}")
     options = dict(options)
+    if "time" in options:  # checked first: the budget picks the defaults
+        options["time"] = TrainConfig(time=options["time"]).time
     if not (options.get("steps") or options.get("epochs") or options.get("time")):
         options["time"] = DEFAULT_TIME
     merged = {**budget.RUN_DEFAULTS, **options}
@@ -695,14 +697,23 @@ def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = 
            ) -> TrainResult:
     """Everything `nextchar train` does: settle the config, prepare data and folder, train."""
     options = dict(options or {})
+    for flag, path in (("--out", out), ("--resume", resume)):
+        if path is not None and not str(path).strip():
+            raise UserError(f"{flag} is empty (an unset shell variable?); name a folder")
     if resume is not None:
+        if out is not None or force:
+            raise UserError("--resume continues the run in its own folder; give no --out or --force "
+                            "with it")
         if inputs:
             raise UserError("--resume continues a run on the data it was trained on; give no INPUT with it")
         folder = RunFolder(resume)
         saved = folder.read_config()
-        fixed = sorted(k for k in options if k not in TRAIN_FIELDS and options[k] is not None)
+        # the model and data are the run's; the random state comes from the checkpoint
+        fixed = sorted(k for k in options if k not in TRAIN_FIELDS - {"seed"}
+                       and options[k] is not None)
         if fixed:
-            raise UserError(f"cannot change {', '.join(fixed)} when resuming; only training options "
+            flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+            raise UserError(f"cannot change {flags} when resuming; only training options "
                             f"(--steps, --time, --lr, ...) may change")
         if not folder.file(LATEST).exists():
             raise UserError(f"{folder.path} has no resumable checkpoint ({LATEST})")
@@ -711,21 +722,19 @@ def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = 
         dist = distributed.setup(resolve_device(train_config.device).type)
         device = _compute_device(config, dist)
         data = folder.training_data().resplit(config.data.val_frac, config.data.test_frac)
-        if data.vocab != folder.read_vocab():
-            raise UserError(f"the data's vocabulary differs from {folder.file(VOCAB)}")
-        if dist.is_main:
-            folder.remove_stray_temps()  # of writes a crash cut short
-            record = _resumed_choices(folder, config, device)
-            folder.write_machine(record)
-        dist.barrier()
-        record = folder.read_machine()  # every rank computes as rank 0 decided
-        _say_choices(record, config, log, quiet or not dist.is_main)
-        trainer = Trainer(config, data, folder, precision=record["train_precision"]["value"],
-                          eval_precision=record["eval_precision"]["value"], resume=True,
-                          quiet=quiet, log=log, dist=dist)
-        if dist.is_main and options:  # only once the checkpoint accepted them
-            atomic_write(folder.file(CONFIG), config.to_json() + "\n")
-        return trainer.fit()
+        with folder.lock("resuming") if dist.is_main else contextlib.nullcontext():
+            if dist.is_main:
+                folder.remove_stray_temps()  # of writes a crash cut short
+                folder.write_machine(_resumed_choices(folder, config, device))
+            dist.barrier()
+            record = folder.read_machine()  # every rank computes as rank 0 decided
+            _say_choices(record, config, log, quiet or not dist.is_main)
+            trainer = Trainer(config, data, folder, precision=record["train_precision"]["value"],
+                              eval_precision=record["eval_precision"]["value"], resume=True,
+                              quiet=quiet, log=log, dist=dist)
+            if dist.is_main and options:  # only once the checkpoint accepted them
+                atomic_write(folder.file(CONFIG), config.to_json() + "\n")
+            return trainer.fit()
 
     config = build_config(options)  # validates every option before anything is touched
     folder = RunFolder(out if out is not None else default_out())
@@ -733,44 +742,52 @@ def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = 
     device = _compute_device(config, dist)
     inputs = list(inputs) if inputs else ["tinyshakespeare"]
     external = len(inputs) == 1 and is_prepared(inputs[0])
+    lock = contextlib.nullcontext()
     if dist.is_main:
-        if folder.exists() and not force:
-            folder.create(force=False)  # raises: a run is there
+        if not external:
+            discover(inputs)  # names missing files before a folder is made
+        folder.check_new(inputs, force)
         created = not folder.path.exists()
-        staged = folder.file(f".{DATA}.tmp-{os.getpid()}")  # the new data, until it checks out
-        try:
-            if not external:
-                discover(inputs)  # names missing files before a folder is made
-            folder.create(force=force)
-            if not external:
-                prepare(inputs, staged, config.data)
-            _check_trainable(load_prepared(inputs[0] if external else staged)
-                             .resplit(config.data.val_frac, config.data.test_frac), config)
-            folder.clear_previous()  # --force: only now is anything of the old run removed
-            if not external:
-                shutil.rmtree(folder.file(DATA), ignore_errors=True)
-                os.replace(staged, folder.file(DATA))
-        except BaseException:  # bad input leaves no half-made run behind, and an old run intact
-            shutil.rmtree(staged, ignore_errors=True)
-            if created:
-                shutil.rmtree(folder.path, ignore_errors=True)
-            raise
-    dist.barrier()
-    data = load_prepared(inputs[0] if external else folder.file(DATA))
-    data = data.resplit(config.data.val_frac, config.data.test_frac)
-    if dist.is_main:  # rank 0 measures and decides; the others read what it wrote
-        config = RunConfig(config.data, replace(config.model, vocab_size=len(data.vocab)), config.train)
-        config, record = _settle(options, config, len(data.split("train")), device)
-        folder.write_setup(config, data.vocab, command)
-        folder.write_machine(record)
-        if external:
-            atomic_write(folder.file(SOURCE), json.dumps({"data": str(Path(inputs[0]).resolve())}) + "\n")
-    dist.barrier()
-    config, record = folder.read_config(), folder.read_machine()
-    _say_choices(record, config, log, quiet or not dist.is_main)
-    return Trainer(config, data, folder, precision=record["train_precision"]["value"],
-                   eval_precision=record["eval_precision"]["value"], quiet=quiet, log=log,
-                   dist=dist).fit()
+        folder.create()
+        lock = folder.lock("training")  # before anything in the folder is cleared or written
+    with lock:
+        if dist.is_main:
+            staged = folder.file(f".{DATA}.tmp-{os.getpid()}")  # the new data, until it checks out
+            try:
+                folder.check_new(inputs, force)  # again: no other writer can change it now
+                if not external:
+                    prepare(inputs, staged, config.data, lock=False,
+                            say=None if quiet else lambda line: print(line, file=log or sys.stderr))
+                _check_trainable(load_prepared(inputs[0] if external else staged)
+                                 .resplit(config.data.val_frac, config.data.test_frac), config)
+                folder.clear_previous()  # --force: only now is anything of the old run removed
+                if not external:
+                    shutil.rmtree(folder.file(DATA), ignore_errors=True)
+                    os.replace(staged, folder.file(DATA))
+            except BaseException:  # bad input leaves no half-made run behind, and an old run intact
+                shutil.rmtree(staged, ignore_errors=True)
+                if created:
+                    shutil.rmtree(folder.path, ignore_errors=True)
+                raise
+        dist.barrier()
+        data = load_prepared(inputs[0] if external else folder.file(DATA))
+        data = data.resplit(config.data.val_frac, config.data.test_frac)
+        if dist.is_main:  # rank 0 measures and decides; the others read what it wrote
+            config = RunConfig(config.data, replace(config.model, vocab_size=len(data.vocab)),
+                               config.train)
+            config, record = _settle(options, config, len(data.split("train")), device)
+            folder.write_setup(config, data.vocab, command)
+            folder.write_machine(record)
+            source = {"fingerprint": data.fingerprint}  # binds the run to its data
+            if external:
+                source["data"] = str(Path(inputs[0]).resolve())
+            atomic_write(folder.file(SOURCE), json.dumps(source) + "\n")
+        dist.barrier()
+        config, record = folder.read_config(), folder.read_machine()
+        _say_choices(record, config, log, quiet or not dist.is_main)
+        return Trainer(config, data, folder, precision=record["train_precision"]["value"],
+                       eval_precision=record["eval_precision"]["value"], quiet=quiet, log=log,
+                       dist=dist).fit()
 
 
 def default_out() -> Path:
