@@ -356,10 +356,10 @@ class Trainer:
             raise PeerFailure(f"{exc}. The last checkpoint in {self.folder.path} is intact: run the "
                               f"same torchrun command with nextchar train --resume {self.folder.path}"
                               ) from exc.__cause__
-        finally:
+        finally:  # leave the group first: torchrun passes a Ctrl-C on again, and one arriving
+            self.dist.close()  # while a rank waits at the closing barrier must only be recorded
             for sig, old in previous.items():
                 signal.signal(sig, old)
-            self.dist.close()
 
     def _make_bar(self):
         forced = os.environ.get("NEXTCHAR_PROGRESS") == "1"  # a bar even when stderr is no terminal
