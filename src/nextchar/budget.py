@@ -7,10 +7,10 @@ start-up), and the rule spends it like this (fit on the sweeps in BENCHMARKS.md,
 rule"):
 
     P     = sqrt(K * tau / CHARS_PER_PARAM)    parameters, so the run sees that many chars each
-    width = the widest on WIDTHS whose model has at most P parameters
-    if the run would pass over the training text more than DATA_LIMITED_EPOCHS times, data, not
-    compute, is the limit: 4x the compute per parameter goes to a 2x larger model (P doubled)
-    with dropout and weight decay instead of more passes
+    if that run would pass over the training text more than DATA_LIMITED_EPOCHS times, data, not
+    compute, is the limit: a DATA_LIMITED_SCALE times larger model with dropout and weight decay
+    instead of more passes
+    width = the one on WIDTHS whose parameter count is nearest P (in ratio)
     lr    = 3e-3 up to 384 wide, 2e-3 above (the 3- and 10-minute sweeps)
 
 A slower machine gets a smaller model, a faster one (or a GPU) a larger one. Options the user
@@ -34,8 +34,9 @@ from .model import parameter_shapes
 
 WIDTHS = (128, 192, 256, 320, 384, 448, 512, 640, 768, 1024, 1280, 1536, 2048)
 PROBE_WIDTH = 256  # the width timed first, to measure K
-CHARS_PER_PARAM = 1.6  # measured chars per parameter the budget should buy (see BENCHMARKS.md)
-DATA_LIMITED_EPOCHS = 4.5  # measured passes over the training split beyond which data is the limit
+CHARS_PER_PARAM = 5.0  # characters per parameter at the validation optimum (BENCHMARKS.md)
+DATA_LIMITED_EPOCHS = 8.5  # passes over the training split beyond which data is the limit
+DATA_LIMITED_SCALE = 3.0  # how much larger the model is made then
 TRAIN_SHARE = 0.85  # of --time spent in training steps (evaluations ~10%, saves and start-up)
 REGULARISED = {"dropout": 0.3, "weight_decay": 0.2}  # the 10-minute sweep's best
 EVAL_SHARE = 0.1  # of a run's wall time that evaluation may take
@@ -95,9 +96,9 @@ def spend(k: float, seconds: float, train_chars: int, params_of) -> tuple[int, b
     epochs = CHARS_PER_PARAM * target / max(1, train_chars)
     data_limited = epochs > DATA_LIMITED_EPOCHS
     if data_limited:
-        target *= 2.0
-    fitting = [w for w in WIDTHS if params_of(w) <= target]
-    return (fitting[-1] if fitting else WIDTHS[0]), data_limited, target
+        target *= DATA_LIMITED_SCALE
+    width = min(WIDTHS, key=lambda w: abs(math.log(params_of(w) / target)))
+    return width, data_limited, target
 
 
 def plan(options: dict[str, Any], model: ModelConfig, batch: int, seq_len: int,

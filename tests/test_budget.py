@@ -1,0 +1,72 @@
+"""The budget rule: what a --time budget buys on a machine of a given speed."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from nextchar import budget, devices
+from nextchar.budget import RUN_DEFAULTS, TRAIN_SHARE, num_params, plan, spend
+from nextchar.config import ModelConfig
+
+SHAKESPEARE_TRAIN = 1_003_854
+BASE = ModelConfig(vocab_size=65, **{k: v for k, v in RUN_DEFAULTS.items()
+                                     if k in ("cell", "layers", "embed", "hidden")})
+
+
+def params_of(width):
+    return num_params(dataclasses.replace(BASE, hidden=width))
+
+
+def width_at(level, train_chars=SHAKESPEARE_TRAIN):
+    """The rule at a compute level in parameter-characters (K x seconds x TRAIN_SHARE)."""
+    return spend(level / TRAIN_SHARE, 1.0, train_chars, params_of)
+
+
+@pytest.mark.parametrize("level, width", [(2.7e12, 256), (5.4e12, 256)])
+def test_the_rule_picks_the_sweeps_validation_optimum(level, width):
+    """BENCHMARKS.md, "The budget rule": at both levels swept with today's defaults, 2x256 had
+    the lowest validation loss of 192..512."""
+    chosen, data_limited, _ = width_at(level)
+    assert (chosen, data_limited) == (width, False)
+
+
+def test_many_passes_over_a_small_text_buy_a_larger_regularised_model():
+    chosen, data_limited, _ = width_at(4e13)  # the 10-minute sweep's level: 768 with dropout won
+    assert data_limited and chosen == 768
+    small, limited_small, _ = width_at(5.4e12, train_chars=200_000)  # 26 passes over 200 k chars
+    assert limited_small and small > width_at(5.4e12)[0]
+
+
+def test_a_faster_machine_never_gets_a_smaller_model():
+    levels = [1e10 * 1.5 ** i for i in range(30)]
+    widths = [width_at(level)[0] for level in levels]
+    assert widths == sorted(widths) and widths[0] == 128 and widths[-1] >= 1024
+
+
+def _fake_speed(monkeypatch, param_chars_per_s):
+    """Timings of a machine whose training throughput is K / parameters."""
+    def step_seconds(config, batch, seq_len, device, precisions, budget_s=0.0):
+        return {p: batch * seq_len * num_params(config) / param_chars_per_s for p in precisions}
+
+    monkeypatch.setattr(devices, "train_step_seconds", step_seconds)
+    monkeypatch.setattr(budget.devices.autotune, "bf16_possible", lambda device: False)
+
+
+@pytest.mark.parametrize("k, expect", [(1e9, 128), (5e9, 192), (3.5e10, 256), (2e11, 448)])
+def test_plan_sizes_the_model_from_the_measured_speed(monkeypatch, fresh_cache, k, expect):
+    _fake_speed(monkeypatch, k)
+    chosen = plan({"time": 180.0}, BASE, 32, 64, 10_000_000, torch.device("cpu"), "fp32")
+    assert chosen.options["hidden"] == expect
+    assert chosen.param_chars_per_s == pytest.approx(k)
+    assert chosen.options["lr"] == (3e-3 if expect <= 384 else 2e-3)
+
+
+def test_plan_keeps_what_the_user_named(monkeypatch, fresh_cache):
+    _fake_speed(monkeypatch, 4e13 / 510 / TRAIN_SHARE)  # data-limited on tinyshakespeare
+    named = plan({"time": 600.0, "hidden": 200, "lr": 1e-3, "dropout": 0.1}, BASE, 32, 64,
+                 SHAKESPEARE_TRAIN, torch.device("cpu"), "fp32")
+    assert "hidden" not in named.options and "lr" not in named.options
+    assert "dropout" not in named.options and named.options["weight_decay"] == 0.2
+    fixed = plan({"steps": 100}, BASE, 32, 64, SHAKESPEARE_TRAIN, torch.device("cpu"), "fp32")
+    assert fixed.options == {"hidden": 384, "lr": 3e-3} and fixed.to_dict() is None
