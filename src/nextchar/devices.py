@@ -15,8 +15,8 @@ from .config import ModelConfig
 from .errors import UserError
 from .model import CharRNN, detach_hidden
 
-TRAIN_TIMING_S = 0.6  # seconds of timing per training-precision decision (plus one warm-up each)
-EVAL_TIMING_S = 0.3
+TRAIN_TIMING_S = 0.3  # seconds of timing per training-precision decision (plus one warm-up each)
+EVAL_TIMING_S = 0.15
 EVAL_SHAPE = (64, 64)  # streams x characters timed for evaluation (it runs 64 x 256 windows)
 
 

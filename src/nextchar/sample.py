@@ -27,7 +27,7 @@ from .model import GATES, CharRNN, Hidden
 from .vocab import Vocab
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
-TIMING_S = 0.2  # seconds of timing per `auto` decision (one per model shape and batch size)
+TIMING_S = 0.1  # seconds of timing per `auto` decision (one per model shape and batch size)
 STEPS_PER_CALL = 8  # steps timed together, so one timing is well above the clock's resolution
 TABLE_LIMIT_BYTES = 64 << 20  # largest first-layer lookup table (vocab x gates) worth building
 
