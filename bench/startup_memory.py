@@ -75,6 +75,9 @@ def auto_cost() -> tuple[float, float]:
             sample_precision("auto", net, streams)
         return time.perf_counter() - started
 
+    # The first optimizer built in a process imports torch._dynamo (1.7 s here); every training
+    # run pays that when it builds its own, measured or not, so it is not the cost of measuring.
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["NEXTCHAR_CACHE_DIR"] = tmp
         first = decide_all()
