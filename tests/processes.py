@@ -1,7 +1,26 @@
-"""Helpers for tests that watch a training subprocess."""
+"""Helpers for tests that run the CLI: in this process, or as a training subprocess to watch."""
 
+import io
 import subprocess
 import time
+from contextlib import redirect_stderr, redirect_stdout
+
+import pytest
+
+from nextchar.cli import main
+
+# a run that trains in about a second, on text with enough lines for every split
+TINY_TRAIN_FLAGS = ["--hidden", "16", "--layers", "1", "--embed", "8", "--batch-size", "4",
+                    "--seq-len", "16", "--steps", "3", "--sample-chars", "0"]
+TINY_TEXT = "".join(f"{i}: the quick brown fox jumps over the lazy dog.\n" for i in range(60))
+
+
+def cli(*args) -> tuple[int, str]:
+    """Run the CLI in this process: (exit code, stderr)."""
+    err = io.StringIO()
+    with redirect_stderr(err), redirect_stdout(io.StringIO()), pytest.raises(SystemExit) as ended:
+        main([str(a) for a in args])
+    return ended.value.code, err.getvalue()
 
 
 def wait_until(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:

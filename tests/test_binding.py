@@ -2,29 +2,19 @@
 and eval (on its splits), report, sample and --resume refuse data that changed under it."""
 
 import hashlib
-import io
 import json
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 
-from nextchar.cli import main
 from nextchar.data import fingerprint
 from nextchar.vocab import Vocab
+from processes import TINY_TEXT, TINY_TRAIN_FLAGS, cli
 
-TRAIN = ["--hidden", "16", "--layers", "1", "--embed", "8", "--batch-size", "4", "--seq-len", "16",
-         "--steps", "3", "--sample-chars", "0", "--quiet"]
-TEXT = "".join(f"{i}: the quick brown fox jumps over the lazy dog.\n" for i in range(60))
+TRAIN = TINY_TRAIN_FLAGS + ["--quiet"]
+TEXT = TINY_TEXT
 READERS = [["eval", "{run}"], ["eval", "{run}", "--split", "test", "--json"], ["report", "{run}"],
            ["sample", "{run}", "--length", "5"], ["train", "--resume", "{run}", "--steps", "5"]]
-
-
-def cli(*args) -> tuple[int, str]:
-    err = io.StringIO()
-    with redirect_stderr(err), redirect_stdout(io.StringIO()), pytest.raises(SystemExit) as ended:
-        main([str(a) for a in args])
-    return ended.value.code, err.getvalue()
 
 
 @pytest.fixture

@@ -1,27 +1,17 @@
 """Input discovery skips nextchar's own folders (runs, prepared data) inside an input directory,
 and says which files it skipped and why unless --quiet."""
 
-import io
 import json
 import os
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 
-from nextchar.cli import main
 from nextchar.corpus import discover
+from processes import TINY_TEXT, TINY_TRAIN_FLAGS, cli
 
-TRAIN = ["--hidden", "16", "--layers", "1", "--embed", "8", "--batch-size", "4", "--seq-len", "16",
-         "--steps", "3", "--sample-chars", "0"]
-TEXT = "".join(f"{i}: the quick brown fox jumps over the lazy dog.\n" for i in range(60))
-
-
-def cli(*args) -> tuple[int, str]:
-    err = io.StringIO()
-    with redirect_stderr(err), redirect_stdout(io.StringIO()), pytest.raises(SystemExit) as ended:
-        main([str(a) for a in args])
-    return ended.value.code, err.getvalue()
+TRAIN = TINY_TRAIN_FLAGS
+TEXT = TINY_TEXT
 
 
 @pytest.fixture

@@ -2,28 +2,17 @@
 only when it is new, empty, or provably nextchar's own (a run's config.json, a prepared folder's
 marker), and --force never replaces a folder that holds or lies inside an input."""
 
-import io
 import json
 import shutil
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 
 from conftest import TINY
-from nextchar.cli import main
+from processes import TINY_TEXT, TINY_TRAIN_FLAGS, cli
 
-TRAIN = ["--hidden", "16", "--layers", "1", "--embed", "8", "--batch-size", "4", "--seq-len", "16",
-         "--steps", "3", "--sample-chars", "0", "--quiet"]
-TEXT = "".join(f"{i}: the quick brown fox jumps over the lazy dog.\n" for i in range(60))
-
-
-def cli(*args) -> tuple[int, str]:
-    """Run the CLI in this process: (exit code, stderr)."""
-    err = io.StringIO()
-    with redirect_stderr(err), redirect_stdout(io.StringIO()), pytest.raises(SystemExit) as ended:
-        main([str(a) for a in args])
-    return ended.value.code, err.getvalue()
+TRAIN = TINY_TRAIN_FLAGS + ["--quiet"]
+TEXT = TINY_TEXT
 
 
 def refused(code_and_err) -> str:
