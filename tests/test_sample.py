@@ -44,8 +44,43 @@ def test_greedy_equals_independent_argmax_decoding(sampler):
 
 def test_streaming_callback_sees_every_char(sampler):
     seen = []
-    text = sampler.generate(SampleConfig(length=30, seed=1), on_text=lambda row, t: seen.append(t))[0]
-    assert "".join(seen) == text
+    config = SampleConfig(length=30, seed=1)
+    kept = sampler.generate(config, on_text=lambda row, t: seen.append(t))
+    assert kept == [""]  # streamed, not kept: memory does not grow with --length
+    assert "".join(seen) == sampler.generate(config)[0]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_a_seed_fixes_each_sample_whatever_else_is_asked(precision):
+    """Sample i of a seeded request is the same text alone or among others, and a shorter sample
+    is a prefix of a longer one (each sample draws from its own generator)."""
+    torch.manual_seed(0)
+    vocab = Vocab(list("\nabcdefgh "))
+    model = CharRNN(ModelConfig(vocab_size=len(vocab), cell="lstm", embed=8, hidden=32, layers=2))
+    sampler = Sampler(model, vocab, precision)
+    four = sampler.generate(SampleConfig(length=120, seed=5, num_samples=4, prime="ab"))
+    assert len(set(four)) == 4
+    assert sampler.generate(SampleConfig(length=120, seed=5, prime="ab")) == four[:1]
+    assert sampler.generate(SampleConfig(length=120, seed=5, num_samples=2, prime="ab")) == four[:2]
+    assert sampler.generate(SampleConfig(length=60, seed=5, num_samples=3, prime="ab")) == \
+        [t[:62] for t in four[:3]]
+    assert sampler.generate(SampleConfig(length=120, seed=6, prime="ab"))[0] != four[0]
+
+
+def test_a_long_prime_is_run_in_chunks_exactly(sampler, monkeypatch):
+    """The prime runs through the module a chunk at a time (memory bounded by the model), and the
+    state it leaves equals one pass over the whole prime."""
+    import nextchar.sample as sample_module
+
+    prime = "abc defgh\n" * 50  # 500 characters
+    whole = sampler.generate(SampleConfig(length=40, greedy=True, prime=prime))
+    monkeypatch.setattr(sample_module, "PRIME_CHUNK_VALUES", 1)  # the smallest chunk: 64 chars
+    calls = []
+    original = sampler.model.rnn.forward
+    monkeypatch.setattr(sampler.model.rnn, "forward",
+                        lambda *a, **k: calls.append(a[0].shape) or original(*a, **k))
+    chunked = sampler.generate(SampleConfig(length=40, greedy=True, prime=prime))
+    assert chunked == whole and len(calls) == 8 and max(shape[1] for shape in calls) == 64
 
 
 def test_num_samples_rows_differ(sampler):

@@ -260,10 +260,27 @@ def cmd_train(args) -> int:
             print("best " + _eval_line("val", result.best_val), file=err)
         if result.test:
             print(_eval_line("test", result.test), file=err)
-        print(f"sample it: nextchar sample {result.folder} --prime 'The ' --temperature 0.8", file=err)
+        print(f"sample it: {sample_hint(result.folder)}", file=err)
         if result.sample:
             print(result.sample)
     return 0
+
+
+def sample_hint(folder) -> str:
+    """A `nextchar sample` command for a finished run, primed with the first word of its training
+    text, so that every character of the prime is in the vocabulary (whatever the script)."""
+    from .runfolder import RunFolder
+
+    command = [PROG, "sample", str(folder)]
+    try:
+        start = RunFolder(folder).training_data().text("train", 400)
+    except UserError:  # the data moved away: no prime rather than a wrong one
+        start = ""
+    line = next((line.strip() for line in start.splitlines() if line.strip()), "")
+    prime = line.split()[0][:12] if line else ""
+    if prime:
+        command += ["--prime", prime]
+    return shlex.join(command + ["--temperature", "0.8"])
 
 
 def cmd_prepare(args) -> int:
@@ -330,6 +347,7 @@ def cmd_sample(args) -> int:
     from .api import load
     from .config import SampleConfig
     from .devices import resolve_device
+    from .output import SampleWriter
     from .runfolder import RunFolder
     from .sample import Sampler, check_prime
 
@@ -340,34 +358,24 @@ def cmd_sample(args) -> int:
     RunFolder(args.run).check_data()
     check_prime(model.vocab, args.prime, args.unknown)
     sampler = Sampler(model.module, model.vocab, args.precision)
-    out = sys.stdout
-    if args.json or args.num_samples > 1:
-        texts = sampler.generate(config)
-        if args.json:
-            print(json.dumps({"samples": texts}, ensure_ascii=False))
-        else:
-            print("\n\n".join(texts))
-        return 0
-    # Characters go out in one write every 50 ms (the first at once): a write per character
-    # costs a system call each when stdout is unbuffered.
-    pending: list[str] = []
-    last_flush = [0.0]
-
-    def stream(row: int, text: str) -> None:
-        pending.append(text)
-        now = time.perf_counter()
-        if now - last_flush[0] > 0.05:
-            out.write("".join(pending))
-            out.flush()
-            pending.clear()
-            last_flush[0] = now
-
+    writer = SampleWriter(sys.stdout, args.num_samples, args.json, on_start=lambda: _say_drawing(args))
     try:
-        sampler.generate(config, on_text=stream)
-    finally:  # what was drawn before a Ctrl-C is shown too
-        out.write("".join(pending) + "\n")
-    out.flush()
+        sampler.generate(config, on_text=writer.add)
+    except KeyboardInterrupt:  # what was drawn before the Ctrl-C is written too
+        writer.finish(interrupted=True)
+        raise
+    writer.finish()
     return 0
+
+
+def _say_drawing(args) -> None:
+    """When the samples are held back until the end (JSON, or samples after the first), say that
+    drawing has begun, on a terminal (or with NEXTCHAR_PROGRESS=1)."""
+    if not (args.json or args.num_samples > 1):
+        return
+    if sys.stderr.isatty() or os.environ.get("NEXTCHAR_PROGRESS") == "1":
+        say_line(f"drawing {args.num_samples} x {args.length:,} characters; Ctrl-C stops and "
+                 f"prints what was drawn")
 
 
 def cmd_plot(args) -> int:
@@ -422,14 +430,21 @@ def leave(code: int) -> None:
     sys.exit(code)
 
 
+STDOUT_COMMANDS = ("hihello", "eval", "sample")  # their product is what they print
+
+
 def main(argv: list[str] | None = None) -> None:
+    from .output import StdoutFailed, replaced_note, setup_streams
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help(sys.stderr)
         sys.exit(2)
     try:
+        setup_streams(args.command in STDOUT_COMMANDS or getattr(args, "json", False), args.command)
         code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a failing write shows here, not in the interpreter's teardown
     except UserError as exc:
         say_line(f"{PROG} {args.command}: error: {exc}")
         leave(2)
@@ -443,6 +458,24 @@ def main(argv: list[str] | None = None) -> None:
         say_line(f"{PROG} {args.command}: interrupted")
         leave(130)
     except BrokenPipeError:
+        _discard_stdout()
         sys.stderr.close()  # the reader went away (e.g. `| head`): not an error
         leave(0)
+    except StdoutFailed as exc:
+        _discard_stdout()
+        say_line(f"{PROG} {args.command}: error: cannot write to standard output: {exc}")
+        leave(1)
+    note = replaced_note()
+    if note:
+        say_line(note)
     leave(code)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that the text it could not take is not retried at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.__stdout__.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass

@@ -23,6 +23,7 @@ import datetime
 import html
 import math
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .corpus import iter_chunks
 from .data import TokenData
 from .errors import UserError
 from .model import CharRNN
@@ -171,15 +173,17 @@ def _passage(data: TokenData | None, folder: RunFolder, text_file, passage_chars
     """The passage and a phrase saying where it came from."""
     if text_file is not None:
         path = Path(text_file)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise UserError(f"--text {path} does not exist") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"cannot read --text {path} as UTF-8 text: {exc}") from None
+        if not path.is_file():
+            raise UserError(f"--text {path} does not exist or is not a file")
+        pieces, length = [], 0
+        for chunk in iter_chunks(path):  # decoded exactly as `nextchar eval` decodes its TEXT
+            pieces.append(chunk)
+            length += len(chunk)
+            if length >= passage_chars:
+                break
+        text = "".join(pieces)[:passage_chars]
         if not text:
             raise UserError(f"--text {path} is empty; give a file with some text to show")
-        text = text[:passage_chars]
         return text, f"the first {len(text):,} characters of {path}"
     if data is None:
         raise UserError(f"cannot find the text {folder.path} trained on; give a passage to show "
@@ -276,6 +280,7 @@ pre{white-space:pre-wrap;word-wrap:break-word;background:#f6f6f4;border-radius:4
   overflow-y:auto}
 .ch{border-radius:2px} .ch.nl{color:#aaa} .ch.first{color:#888}
 .ch.unk{color:#999;outline:1px dashed #bbb;outline-offset:-1px}
+.ch.ctl{font-size:70%;color:#555;border:1px solid #aaa;border-radius:2px;padding:0 1px}
 .legend{display:flex;align-items:center;gap:.6em;font-size:.9em;color:#555;margin:.4em 0 .7em}
 .bar{display:inline-block;width:220px;height:12px;border:1px solid #ccc;border-radius:2px}
 .bar.bits{background:linear-gradient(to right,rgba(230,85,13,0),rgba(230,85,13,.85))}
@@ -324,13 +329,26 @@ JS = """
 _VISIBLE = {"\n": "↵", " ": "␣", "\t": "⇥", "\r": "␍"}
 
 
+_INVISIBLE = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}  # controls, format (bidi, zero-width), ...
+
+
+def _invisible(c: str) -> bool:
+    """Whether `c` shows nothing, or changes how its neighbours show, when printed as it is:
+    C0/C1 controls, bidirectional and zero-width format characters (U+202E, U+200B, U+FEFF),
+    line and paragraph separators, surrogates, private-use and unassigned code points."""
+    return c not in _VISIBLE and unicodedata.category(c) in _INVISIBLE
+
+
 def _shown(c: str) -> str:
-    """A character as text a reader can see (control characters as their Unicode pictures)."""
+    """A character as text a reader can see: whitespace and C0 controls as their Unicode
+    pictures, every other invisible character (see _invisible) as its code point, U+XXXX."""
     if c in _VISIBLE:
         return _VISIBLE[c]
     if ord(c) < 32:
         return chr(0x2400 + ord(c))
-    return "␡" if c == "\x7f" else c
+    if c == "\x7f":
+        return "␡"
+    return f"U+{ord(c):04X}" if _invisible(c) else c
 
 
 def _glyph(c: str) -> str:
@@ -345,11 +363,12 @@ def _spans(analysis: Analysis, surprisal: bool, top_bits: float) -> str:
     parts = []
     first_known = int(np.argmax(analysis.known)) if analysis.known.any() else -1
     for t, c in enumerate(analysis.text):
-        classes = "ch nl" if c == "\n" else "ch"
+        classes = "ch nl" if c == "\n" else ("ch ctl" if _invisible(c) else "ch")
         attributes = ""
         if not analysis.known[t]:
             classes += " unk"
-            attributes = (f' title="{html.escape(_shown(c))} (U+{ord(c):04X}) is not in the '
+            code = "" if _invisible(c) else f" (U+{ord(c):04X})"  # already shown as U+XXXX
+            attributes = (f' title="{html.escape(_shown(c))}{code} is not in the '
                           f'model&#39;s vocabulary: not scored"')
         elif surprisal and t == first_known:
             classes += " first"

@@ -14,6 +14,7 @@ nn.LSTM/GRU/RNN.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -266,14 +267,55 @@ def draw(logits: torch.Tensor, gumbel: torch.Tensor, temperature: float, top_k: 
     return (filter_logits(logits, temperature, top_k, top_p) + gumbel).argmax(-1)
 
 
+PRIME_CHUNK_VALUES = 1 << 22  # floats of input one call of the prime may hold (16 MB in fp32)
+
+
+def row_seed(seed: int, row: int) -> int:
+    """The seed of sample `row` of a request seeded with `seed`: row 0 uses the seed itself, so a
+    sample's text depends on the seed and its row only, never on how many samples are drawn."""
+    if row == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}/{row}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # a non-negative 63-bit seed
+
+
+class Stream:
+    """One sample's random draws: its own seeded generator, so its text is the same whatever
+    other samples are drawn beside it. Gumbel noise comes in blocks of (n, V)."""
+
+    NOISE_BLOCK = 1 << 18  # noise values drawn at a time
+
+    def __init__(self, seed: int, vocab_size: int):
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.V = vocab_size
+        self.block = torch.empty(0, vocab_size)
+        self.used = 0
+
+    def noise(self) -> torch.Tensor:
+        """(V,) standard Gumbel noise for the next step (the generator's stream does not depend on
+        the block size: one (n, V) draw equals n (1, V) draws)."""
+        if self.used == len(self.block):
+            n = max(1, self.NOISE_BLOCK // self.V)
+            block = torch.empty(n, self.V).exponential_(generator=self.generator)
+            self.block = block.clamp_min_(1e-30).log_().neg_()  # -log Exp(1) ~ Gumbel
+            self.used = 0
+        self.used += 1
+        return self.block[self.used - 1]
+
+    def first_id(self) -> int:
+        """A uniformly drawn first character, for a vocabulary with no line break to start from."""
+        return int(torch.randint(self.V, (1,), generator=self.generator))
+
+
 class Sampler:
     """Draws text from a trained model and its vocabulary.
 
     Each character is drawn by the Gumbel-max trick: argmax(logits / T + G) with G standard
-    Gumbel noise is an exact draw from softmax(logits / T); the noise comes from the seeded
-    generator in blocks, so a step costs an add and an argmax."""
-
-    NOISE_BLOCK = 1 << 20  # Gumbel noise values drawn at a time
+    Gumbel noise is an exact draw from softmax(logits / T). Each sample has its own seeded
+    generator (see `Stream`), so a seed fixes each sample's text whatever --num-samples; with a
+    fixed weight format it is also the same whatever the batch (tests check fp32 and int8), and a
+    shorter sample is a prefix of a longer one. Memory does not grow with the prime (run in
+    chunks) or the length (characters go to `on_text` as they are drawn)."""
 
     def __init__(self, model: CharRNN, vocab: Vocab, precision: str = "auto"):
         """precision: auto, fp32, bf16 or int8 for the weights while stepping (see
@@ -294,31 +336,35 @@ class Sampler:
             self.steppers[precision] = StepModel(self.model, precision)
         return self.steppers[precision]
 
-    def _prime(self, prime: str, unknown: str, batch: int, generator: torch.Generator):
-        """Run the prime through the network in one call -> (printed prefix, last logits, state)."""
-        ids = self.vocab.encode(prime, unknown=unknown) if prime else []
-        if not ids:
-            if "\n" in self.vocab:  # start as if after a line break: a natural beginning
-                ids, shown = [self.vocab.index["\n"]], ""
-            else:
-                first = int(torch.randint(len(self.vocab), (1,), generator=generator))
-                ids, shown = [first], self.vocab.symbols[first]
-        else:
-            shown = self.vocab.decode(ids)
-        idx = torch.tensor([ids] * batch, device=self.device)  # (B, P)
-        logits, hidden = self.model(idx)  # (B, P, V)
-        return shown, logits[:, -1].float(), self.stepper(batch).from_module_hidden(hidden)
+    def run_prime(self, ids: list[int]) -> tuple[torch.Tensor, Hidden]:
+        """ids of one prompt -> (logits (1, V) after its last character, hidden (L, 1, H)), run
+        through the fp32 module in chunks so that a long prime costs no more memory than a short
+        one."""
+        module = self.model
+        width = max(module.config.embed or module.config.vocab_size, module.config.hidden)
+        chunk = max(64, PRIME_CHUNK_VALUES // width)
+        hidden = None
+        for start in range(0, len(ids), chunk):
+            idx = torch.tensor([ids[start:start + chunk]], device=self.device)  # (1, t)
+            out, hidden = module.rnn(module.inputs(idx), hidden)  # (1, t, H)
+        return module.head(out[:, -1]).float(), hidden  # (1, V)
 
-    def _noise(self, generator: torch.Generator, steps: int, batch: int):
-        """Standard Gumbel noise, (B, V) per step, drawn block by block."""
-        V = len(self.vocab)
-        per_block = max(1, self.NOISE_BLOCK // (batch * V))
-        while steps > 0:
-            n = min(per_block, steps)
-            block = torch.empty(n, batch, V).exponential_(generator=generator)
-            block = block.clamp_min_(1e-30).log_().neg_().to(self.device)  # -log Exp(1) ~ Gumbel
-            yield from block
-            steps -= n
+    def start(self, prime: str, unknown: str, streams: list[Stream]) -> tuple[list[str], torch.Tensor, Hidden]:
+        """Prime every stream -> (each row's printed prefix, logits (B, V), hidden (L, B, H)).
+
+        With a prime (or a line break in the vocabulary to start after), all rows share one run of
+        it; otherwise each row starts from a character its own generator draws."""
+        ids = self.vocab.encode(prime, unknown=unknown) if prime else []
+        B = len(streams)
+        if ids or "\n" in self.vocab:
+            shown = self.vocab.decode(ids) if ids else ""  # after a line break: a natural beginning
+            logits, hidden = self.run_prime(ids or [self.vocab.index["\n"]])
+            expand = lambda t: t.expand(t.size(0), B, t.size(2)).contiguous()  # noqa: E731
+            hidden = tuple(expand(h) for h in hidden) if isinstance(hidden, tuple) else expand(hidden)
+            return [shown] * B, logits.expand(B, -1), hidden
+        firsts = [s.first_id() for s in streams]
+        logits, hidden = self.model(torch.tensor(firsts, device=self.device)[:, None])  # (B, 1, V)
+        return [self.vocab.symbols[i] for i in firsts], logits[:, -1].float(), hidden
 
     @torch.inference_mode()
     def generate(self, config: SampleConfig,
@@ -326,32 +372,32 @@ class Sampler:
         """`config.num_samples` texts of prime + `config.length` new characters.
 
         on_text(row, text) is called with each row's prime and then each new character as it is
-        drawn, so callers can stream.
+        drawn, so that callers can stream; when it is given, nothing is kept here and the result
+        is a list of empty strings. A KeyboardInterrupt stops between two characters, after every
+        character drawn so far went to on_text.
         """
         seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
-        generator = torch.Generator(device="cpu").manual_seed(seed)
         B = config.num_samples
-        shown, logits, state = self._prime(config.prime, config.unknown, B, generator)
-        pieces = [[shown] for _ in range(B)]
-        if on_text and shown:
-            for row in range(B):
-                on_text(row, shown)
-        symbols = self.vocab.symbols
+        streams = [Stream(row_seed(seed, row), len(self.vocab)) for row in range(B)]
+        kept: list[list[str]] = [[] for _ in range(B)]
+        emit = on_text if on_text is not None else lambda row, text: kept[row].append(text)
+        shown, logits, hidden = self.start(config.prime, config.unknown, streams)
         stepper = self.stepper(B)
-        noise = self._noise(generator, 0 if config.greedy else config.length, B)
+        state = stepper.from_module_hidden(hidden)
+        for row in range(B):
+            if shown[row]:
+                emit(row, shown[row])
+        symbols = self.vocab.symbols
         for _ in range(config.length):
             if config.greedy:
                 idx = logits.argmax(-1)  # (B,)
             else:
-                idx = draw(logits, next(noise), config.temperature, config.top_k, config.top_p)
-            ids = idx.tolist()
-            for row in range(B):
-                char = symbols[ids[row]]
-                pieces[row].append(char)
-                if on_text:
-                    on_text(row, char)
+                gumbel = torch.stack([s.noise() for s in streams]).to(self.device)  # (B, V)
+                idx = draw(logits, gumbel, config.temperature, config.top_k, config.top_p)
+            for row, i in enumerate(idx.tolist()):
+                emit(row, symbols[i])
             logits, state = stepper.step(idx, state)
-        return ["".join(p) for p in pieces]
+        return ["".join(pieces) for pieces in kept]
 
 
 def check_prime(vocab: Vocab, prime: str, unknown: str) -> None:
