@@ -184,6 +184,10 @@ def test_ctrl_c_stops_every_rank_at_one_step_with_a_checkpoint(text_dir):
     proc = torchrun(2, "train", "tiny.txt", "--out", "run", *FLAGS, "--steps", "100000",
                     "--checkpoint-every", "100000", cwd=text_dir)
     wait_until(lambda: len(records(run, "train")) >= 2, proc)
+    # rank 0 holds the run's lock: a second writer is refused, naming it
+    second = single("train", "tiny.txt", "--out", "run", "--force", "--steps", "3", cwd=text_dir)
+    assert second.returncode == 2 and "in use by another nextchar process" in second.stderr
+    assert f"pid {worker_pid(proc, 0)} on " in second.stderr
     for pid in (worker_pid(proc, 0), worker_pid(proc, 1), proc.pid):
         os.kill(pid, signal.SIGINT)
     code, err = finish(proc)
