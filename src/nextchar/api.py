@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import DataConfig, RunConfig, SampleConfig, from_dict
+from .config import DataConfig, DynamicConfig, RunConfig, SampleConfig, from_dict
+from .dynamic import score_dynamic
 from .errors import UserError
 from .evaluate import EvalResult, score_ids
 from .model import CharRNN
@@ -45,14 +46,17 @@ class Model:
         texts = Sampler(self.module, self.vocab, precision).generate(config)
         return texts[0] if num_samples == 1 else texts
 
-    def evaluate(self, text: str, precision: str | None = None) -> EvalResult:
+    def evaluate(self, text: str, precision: str | None = None,
+                 dynamic: DynamicConfig | None = None) -> EvalResult:
         """Score `text` with carried state. Characters outside the vocabulary are taken out of
         the stream before scoring (the model reads past them) and counted in `unknown_chars`.
-        precision: fp32, bf16 or auto; by default the one the model was trained with."""
+        precision: fp32, bf16 or auto; by default the one the model was trained with.
+        dynamic: score with dynamic evaluation instead (fp32; see nextchar.dynamic): the model
+        adapts a copy of itself to the text as it reads; this Model is not changed."""
         precision = precision or self.config.train.precision
         ids = self.vocab.ids_of_points(code_points(text))
         unknown = ids < 0
-        result = score_ids(self.module, ids[~unknown], device=self.device, precision=precision)
+        result = self.evaluate_ids(ids[~unknown], precision, dynamic)
         if unknown.any():
             from dataclasses import replace
 
@@ -60,8 +64,12 @@ class Model:
                              unknown_symbols=self.vocab.unknown_chars(text))
         return result
 
-    def evaluate_ids(self, ids: np.ndarray, precision: str | None = None) -> EvalResult:
-        """Score an array of ids, by default in the precision the model was trained with."""
+    def evaluate_ids(self, ids: np.ndarray, precision: str | None = None,
+                     dynamic: DynamicConfig | None = None) -> EvalResult:
+        """Score an array of ids, by default in the precision the model was trained with (or
+        with dynamic evaluation, see `evaluate`)."""
+        if dynamic is not None:
+            return score_dynamic(self.module, ids, dynamic, self.device)
         precision = precision or self.config.train.precision
         return score_ids(self.module, ids, device=self.device, precision=precision)
 

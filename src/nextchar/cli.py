@@ -15,7 +15,7 @@ import shlex
 import sys
 import time
 
-from .config import SCHEDULES, parse_duration
+from .config import SCHEDULES, DynamicConfig, parse_duration
 from .errors import Diverged, Interrupted, PeerFailure, UserError
 
 PROG = "nextchar"
@@ -89,6 +89,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the model (off by default; pays off on GPUs, for long runs)")
 
 
+DYNAMIC = DynamicConfig()  # the defaults of eval --dynamic
+
+
 def build_parser() -> Parser:
     parser = Parser(prog=PROG, description="Character-level RNN / LSTM / GRU language models: "
                     "learn, train on any text, measure bits per character, sample.")
@@ -146,6 +149,15 @@ def build_parser() -> Parser:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                    help="arithmetic of the scoring (default: the run's setting; auto = the faster "
                         "of fp32 and bf16, timed here)")
+    p.add_argument("--dynamic", action="store_true",
+                   help="also score with dynamic evaluation: the model keeps learning from the text "
+                   "it has scored (one SGD step per window, on a copy; the run is not changed)")
+    p.add_argument("--dynamic-lr", type=float, default=DYNAMIC.lr,
+                   help=f"dynamic evaluation's step size (default {DYNAMIC.lr})")
+    p.add_argument("--dynamic-decay", type=float, default=DYNAMIC.decay,
+                   help=f"pull towards the trained weights per step (default {DYNAMIC.decay})")
+    p.add_argument("--dynamic-window", type=int, default=DYNAMIC.window,
+                   help=f"characters per step (default {DYNAMIC.window})")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("sample", help="generate text from a run",
@@ -310,6 +322,8 @@ def cmd_eval(args) -> int:
     from .devices import resolve_device
     from .runfolder import RunFolder
 
+    dynamic = (DynamicConfig(args.dynamic_lr, args.dynamic_decay, args.dynamic_window)
+               if args.dynamic else None)  # checked before any work
     model = load(args.run, args.checkpoint, str(resolve_device(args.device)))
     if args.texts:
         text = read_text(args.texts, args.encoding, args.errors)
@@ -323,6 +337,7 @@ def cmd_eval(args) -> int:
             raise UserError(f"nothing to score in {label}: fewer than two of its characters are in "
                             f"the model's vocabulary (outside it: "
                             f"{describe_chars(result.unknown_symbols)})")
+        adapted = model.evaluate(text, dynamic=dynamic) if dynamic else None
     else:
         config = model.config
         data = RunFolder(args.run).training_data().resplit(config.data.val_frac, config.data.test_frac)
@@ -330,11 +345,17 @@ def cmd_eval(args) -> int:
         if len(ids) < 2:
             raise UserError(f"the run's {args.split} split is empty; pass a TEXT file to score")
         result = model.evaluate_ids(ids, args.precision)
+        adapted = model.evaluate_ids(ids, dynamic=dynamic) if dynamic else None
         label = f"{args.split} split"
     if args.json:
-        print_json({"run": args.run, "text": label, **result.to_dict()})
+        extra = {"dynamic": {**adapted.to_dict(), "lr": dynamic.lr, "decay": dynamic.decay,
+                             "window": dynamic.window}} if adapted else {}
+        print_json({"run": args.run, "text": label, **result.to_dict(), **extra})
     else:
         print(_eval_line(label, result))
+        if adapted:
+            print(_eval_line(f"{label}, dynamic (lr {dynamic.lr:g}, decay {dynamic.decay:g}, "
+                             f"window {dynamic.window})", adapted))
         if result.unknown_chars:
             from .vocab import describe_chars
 

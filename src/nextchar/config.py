@@ -206,6 +206,22 @@ class SampleConfig:
                  f"--unknown must be error or skip, got {self.unknown!r}")
 
 
+@dataclass(frozen=True)
+class DynamicConfig:
+    """Dynamic evaluation (nextchar.dynamic). Defaults from the sweep on validation text in BENCHMARKS.md ("Dynamic evaluation")."""
+
+    lr: float = 0.03  # SGD step on each window's mean loss, in nats
+    decay: float = 0.001  # pull towards the trained weights per window
+    window: int = 64  # characters scored, then learned from, per step
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _require(self.lr >= 0 and math.isfinite(self.lr),
+                 f"--dynamic-lr must be a finite number >= 0, got {self.lr}")
+        _require(0 <= self.decay <= 1, f"--dynamic-decay must be in [0, 1], got {self.decay}")
+        _require(self.window >= 1, f"--dynamic-window must be at least 1, got {self.window}")
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
