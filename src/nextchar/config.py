@@ -135,7 +135,7 @@ class TrainConfig:
     steps: int = 0  # stop after this many steps (0 = not set)
     epochs: float = 0.0  # stop after this many passes over the training split (0 = not set)
     time: float = 0.0  # stop after this many seconds of wall clock (0 = not set)
-    eval_every: int = 0  # steps between evaluations; 0 = about ten per run (every 30 s at least)
+    eval_every: int = 0  # steps between evaluations; 0 = about ten per run (at most one per 10 s)
     checkpoint_every: float = 120.0  # seconds between resumable checkpoints (besides evaluations)
     checkpoint_every_steps: int = 0  # or steps, when set
     eval_chars: int = 2_000_000  # cap on characters scored per evaluation (0 = the whole split)

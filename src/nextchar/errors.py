@@ -1,4 +1,5 @@
-"""The one exception type that means "the user can fix this"."""
+"""The exceptions the CLI turns into one line and an exit code (see cli.main): UserError (2),
+Interrupted (128 + signal), Diverged and PeerFailure (1)."""
 
 
 class UserError(Exception):

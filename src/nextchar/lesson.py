@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 from torch import nn
@@ -29,7 +28,7 @@ FEEDS = ("char", "sequence")
 DEFAULT_EMBED_HIDDEN = 8  # hidden width when --embed is set and --hidden is not
 
 # An LSTM carries (h, c); RNN and GRU carry h alone. Each tensor is (layers=1, B, H).
-Hidden = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
+Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,12 @@ def detach_hidden(hidden: Hidden) -> Hidden:
 
 
 class CharRNN(nn.Module):
+    """ids (B, T) -> logits (B, T, V) and the hidden state to carry into the next window.
+
+    An embedding (or one-hot rows when config.embed is 0), a stacked nn.LSTM / nn.GRU / nn.RNN
+    (fused kernels), dropout on each layer's output while training, and a linear head. The
+    sampler (sample.py) steps the same weights one character at a time."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         if config.vocab_size < 2:
@@ -42,8 +48,7 @@ class CharRNN(nn.Module):
             nonlinearity = "relu" if config.cell == "rnn-relu" else "tanh"
             self.rnn = nn.RNN(input_size, H, config.layers, batch_first=True, dropout=between,
                               nonlinearity=nonlinearity)
-        # dropout also on the top layer's output, as on the outputs of the layers below it
-        self.head = nn.Linear(H, V)
+        self.head = nn.Linear(H, V)  # forward() applies dropout to the top layer's output first
 
     @property
     def is_lstm(self) -> bool:

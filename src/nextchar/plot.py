@@ -1,6 +1,6 @@
 """Learning curves: train and val bits/char against characters seen and against wall time.
 
-Reads each run's metrics.jsonl (see train.py): "train" records carry the mean training loss in
+Reads each run's metrics.jsonl (written by trainer.py): "train" records carry the mean training loss in
 nats since the previous log line, "eval" records the validation bits/char. Several runs are
 overlaid, one colour each, labelled from their configs. matplotlib is imported only here, on
 first use, and drawn with its Agg canvas (no display, no pyplot global state).
