@@ -90,7 +90,7 @@ def many_streams_cps(run: Path, extra=()) -> float:
 
 def stepped_bits(model, ids: torch.Tensor, precision: str) -> float:
     """bits/char of `ids` under a loaded Model, stepped one character at a time."""
-    from nextchar.sample import StepModel
+    from nextchar.stepping import StepModel
 
     stepper = StepModel(model.module, precision)
     state = stepper.from_module_hidden(model.module.init_hidden(1))

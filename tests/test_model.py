@@ -5,7 +5,7 @@ from torch import nn
 import nextchar.model as model_module
 from nextchar.config import ModelConfig
 from nextchar.model import CharRNN, dropout, flops_per_char
-from nextchar.sample import StepModel
+from nextchar.stepping import StepModel
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "rnn-relu"])

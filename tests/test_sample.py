@@ -6,12 +6,12 @@ from nextchar.errors import UserError
 from nextchar.model import CharRNN
 from nextchar.sample import (
     Sampler,
-    StepModel,
     check_prime,
     draw,
     filter_logits,
     sample_precision,
 )
+from nextchar.stepping import StepModel
 from nextchar.vocab import Vocab
 
 

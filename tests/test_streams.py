@@ -97,10 +97,11 @@ def test_ctrl_c_keeps_what_was_drawn_in_every_mode(run, mode):
     if "--json" in mode:
         result = json.loads(out)
         assert result["interrupted"] is True and len(result["samples"]) == rows
-        assert all(len(s) > 0 for s in result["samples"])
+        lengths = [len(s) for s in result["samples"]]  # stopped between two characters
+        assert lengths[0] >= 1 and max(lengths) - min(lengths) <= 1, lengths
     else:
         samples = out[:-1].split("\n\n") if rows > 1 else [out]
-        assert out.endswith("\n") and len(samples) >= rows and all(samples)
+        assert out.endswith("\n") and len(samples) >= rows and samples[0]
 
 
 def test_a_seed_fixes_each_sample_through_the_cli(run):

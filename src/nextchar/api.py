@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,14 +36,17 @@ class Model:
 
     def generate(self, prime: str = "", length: int = 500, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float = 1.0, greedy: bool = False, seed: int | None = None,
-                 unknown: str = "error", num_samples: int = 1, precision: str = "auto") -> str | list[str]:
+                 unknown: str = "error", num_samples: int = 1, precision: str = "auto",
+                 on_text: Callable[[int, str], None] | None = None) -> str | list[str]:
         """prime + `length` sampled characters (a list of texts when num_samples > 1).
-        precision: the weights while stepping, auto | fp32 (exact) | bf16 | int8, as `nextchar sample`."""
+        precision: the weights while stepping, auto | fp32 (exact) | bf16 | int8, as `nextchar sample`.
+        on_text(sample, text): called with each sample's prime, then each character as it is
+        drawn, to stream them; nothing is then kept, and the texts returned are empty."""
         config = SampleConfig(length=length, temperature=temperature, top_k=top_k, top_p=top_p,
                               greedy=greedy, num_samples=num_samples, seed=seed, prime=prime,
                               unknown=unknown)
         check_prime(self.vocab, prime, unknown)
-        texts = Sampler(self.module, self.vocab, precision).generate(config)
+        texts = Sampler(self.module, self.vocab, precision).generate(config, on_text)
         return texts[0] if num_samples == 1 else texts
 
     def evaluate(self, text: str, precision: str | None = None,

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import sys
 import time
 
@@ -366,25 +367,23 @@ def cmd_eval(args) -> int:
 
 def cmd_sample(args) -> int:
     from .api import load
-    from .config import SampleConfig
     from .devices import resolve_device
     from .output import SampleWriter
     from .runfolder import RunFolder
-    from .sample import Sampler, check_prime
 
-    config = SampleConfig(length=args.length, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p, greedy=args.greedy, num_samples=args.num_samples,
-                          seed=args.seed, prime=args.prime, unknown=args.unknown)
     model = load(args.run, args.checkpoint, str(resolve_device(args.device)))
     RunFolder(args.run).check_data()
-    check_prime(model.vocab, args.prime, args.unknown)
-    sampler = Sampler(model.module, model.vocab, args.precision)
     writer = SampleWriter(sys.stdout, args.num_samples, args.json, on_start=lambda: _say_drawing(args))
+    previous = signal.signal(signal.SIGINT, writer.on_sigint)
     try:
-        sampler.generate(config, on_text=writer.add)
+        model.generate(args.prime, args.length, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, greedy=args.greedy, seed=args.seed, unknown=args.unknown,
+                       num_samples=args.num_samples, precision=args.precision, on_text=writer.add)
     except KeyboardInterrupt:  # what was drawn before the Ctrl-C is written too
         writer.finish(interrupted=True)
         raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
     writer.finish()
     return 0
 

@@ -118,11 +118,24 @@ class SampleWriter:
                                                      newline="")
                        for row in range(rows)]
         self.last_flush = 0.0
+        self.started = False  # a character has arrived
+        self.stop = False  # Ctrl-C pressed: stop at the next character
+
+    def on_sigint(self, signum, frame) -> None:
+        """SIGINT handler while sampling: before the first character (or on a second Ctrl-C) stop
+        at once; otherwise at the start of the next add(), so that no write is cut in half and
+        nothing is written twice."""
+        if not self.started or self.stop:
+            raise KeyboardInterrupt
+        self.stop = True
 
     def add(self, row: int, text: str) -> None:
-        if self.on_start is not None:
-            self.on_start()
-            self.on_start = None
+        if self.stop:
+            raise KeyboardInterrupt
+        if not self.started:
+            self.started = True
+            if self.on_start is not None:
+                self.on_start()
         pieces = self.pending[row]
         pieces.append(text)
         if row == 0 and self.live:
