@@ -108,3 +108,28 @@ def test_single_symbol_refused(tmp_path):
     path.write_text("aaaa")
     with pytest.raises(UserError, match="one distinct character"):
         prepare([str(path)], tmp_path / "d")
+
+
+def test_a_prepared_split_is_the_runs_split_unless_named(tmp_path):
+    """`prepare --val-frac/--test-frac` decide the split of every run trained on the folder (and so
+    what eval, report and resume score); a fraction named at `train` overrides it."""
+    import json
+
+    from nextchar.runfolder import RunFolder
+    from processes import TINY_TEXT, TINY_TRAIN_FLAGS, cli
+
+    (tmp_path / "t.txt").write_text(TINY_TEXT)
+    assert cli("prepare", tmp_path / "t.txt", "--out", tmp_path / "prep", "--val-frac", "0.2",
+               "--test-frac", "0.1")[0] == 0
+    assert cli("train", tmp_path / "prep", "--out", tmp_path / "run", *TINY_TRAIN_FLAGS)[0] == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data"]["val_frac"] == pytest.approx(0.2, abs=1e-3)
+    assert config["data"]["test_frac"] == pytest.approx(0.1, abs=1e-3)
+    folder = RunFolder(tmp_path / "run")
+    data = folder.split_data(folder.read_config())
+    prepared = json.loads((tmp_path / "prep" / "data.json").read_text())["splits"]
+    assert {k: list(v) for k, v in data.splits.items()} == {k: list(v) for k, v in prepared.items()}
+    assert cli("train", tmp_path / "prep", "--out", tmp_path / "run2", "--val-frac", "0.05",
+               *TINY_TRAIN_FLAGS)[0] == 0
+    config = json.loads((tmp_path / "run2" / "config.json").read_text())
+    assert config["data"]["val_frac"] == 0.05

@@ -341,7 +341,7 @@ def cmd_eval(args) -> int:
         adapted = model.evaluate(text, dynamic=dynamic) if dynamic else None
     else:
         config = model.config
-        data = RunFolder(args.run).training_data().resplit(config.data.val_frac, config.data.test_frac)
+        data = RunFolder(args.run).split_data(config)
         ids = data.split(args.split)
         if len(ids) < 2:
             raise UserError(f"the run's {args.split} split is empty; pass a TEXT file to score")

@@ -373,6 +373,11 @@ class TokenData:
         hi = hi if limit is None else min(hi, lo + limit)
         return self.vocab.decode(np.asarray(self.tokens[lo:hi]))
 
+    def fractions(self) -> tuple[float, float]:
+        """(val_frac, test_frac) that give back these splits (split_bounds rounds length x frac)."""
+        n = max(1, len(self.tokens))
+        return tuple((hi - lo) / n for lo, hi in (self.splits["val"], self.splits["test"]))
+
     def resplit(self, val_frac: float, test_frac: float) -> TokenData:
         splits = split_bounds(len(self.tokens), val_frac, test_frac)
         return TokenData(self.tokens, self.vocab, splits, self.sources, self.folder, self.fingerprint)

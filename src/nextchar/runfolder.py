@@ -347,6 +347,11 @@ class RunFolder:
                               f"original text, or train a new run on it")
         return data
 
+    def split_data(self, config) -> TokenData:
+        """The run's data cut into the splits it trained with (config.data's fractions): the one
+        place that decides them for eval, report, resume and the benchmarks."""
+        return self.training_data().resplit(config.data.val_frac, config.data.test_frac)
+
     def check_data(self) -> None:
         """Refuse a run whose data changed under it (data that is gone is not checked)."""
         try:

@@ -721,7 +721,7 @@ def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = 
         config = RunConfig(saved.data, saved.model, train_config)
         dist = distributed.setup(resolve_device(train_config.device).type)
         device = _compute_device(config, dist)
-        data = folder.training_data().resplit(config.data.val_frac, config.data.test_frac)
+        data = folder.split_data(config)
         with folder.lock("resuming") if dist.is_main else contextlib.nullcontext():
             if dist.is_main:
                 folder.remove_stray_temps()  # of writes a crash cut short
@@ -736,12 +736,15 @@ def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = 
                 atomic_write(folder.file(CONFIG), config.to_json() + "\n")
             return trainer.fit()
 
+    inputs = list(inputs) if inputs else ["tinyshakespeare"]
+    external = len(inputs) == 1 and is_prepared(inputs[0])
+    if external:  # a prepared folder's split holds unless the command names another
+        val_frac, test_frac = load_prepared(inputs[0]).fractions()
+        options = {"val_frac": val_frac, "test_frac": test_frac, **options}
     config = build_config(options)  # validates every option before anything is touched
     folder = RunFolder(out if out is not None else default_out())
     dist = distributed.setup(resolve_device(config.train.device).type)
     device = _compute_device(config, dist)
-    inputs = list(inputs) if inputs else ["tinyshakespeare"]
-    external = len(inputs) == 1 and is_prepared(inputs[0])
     lock = contextlib.nullcontext()
     if dist.is_main:
         if not external:

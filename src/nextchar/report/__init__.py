@@ -40,12 +40,11 @@ __all__ = ["Analysis", "analyse", "render_html", "text_properties", "unit_correl
 def _load_data(folder: RunFolder, config) -> TokenData | None:
 
     try:
-        data = folder.training_data()
+        return folder.split_data(config)
     except DataChanged:
         raise
     except UserError:
         return None
-    return data.resplit(config.data.val_frac, config.data.test_frac)
 
 
 def _passage(data: TokenData | None, folder: RunFolder, text_file, passage_chars: int
