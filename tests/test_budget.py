@@ -23,12 +23,21 @@ def width_at(level, train_chars=SHAKESPEARE_TRAIN):
     return spend(level / TRAIN_SHARE, 1.0, train_chars, params_of)
 
 
-@pytest.mark.parametrize("level, width", [(2.7e12, 256), (5.4e12, 256)])
-def test_the_rule_picks_the_sweeps_validation_optimum(level, width):
-    """BENCHMARKS.md, "The budget rule": at both levels swept with today's defaults, 2x256 had
-    the lowest validation loss of 192..512."""
+# BENCHMARKS.md, "The budget rule": validation nats/char of each width trained at a compute level
+SWEEP = {
+    2.7e12: {192: 1.4372, 256: 1.4295, 320: 1.4574, 384: 1.5020},
+    5.4e12: {192: 1.4187, 256: 1.3885, 320: 1.3928, 384: 1.4012, 448: 1.4052, 512: 1.4212},
+    7.8e12: {256: 1.3905, 320: 1.3845, 384: 1.3761},
+}
+
+
+@pytest.mark.parametrize("level", sorted(SWEEP))
+def test_the_rule_picks_a_width_within_noise_of_the_sweeps_validation_optimum(level):
+    """At every swept level the rule's width is the best on validation, or within 0.5% of it
+    (about the spread of one width's reruns)."""
     chosen, data_limited, _ = width_at(level)
-    assert (chosen, data_limited) == (width, False)
+    assert not data_limited and chosen in SWEEP[level]
+    assert SWEEP[level][chosen] <= 1.005 * min(SWEEP[level].values())
 
 
 def test_many_passes_over_a_small_text_buy_a_larger_regularised_model():
@@ -53,7 +62,7 @@ def _fake_speed(monkeypatch, param_chars_per_s):
     monkeypatch.setattr(budget.devices.autotune, "bf16_possible", lambda device: False)
 
 
-@pytest.mark.parametrize("k, expect", [(1e9, 128), (5e9, 192), (3.5e10, 256), (2e11, 448)])
+@pytest.mark.parametrize("k, expect", [(1e9, 128), (5e9, 192), (3.5e10, 320), (2e11, 512)])
 def test_plan_sizes_the_model_from_the_measured_speed(monkeypatch, fresh_cache, k, expect):
     _fake_speed(monkeypatch, k)
     chosen = plan({"time": 180.0}, BASE, 32, 64, 10_000_000, torch.device("cpu"), "fp32")
