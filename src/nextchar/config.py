@@ -208,11 +208,12 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class DynamicConfig:
-    """Dynamic evaluation (nextchar.dynamic). Defaults from the sweep on validation text in BENCHMARKS.md ("Dynamic evaluation")."""
+    """Dynamic evaluation (nextchar.dynamic). The defaults are the best of a sweep on validation
+    text (BENCHMARKS.md, "Dynamic evaluation")."""
 
-    lr: float = 0.03  # SGD step on each window's mean loss, in nats
+    lr: float = 0.1  # SGD step on each window's mean loss, in nats
     decay: float = 0.001  # pull towards the trained weights per window
-    window: int = 64  # characters scored, then learned from, per step
+    window: int = 32  # characters scored, then learned from, per step
 
     def __post_init__(self) -> None:
         _check_types(self)
