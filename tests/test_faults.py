@@ -4,7 +4,6 @@ place and a run that `--resume` continues."""
 
 import errno
 import os
-import random
 import re
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from nextchar.cli import main
 from nextchar.config import TrainConfig
 from nextchar.errors import Diverged
 from nextchar.runfolder import CheckpointWriteError, load_checkpoint, load_model
-from processes import wait_until
+from processes import cli, wait_until
 
 TRAIN = ["--hidden", "32", "--layers", "1", "--embed", "16", "--batch-size", "4", "--seq-len", "16",
          "--sample-chars", "20", "--log-every", "5", "--quiet"]
@@ -82,35 +81,91 @@ def test_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, signum, code
     assert final["kind"] == "final" and final["step"] == step + 7 and final["stop"] == "steps"
 
 
-def test_sigkill_at_random_moments_leaves_a_resumable_run(tmp_path):
-    """Checkpoints every step, so many kills land in the middle of writing one."""
-    seed = int.from_bytes(os.urandom(4), "little")
-    rng = random.Random(seed)
+# ---- SIGKILL inside each step of a checkpoint write -----------------------------------------
+# NEXTCHAR_FAULT=POINT:NAME:N (runfolder.py) makes the process kill itself at POINT of its N-th
+# atomic write of NAME. With a checkpoint every step, latest.safetensors's N-th write is at step N;
+# with an evaluation every 4 steps, best.safetensors's 2nd is at step 8 (before latest's 8th).
+
+KILL_FLAGS = [*TRAIN, "--precision", "fp32", "--steps", 12, "--eval-every", 4, "--checkpoint-every", 1]
+
+
+def evals(run: Path) -> list[tuple]:
+    return [(r["step"], r["val_loss"], r["sample"]) for r in runfolder.RunFolder(run).read_metrics()
+            if r["kind"] == "eval"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    (folder / "tiny.txt").write_text(TEXT)
+    code, err = cli("train", folder / "tiny.txt", "--out", folder / "run", *KILL_FLAGS)
+    assert code == 0, err
+    assert [e[0] for e in evals(folder / "run")] == [4, 8, 12]
+    losses = [e[1] for e in evals(folder / "run")]
+    assert losses == sorted(losses, reverse=True)  # so each evaluation writes best.safetensors
+    return folder / "run"
+
+
+@pytest.mark.parametrize("name, point", [("latest.safetensors", p) for p in runfolder.FAULT_POINTS]
+                         + [("best.safetensors", "partial")])
+def test_sigkill_inside_a_checkpoint_write_loses_nothing(tmp_path, uninterrupted, name, point):
     (tmp_path / "tiny.txt").write_text(TEXT)
     run = tmp_path / "run"
-    latest = run / "latest.safetensors"
-    last_step = 0
-    for attempt in range(3):
-        if attempt == 0:
-            proc = start("train", "tiny.txt", "--out", "run", *TRAIN, "--steps", 100000,
-                         "--checkpoint-every", 1, "--eval-every", 7, cwd=tmp_path)
-        else:
-            proc = start("train", "--resume", "run", "--quiet", cwd=tmp_path)
-        wait_until(lambda done=last_step: latest.exists() and max(logged_steps(run), default=0) > done,
-                 proc)
-        time.sleep(rng.uniform(0.0, 0.4))
-        proc.kill()
-        proc.communicate(timeout=60)
-        _, meta = load_checkpoint(latest)  # the previous complete checkpoint, whatever the moment
-        assert meta["step"] >= last_step, f"seed {seed}"
-        last_step = meta["step"]
-        model = load_model(run)[0]  # best (or latest) loads too
-        assert all(torch.isfinite(p).all() for p in model.parameters())
-    resumed = nextchar.train(resume=run, steps=last_step + 5)
-    assert resumed.steps == last_step + 5, f"seed {seed}"
-    assert stray_temps(run) == []
-    steps = [r["step"] for r in runfolder.RunFolder(run).read_metrics() if r["kind"] == "train"]
+    nth = 6 if name == "latest.safetensors" else 2
+    proc = subprocess.run([sys.executable, "-m", "nextchar", "train", "tiny.txt", "--out", "run",
+                           *map(str, KILL_FLAGS)], cwd=tmp_path, capture_output=True, text=True,
+                          env=dict(os.environ, NEXTCHAR_FAULT=f"{point}:{name}:{nth}"), timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+    # the last complete checkpoints are in place: the new one only from its rename on
+    renamed = runfolder.FAULT_POINTS.index(point) >= runfolder.FAULT_POINTS.index("renamed")
+    latest_step = {"latest.safetensors": 6 if renamed else 5, "best.safetensors": 7}[name]
+    assert load_checkpoint(run / "latest.safetensors")[1]["step"] == latest_step
+    assert load_checkpoint(run / "best.safetensors")[1]["step"] == 4
+    model = load_model(run)[0]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    # where the kill landed: before the rename the new file is a temporary one beside the old
+    temps = stray_temps(run)
+    if renamed:
+        assert temps == []
+    else:
+        assert [t.name.split("-")[0] for t in temps] == [f".{name}.tmp"]
+        complete = (uninterrupted / name).stat().st_size
+        size = temps[0].stat().st_size
+        assert size == complete // 2 if point == "partial" else abs(size - complete) < 100
+
+    resumed = nextchar.train(resume=run)
+    assert resumed.steps == 12 and stray_temps(run) == []
+    for kept in ("latest.safetensors", "best.safetensors"):  # the run ends as if never killed
+        assert_same_tensors(load_checkpoint(run / kept)[0], load_checkpoint(uninterrupted / kept)[0])
+    assert evals(run) == evals(uninterrupted)
+    steps = logged_steps(run)
     assert steps == sorted(set(steps)), "metrics of a lost future were not dropped"
+
+
+def test_a_write_is_synced_before_its_rename_and_the_folder_after(tmp_path, monkeypatch):
+    """A kill cannot show a missing fsync (the OS keeps the data); a power cut would. So the order
+    of the calls is checked: the temporary file is fsynced, renamed over the old one, then the
+    folder is fsynced so that the rename itself is on disk."""
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst, *args, **kwargs):
+        calls.append(("rename", str(src), str(dst)))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(runfolder.os, "fsync", fsync)
+    monkeypatch.setattr(runfolder.os, "replace", replace)
+    folder = tmp_path.resolve()
+    target = folder / "latest.safetensors"
+    runfolder.save_checkpoint(target, {"w": torch.ones(3)}, {"step": 1})
+    temporary = str(folder / f".latest.safetensors.tmp-{os.getpid()}")
+    assert calls == [("fsync", temporary), ("rename", temporary, str(target)), ("fsync", str(folder))]
+    assert load_checkpoint(target)[1]["step"] == 1
 
 
 def test_stray_partial_temp_files_are_ignored_and_cleaned(tmp_path):
