@@ -3,6 +3,12 @@ initial weights and settings give the same weights and carried state, to 1e-6 in
 step and after 30 (two and a half epochs: warmup, the schedule's decay, clipping, ragged last
 windows, the state carried between windows and started afresh each epoch)."""
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -57,3 +63,35 @@ def test_steps_match_a_plain_pytorch_loop(tmp_path, case, steps):
     assert max_difference(prefixed(tensors, "model"), model.state_dict()) < 1e-6
     states = hidden if isinstance(hidden, tuple) else (hidden,)
     assert max_difference(prefixed(tensors, "hidden"), dict(zip("hc", states))) < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")),
+                    reason="torch.compile on the CPU needs a C compiler (cc or gcc), none found")
+def test_compile_trains_and_saves_the_same_weights(tmp_path):
+    """--compile runs the steps through torch.compile (inductor writes its kernels into the cache
+    folder given here) and trains to the weights of the same run without it."""
+    (tmp_path / "tiny.txt").write_text(TEXT)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**MODEL, **TRAIN}.items()]
+    flags += ["--steps", "6", "--precision", "fp32", "--sample-chars", "0", "--quiet"]
+    # one compile worker: on two cores the default pool's start-up alone took 20 s
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"),
+               TORCHINDUCTOR_COMPILE_THREADS="1")
+
+    def train(*args):
+        proc = subprocess.run([sys.executable, "-m", "nextchar", "train", *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+
+    def kernels() -> list[Path]:
+        return [p for p in (tmp_path / "inductor").rglob("*") if p.is_file()]
+
+    train("tiny.txt", "--out", "plain", *flags)
+    assert kernels() == []
+    train("tiny.txt", "--out", "compiled", *flags, "--compile")
+    assert kernels()  # it did compile
+    assert RunFolder(tmp_path / "compiled").read_config().train.compile is True
+    plain, compiled = (prefixed(load_checkpoint(tmp_path / name / "latest.safetensors")[0], "model")
+                       for name in ("plain", "compiled"))
+    print(f"compiled vs plain: {max_difference(compiled, plain):.2e}")
+    assert max_difference(compiled, plain) < 1e-5
