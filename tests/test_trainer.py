@@ -7,16 +7,20 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import nextchar
+import nextchar.trainer
 import plain_loop
+from clock import install as virtual_clock
 from nextchar.data import load_prepared
 from nextchar.model import CharRNN
 from nextchar.runfolder import RunFolder, load_checkpoint, prefixed
+from processes import cli
 
 LINE = "The quick brown fox jumps over the lazy dog; naïve café — déjà vu.\n"
 TEXT = "".join(f"{i}: {LINE}" for i in range(90))
@@ -95,3 +99,60 @@ def test_compile_trains_and_saves_the_same_weights(tmp_path):
                        for name in ("plain", "compiled"))
     print(f"compiled vs plain: {max_difference(compiled, plain):.2e}")
     assert max_difference(compiled, plain) < 1e-5
+
+
+# ---- --time as the only stop, on a virtual clock (clock.py) ---------------------------------
+
+TIMED = {"embed": 8, "hidden": 16, "layers": 1, "batch_size": 4, "seq_len": 16, "lr": 1e-2,
+         "warmup_steps": 5, "final_lr_frac": 0.05, "dropout": 0.0, "weight_decay": 0.0,
+         "precision": "fp32", "sample_chars": 0, "log_every": 1, "quiet": True}
+
+
+def test_time_alone_stops_the_run_plans_the_schedule_and_evaluates_ten_times(tmp_path, monkeypatch):
+    """--time 100 with a step of 1 s and free evaluations: 100 steps; an evaluation every tenth of
+    the budget (the last at the end); the lr of each step that of a 100-step schedule."""
+    virtual_clock(1.0, monkeypatch)
+    run = nextchar.train(text=TEXT, out=tmp_path / "run", time=100, **TIMED)
+    records = RunFolder(run.path).read_metrics()
+    assert (records[-1]["stop"], run.steps) == ("time", 100)
+    assert [r["step"] for r in records if r["kind"] == "eval"] == list(range(10, 101, 10))
+    lrs = [(r["step"], r["lr"]) for r in records if r["kind"] == "train"]
+    assert [step for step, _ in lrs] == list(range(1, 101))
+    for step, lr in lrs:  # the lr logged at step k is that of its (k-1)-th step from 0
+        assert lr == pytest.approx(plain_loop.lr_at(step - 1, 100, TIMED["lr"], TIMED["warmup_steps"],
+                                                    "wsd", TIMED["final_lr_frac"]), rel=1e-12)
+    assert lrs[-1][1] < 0.1 * TIMED["lr"]  # decayed by the end of the budget
+
+
+def test_time_budget_includes_evaluations_and_saving(tmp_path, monkeypatch):
+    """Evaluations that take 3 s each (on the virtual clock) come out of the budget: the run
+    keeps back time for its last evaluation and the test score, and ends within --time."""
+    clock = virtual_clock(1.0, monkeypatch)
+    real_score = nextchar.trainer.score_ids
+
+    def slow_score(*args, **kwargs):
+        clock.now += 3.0
+        return real_score(*args, **kwargs)
+
+    monkeypatch.setattr(nextchar.trainer, "score_ids", slow_score)
+    run = nextchar.train(text=TEXT, out=tmp_path / "run", time=100, **TIMED)
+    records = RunFolder(run.path).read_metrics()
+    assert records[-1]["kind"] == "final" and records[-1]["stop"] == "time"
+    assert 95 <= records[-1]["time"] <= 100 and run.steps < 80
+    evals = [r["time"] for r in records if r["kind"] == "eval"]
+    assert evals[:-1] == list(range(10, 91, 10))  # every tenth of the budget, then the last one
+    assert 90 < evals[-1] <= 100 - 2 * 3  # at the end, with time kept for it and the test score
+
+
+def test_time_alone_on_the_real_clock(tmp_path):
+    """The same through the CLI with real time: it stops on time, soon after the budget (the
+    margin is for a loaded two-core machine; the exact accounting is tested above)."""
+    (tmp_path / "tiny.txt").write_text(TEXT)
+    started = time.monotonic()
+    code, err = cli("train", tmp_path / "tiny.txt", "--out", tmp_path / "run", "--time", "3s",
+                    "--hidden", "16", "--layers", "1", "--embed", "8", "--batch-size", "4",
+                    "--seq-len", "16", "--precision", "fp32", "--quiet")
+    assert code == 0, err
+    final = RunFolder(tmp_path / "run").read_metrics()[-1]
+    assert final["stop"] == "time" and final["step"] > 0
+    assert final["time"] < 3 + 30 and time.monotonic() - started < 3 + 60
