@@ -7,6 +7,7 @@ written for GPUs that a CPU can run: the device-side skip (fused optimizer, foun
 checkpoints carrying CUDA state.
 """
 
+import json
 import math
 import os
 import signal
@@ -23,6 +24,7 @@ import torch.multiprocessing
 import nextchar.trainer as trainer
 import plain_loop
 import test_trainer
+from clock import install as virtual_clock
 from nextchar.cli import build_parser
 from nextchar.config import SampleConfig
 from nextchar.data import load_prepared
@@ -246,6 +248,37 @@ def test_stopped_rank_times_out_with_a_clear_message(text_dir):
     line = next(line for line in err.splitlines() if line.startswith("nextchar train"))
     assert "lost contact with the other training processes" in line
     assert "NEXTCHAR_DIST_TIMEOUT=5s" in line and f"--resume {run.name}" in line
+
+
+# ---- --time: every rank stops at the same step ----------------------------------------------
+
+def _rank_on_a_clock(rank: int, world: int, port: int, folder: str, text: str,
+                     seconds_per_step: list[float]) -> None:
+    """A rank whose trainer reads a virtual clock (clock.py) at its own pace; it writes the step
+    it stopped at to folder/../rank-N.json."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank), NEXTCHAR_DIST_TIMEOUT="20")
+    torch.set_num_threads(1)
+    virtual_clock(seconds_per_step[rank])
+    result = trainer.launch([text], folder, quiet=True, options=dict(OPTIONS, time=20, eval_chars=0))
+    (Path(folder).parent / f"rank-{rank}.json").write_text(json.dumps(
+        {"steps": result.steps, "stop": result.stop_reason}))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # as in _rank below
+
+
+def test_every_rank_stops_together_on_time(text_dir):
+    """Each rank decides from its own clock that the time is up; the ranks agree before stopping,
+    or the one still stepping would wait for the other forever. On virtual clocks of 1 s and
+    1.25 s a step, rank 1 finds --time 20 up after 16 steps, and both stop there."""
+    text = str(text_dir / "tiny.txt")
+    torch.multiprocessing.spawn(_rank_on_a_clock, nprocs=2, join=True,
+                                args=(2, _free_port(), str(text_dir / "run"), text, [1.0, 1.25]))
+    results = [json.loads((text_dir / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert results == [{"steps": 16, "stop": "time"}] * 2
+    assert load_checkpoint(text_dir / "run" / "latest.safetensors")[1]["step"] == 16
+    assert records(text_dir / "run", "final")[-1]["stop"] == "time"
 
 
 # ---- a non-finite loss on one rank ----------------------------------------------------------
