@@ -237,14 +237,16 @@ def test_stopped_rank_times_out_with_a_clear_message(text_dir):
     os.kill(rank1, signal.SIGSTOP)  # alive, holding its sockets open, answering nothing
     stopped = time.monotonic()
     try:
-        while alive(rank0) and time.monotonic() - stopped < 60:
+        while alive(rank0) and time.monotonic() - stopped < 120:
             time.sleep(0.05)
         waited = time.monotonic() - stopped
     finally:
         os.kill(rank1, signal.SIGKILL)
     code, err = finish(proc)
     assert code != 0
-    assert 4 < waited < 30
+    # not before the timeout (the first unanswered collective may have begun a step before the
+    # SIGSTOP), and long before the default one (1800 s); the margin is for a loaded machine
+    assert 4 < waited < 90
     line = next(line for line in err.splitlines() if line.startswith("nextchar train"))
     assert "lost contact with the other training processes" in line
     assert "NEXTCHAR_DIST_TIMEOUT=5s" in line and f"--resume {run.name}" in line
