@@ -1,8 +1,15 @@
 """Shared fixtures. Tiny models on one thread: fast, and no oversubscription of a 2-core machine."""
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # also reaches the CLI subprocesses
+# The checkout under test, not whichever nextchar is installed (an editable install of another
+# worktree, say): in this process and in the CLI subprocesses the tests start.
+SRC = str(Path(__file__).resolve().parent.parent / "src")
+sys.path.insert(0, SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join([SRC] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -17,10 +17,16 @@ TINY_TEXT = "".join(f"{i}: the quick brown fox jumps over the lazy dog.\n" for i
 
 def cli(*args) -> tuple[int, str]:
     """Run the CLI in this process: (exit code, stderr)."""
-    err = io.StringIO()
-    with redirect_stderr(err), redirect_stdout(io.StringIO()), pytest.raises(SystemExit) as ended:
+    code, _, err = cli_output(*args)
+    return code, err
+
+
+def cli_output(*args) -> tuple[int, str, str]:
+    """Run the CLI in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stderr(err), redirect_stdout(out), pytest.raises(SystemExit) as ended:
         main([str(a) for a in args])
-    return ended.value.code, err.getvalue()
+    return ended.value.code, out.getvalue(), err.getvalue()
 
 
 def wait_until(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:

@@ -87,7 +87,9 @@ def test_help_is_fast():
     started = time.perf_counter()
     proc = nextchar("--help")
     assert "train" in proc.stdout
-    assert time.perf_counter() - started < 5  # the floor (0.5 s) is measured in bench/, not here
+    # only a hang or a heavy import fails this on a loaded machine; the floor (0.5 s) is measured
+    # in bench/startup_memory.py, and the import check below is the exact one
+    assert time.perf_counter() - started < 30
     assert "torch" not in subprocess.run(
         [sys.executable, "-c", "import sys, nextchar.cli; print(sorted(sys.modules))"],
         capture_output=True, text=True).stdout

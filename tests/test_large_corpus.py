@@ -149,6 +149,8 @@ def test_training_on_a_huge_memory_mapped_corpus_never_loads_it(tmp_path):
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
     rss, seconds = _child_peak_rss_mib(["train", "data", "--out", "run", *flags, "--steps", "6",
                                         "--eval-chars", "2000", "--device", "cpu", "--quiet"], tmp_path)
-    assert rss < 1024 and seconds < 60, (rss, seconds)
+    # the memory shows the corpus was not loaded; the time only catches reading it all on a slow
+    # disk, with a margin for a loaded two-core machine (about 10 s here when it is idle)
+    assert rss < 1024 and seconds < 120, (rss, seconds)
     final = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert final["kind"] == "final" and final["step"] == 6 and final["val"]["chars"] == 1999

@@ -6,9 +6,13 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import TINY
+from nextchar.data import load_prepared
+from nextchar.runfolder import RunFolder, load_checkpoint, vocab_digest
+from nextchar.vocab import Vocab
 from processes import TINY_TEXT, TINY_TRAIN_FLAGS, cli
 
 TRAIN = TINY_TRAIN_FLAGS + ["--quiet"]
@@ -94,12 +98,29 @@ def test_prepare_replaces_only_a_folder_it_marked(tmp_path, text_file):
 
 
 def test_force_replaces_a_run(tmp_path, text_file):
+    """Everything of the old run goes: its data, weights, metrics, report and plot; what is left
+    is the new run alone."""
     run = tmp_path / "run"
     assert cli("train", text_file, "--out", run, *TRAIN)[0] == 0
+    (run / "report.html").write_text("<html>the old run</html>")  # as `report` and `plot` leave them
+    (run / "curves.png").write_bytes(b"\x89PNG the old run")
     assert "--force to overwrite it" in refused(cli("train", text_file, "--out", run, *TRAIN))
     (tmp_path / "u.txt").write_text(TEXT.upper())
-    assert cli("train", tmp_path / "u.txt", "--out", run, *TRAIN, "--force")[0] == 0
-    assert "T" in json.loads((run / "vocab.json").read_text())["symbols"]
+    new = [*TRAIN[:TRAIN.index("--steps")], "--steps", "5", *TRAIN[TRAIN.index("--steps") + 2:]]
+    assert cli("train", tmp_path / "u.txt", "--out", run, *new, "--force")[0] == 0
+
+    vocab = Vocab.from_json((run / "vocab.json").read_text())
+    assert vocab == Vocab.from_text(TEXT.upper())
+    data = load_prepared(run / "data")
+    assert vocab.decode(np.asarray(data.tokens).tolist()) == TEXT.upper()
+    assert json.loads((run / "source.json").read_text())["fingerprint"] == data.fingerprint
+    for name in ("best.safetensors", "latest.safetensors"):
+        meta = load_checkpoint(run / name)[1]
+        assert meta["vocab"] == vocab_digest(vocab) and meta["step"] == 5
+    records = RunFolder(run).read_metrics()
+    assert [r["kind"] for r in records].count("final") == 1 and records[-1]["step"] == 5
+    assert all(r["step"] <= 5 for r in records)
+    assert not (run / "report.html").exists() and not (run / "curves.png").exists()
 
 
 def test_force_never_replaces_a_run_that_holds_or_lies_inside_an_input(tmp_path, text_file):

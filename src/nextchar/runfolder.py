@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -72,16 +73,37 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# Steps of an atomic write, in order, where NEXTCHAR_FAULT can stop the process (see _fault).
+FAULT_POINTS = ("partial", "written", "synced", "renamed", "done")
+_writes: dict[str, int] = {}  # atomic writes of each file name by this process
+
+
+def _fault(point: str, path: Path, file=None) -> None:
+    """Test hook: NEXTCHAR_FAULT=POINT:NAME:N kills this process (SIGKILL, as a crash) at POINT of
+    its N-th atomic write of a file named NAME, so tests can stop a write at each of its steps."""
+    spec = os.environ.get("NEXTCHAR_FAULT")
+    if spec and spec == f"{point}:{path.name}:{_writes.get(path.name, 0)}":
+        if file is not None:
+            file.flush()  # what was written so far is in the file, as in a crash
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _writes[path.name] = _writes.get(path.name, 0) + 1
     try:
         with open(tmp, "wb") as f:
-            f.write(payload)
+            view, half = memoryview(payload), len(payload) // 2
+            f.write(view[:half])
+            _fault("partial", path, f)
+            f.write(view[half:])
             f.flush()
+            _fault("written", path)
             os.fsync(f.fileno())
+        _fault("synced", path)
         os.replace(tmp, path)
     except BaseException as exc:  # disk full, or a second Ctrl-C: leave no partial file behind
         try:
@@ -92,7 +114,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
             raise
         raise CheckpointWriteError(f"could not write {path}: {exc.strerror or exc}; "
                                    f"the previous file is unchanged") from None
+    _fault("renamed", path)
     _fsync_dir(path.parent)
+    _fault("done", path)
 
 
 def check_output_file(path: str | os.PathLike, flag: str) -> None:
