@@ -56,6 +56,15 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     m.add_argument("--hidden", type=int, help="hidden units per layer")
     m.add_argument("--embed", type=int, help="embedding size; 0 = one-hot input")
     m.add_argument("--dropout", type=float, help="dropout on each recurrent layer's output (between layers, before the head)")
+    m.add_argument("--locked-dropout", action=argparse.BooleanOptionalAction, default=None,
+                   help="--dropout's mask the same at every time step of a window (variational "
+                        "dropout; off by default)")
+    m.add_argument("--weight-drop", type=float, metavar="P",
+                   help="DropConnect: drop this fraction of the hidden-to-hidden weights, one mask "
+                        "per window (default 0)")
+    m.add_argument("--embed-drop", type=float, metavar="P",
+                   help="drop this fraction of the characters (whole rows of the embedding table), "
+                        "one mask per window (default 0)")
     t = p.add_argument_group("training")
     t.add_argument("--batch-size", type=int, help="parallel streams B")
     t.add_argument("--seq-len", type=int, help="window length T (truncated BPTT)")
@@ -199,10 +208,10 @@ def build_parser() -> Parser:
 
 
 TRAIN_OPTION_FLAGS = ("val_frac", "test_frac", "encoding", "errors", "cell", "layers", "hidden", "embed",
-                      "dropout", "batch_size", "seq_len", "lr", "schedule", "final_lr_frac",
-                      "warmup_steps", "optimizer", "weight_decay", "grad_clip", "steps", "epochs", "time",
-                      "eval_every", "eval_chars", "sample_chars", "log_every", "seed", "device", "threads", "precision",
-                      "compile")
+                      "dropout", "locked_dropout", "weight_drop", "embed_drop", "batch_size", "seq_len",
+                      "lr", "schedule", "final_lr_frac", "warmup_steps", "optimizer", "weight_decay",
+                      "grad_clip", "steps", "epochs", "time", "eval_every", "eval_chars", "sample_chars",
+                      "log_every", "seed", "device", "threads", "precision", "compile")
 
 
 def cmd_hihello(args) -> int:

@@ -108,6 +108,9 @@ class ModelConfig:
     hidden: int = 256
     layers: int = 2
     dropout: float = 0.0  # on each recurrent layer's output (between layers and before the head)
+    locked_dropout: bool = False  # dropout's mask shared by every time step of a window
+    weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden matrices, one mask per window
+    embed_drop: float = 0.0  # whole rows of the embedding table (characters) dropped per window
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -116,6 +119,8 @@ class ModelConfig:
         _require(self.layers >= 1, f"--layers must be at least 1, got {self.layers}")
         _require(self.embed >= 0, f"--embed must be 0 (one-hot) or positive, got {self.embed}")
         _require(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
+        _require(0 <= self.weight_drop < 1, f"--weight-drop must be in [0, 1), got {self.weight_drop}")
+        _require(0 <= self.embed_drop < 1, f"--embed-drop must be in [0, 1), got {self.embed_drop}")
         _require(self.vocab_size >= 0, f"vocab_size must not be negative, got {self.vocab_size}")
 
 
