@@ -178,16 +178,19 @@ def test_the_options_are_validated_like_the_others():
 
 
 def test_a_run_folder_from_before_these_options_still_loads_and_resumes(tmp_path, tiny_text, tiny_options):
-    """config.json written before weight drop, locked dropout and embedding dropout existed:
-    every reader takes the defaults for them (all off)."""
+    """config.json written before weight drop, locked dropout, embedding dropout and averaging
+    existed: every reader takes the defaults for them (all off)."""
     run = tmp_path / "run"
     nextchar.train(text=tiny_text, out=run, steps=4, **tiny_options)
     raw = json.loads((run / "config.json").read_text())
     for key in ("weight_drop", "embed_drop", "locked_dropout"):
         del raw["model"][key]
+    for key in ("average", "average_start", "average_decay"):
+        del raw["train"][key]
     (run / "config.json").write_text(json.dumps(raw))
     config = RunConfig.from_json((run / "config.json").read_text())
     assert (config.model.weight_drop, config.model.embed_drop, config.model.locked_dropout) == (0.0, 0.0, False)
+    assert config.train.average == "none"
     model = nextchar.load(run)
     assert model.evaluate(tiny_text[:200]).chars > 0
     assert nextchar.train(resume=run, steps=6).steps == 6

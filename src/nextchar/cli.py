@@ -15,7 +15,7 @@ import shlex
 import sys
 import time
 
-from .config import SCHEDULES, DynamicConfig, parse_duration
+from .config import AVERAGES, SCHEDULES, DynamicConfig, parse_duration
 from .errors import Diverged, Interrupted, PeerFailure, UserError
 
 PROG = "nextchar"
@@ -94,6 +94,13 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="bf16 autocast (weights stay fp32); auto (default) = the faster of the two, "
                         "timed here on the run's shapes in about a second and cached")
     t.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: its own choice)")
+    t.add_argument("--average", choices=AVERAGES,
+                   help="evaluate, keep and sample averaged weights: ema (moving average), swa "
+                        "(plain mean) or none (default)")
+    t.add_argument("--average-start", type=float, metavar="FRACTION",
+                   help="the share of the run after which averaging starts (default 0.5)")
+    t.add_argument("--average-decay", type=float, metavar="D",
+                   help="ema: weight of the old average at each step (default 0.999)")
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (off by default; pays off on GPUs, for long runs)")
 
@@ -211,7 +218,8 @@ TRAIN_OPTION_FLAGS = ("val_frac", "test_frac", "encoding", "errors", "cell", "la
                       "dropout", "locked_dropout", "weight_drop", "embed_drop", "batch_size", "seq_len",
                       "lr", "schedule", "final_lr_frac", "warmup_steps", "optimizer", "weight_decay",
                       "grad_clip", "steps", "epochs", "time", "eval_every", "eval_chars", "sample_chars",
-                      "log_every", "seed", "device", "threads", "precision", "compile")
+                      "log_every", "seed", "device", "threads", "precision", "compile", "average",
+                      "average_start", "average_decay")
 
 
 def cmd_hihello(args) -> int:

@@ -22,6 +22,7 @@ SCHEDULES = ("cosine", "linear", "constant", "wsd")
 OPTIMIZERS = ("adamw", "adam")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
+AVERAGES = ("none", "ema", "swa")
 
 C = TypeVar("C")
 
@@ -152,6 +153,9 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads (0 = PyTorch's default)
     compile: bool = False  # torch.compile the model
     precision: str = "auto"  # fp32 | bf16 (autocast; weights stay fp32) | auto: bf16 where the hardware has it
+    average: str = "none"  # evaluate and keep averaged weights: ema | swa | none (averaging.py)
+    average_start: float = 0.5  # fraction of the run (as the schedule counts it) before averaging starts
+    average_decay: float = 0.999  # EMA: weight of the old average per step
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -182,6 +186,12 @@ class TrainConfig:
         _require(self.precision in PRECISIONS,
                  f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _require(self.threads >= 0, f"--threads must not be negative, got {self.threads}")
+        _require(self.average in AVERAGES,
+                 f"--average must be one of {', '.join(AVERAGES)}, got {self.average!r}")
+        _require(0 <= self.average_start < 1,
+                 f"--average-start must be a fraction of the run in [0, 1), got {self.average_start}")
+        _require(0 < self.average_decay < 1,
+                 f"--average-decay must be in (0, 1), got {self.average_decay}")
 
 
 @dataclass(frozen=True)
