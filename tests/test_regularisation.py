@@ -194,3 +194,18 @@ def test_a_run_folder_from_before_these_options_still_loads_and_resumes(tmp_path
     model = nextchar.load(run)
     assert model.evaluate(tiny_text[:200]).chars > 0
     assert nextchar.train(resume=run, steps=6).steps == 6
+
+
+def test_the_report_summary_names_the_regularisers_and_the_average(tmp_path):
+    from nextchar.config import DataConfig, TrainConfig
+    from nextchar.report import _summary
+    from nextchar.runfolder import RunFolder
+    from nextchar.vocab import Vocab
+
+    model = ModelConfig(vocab_size=5, embed=4, hidden=8, dropout=0.3, locked_dropout=True,
+                        weight_drop=0.25, embed_drop=0.1)
+    config = RunConfig(DataConfig(), model, TrainConfig(average="ema", average_start=0.6))
+    rows = dict(_summary(RunFolder(tmp_path), CharRNN(model), Vocab("abcde"), config, {}, [], None))
+    assert rows["model"] == ("lstm, 2 layers x 8 hidden, embedding 4, locked dropout 0.3, "
+                             "weight drop 0.25, embedding dropout 0.1")
+    assert rows["weights"] == "averaged (ema, decay 0.999) from 60% of the run"
