@@ -13,6 +13,9 @@ checkpoints use the raw weights.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -101,10 +104,10 @@ class CharRNN(nn.Module):
         return dropout(x, self.config.dropout, self.training)
 
     def _recurrence(self, x: torch.Tensor, hidden: Hidden | None) -> tuple[torch.Tensor, Hidden]:
-        """x (B, T, E|V) -> (B, T, H) through the stacked cell: self.rnn itself, or while training
-        with weight drop, or with dropout between layers that nn.RNN cannot draw as we want (on
-        the CPU, where its bernoulli_ mask is slow; locked), the same fused kernel called with
-        explicit (masked) weights."""
+        """x (B, T, E|V) -> (B, T, H) through the stacked cell: self.rnn itself; or, while training
+        with weight drop or with dropout between layers that nn.RNN cannot draw our way (on the
+        CPU its bernoulli_ mask is slow; it has no locked mask), the same fused kernel called
+        with explicit, masked weights."""
         config = self.config
         between = config.dropout if config.layers > 1 else 0.0
         own_between = between > 0 and (not x.is_cuda or config.locked_dropout)
@@ -150,12 +153,17 @@ _KERNELS = {"lstm": torch.lstm, "gru": torch.gru, "rnn": torch.rnn_tanh, "rnn-re
 
 def _run(cell: str, x: torch.Tensor, hidden: Hidden, weights: list[torch.Tensor], layers: int,
          between: float) -> tuple[torch.Tensor, Hidden]:
-    """The fused kernel nn.LSTM/GRU/RNN call in training mode, with explicit weights (4 per layer)."""
-    # (input, state, weights, has_biases, layers, dropout, train, bidirectional, batch_first)
-    if cell == "lstm":
-        out, h, c = torch.lstm(x, hidden, weights, True, layers, between, True, False, True)
-        return out, (h, c)
-    return _KERNELS[cell](x, hidden, weights, True, layers, between, True, False, True)
+    """The fused kernel nn.LSTM/GRU/RNN calls in training mode, with explicit weights (4 per
+    layer). cuDNN copies weights that are not its flat buffer (masked ones) into one each call,
+    and warns that it does; that copy is the price of weight drop there, not news."""
+    with warnings.catch_warnings() if x.is_cuda else contextlib.nullcontext():
+        if x.is_cuda:
+            warnings.filterwarnings("ignore", message="RNN module weights are not part")
+        # (input, state, weights, has_biases, layers, dropout, train, bidirectional, batch_first)
+        if cell == "lstm":
+            out, h, c = torch.lstm(x, hidden, weights, True, layers, between, True, False, True)
+            return out, (h, c)
+        return _KERNELS[cell](x, hidden, weights, True, layers, between, True, False, True)
 
 
 def _autocasting(device_type: str) -> bool:
