@@ -18,13 +18,14 @@ from nextchar.trainer import Trainer
 
 
 def hand_average(snapshots: list[dict[str, torch.Tensor]], kind: str, decay: float) -> dict:
-    """EMA (starting from the first snapshot) or the plain mean, written out."""
+    """The plain mean, or the bias-corrected EMA as a weighted sum: snapshot i of n weighs
+    (1 - decay) decay^(n-1-i) / (1 - decay^n), which sum to 1."""
+    n = len(snapshots)
     if kind == "swa":
-        return {name: torch.stack([s[name] for s in snapshots]).mean(0) for name in snapshots[0]}
-    average = dict(snapshots[0])
-    for snapshot in snapshots[1:]:
-        average = {name: decay * average[name] + (1 - decay) * snapshot[name] for name in average}
-    return average
+        weights = [1 / n] * n
+    else:
+        weights = [(1 - decay) * decay ** (n - 1 - i) / (1 - decay ** n) for i in range(n)]
+    return {name: sum(w * s[name] for w, s in zip(weights, snapshots)) for name in snapshots[0]}
 
 
 def assert_close(actual: dict, expected: dict) -> None:

@@ -1,11 +1,14 @@
 """Weight averaging: the weights evaluated, kept as best and sampled are an average of the trained
 weights over the steps after a start point, held in a second CharRNN beside the trained one.
 
-    ema: avg <- decay * avg + (1 - decay) * w     after every step (an exponential moving average)
+    ema: the weights of the n steps so far, step i weighted by decay^(n - i), normalised:
+         avg <- avg + (w - avg) * (1 - decay) / (1 - decay^n)
+         (an exponential moving average with Adam's bias correction: about the plain mean while
+         n is small against 1 / (1 - decay), so the first weights averaged do not linger)
     swa: avg <- avg + (w - avg) / n               the plain mean of the n steps so far
          (stochastic weight averaging, Izmailov et al. 2018, averaged every step)
 
-Both start from a copy of the weights at the first averaged step. The trainer saves the average
+Both start as a copy of the weights at the first averaged step. The trainer saves the average
 (`average.*` tensors) and its count in latest.safetensors, so a resumed run averages on exactly as
 the uninterrupted one.
 """
@@ -34,7 +37,10 @@ class WeightAverage:
     def update(self, model: CharRNN) -> None:
         """Fold in the weights of `model` after one more step."""
         self.count += 1
-        weight = 1.0 - self.decay if self.kind == "ema" else 1.0 / self.count
+        if self.kind == "ema":
+            weight = (1.0 - self.decay) / (1.0 - self.decay ** self.count)
+        else:
+            weight = 1.0 / self.count
         for avg, w in zip(self.module.parameters(), model.parameters()):
             if self.count == 1:
                 avg.copy_(w)

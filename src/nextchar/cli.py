@@ -100,7 +100,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--average-start", type=float, metavar="FRACTION",
                    help="the share of the run after which averaging starts (default 0.5)")
     t.add_argument("--average-decay", type=float, metavar="D",
-                   help="ema: weight of the old average at each step (default 0.999)")
+                   help="ema: a step's weight shrinks by D with every later step, so about "
+                        "1/(1-D) steps count (default 0.999)")
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (off by default; pays off on GPUs, for long runs)")
 

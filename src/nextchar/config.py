@@ -155,7 +155,7 @@ class TrainConfig:
     precision: str = "auto"  # fp32 | bf16 (autocast; weights stay fp32) | auto: bf16 where the hardware has it
     average: str = "none"  # evaluate and keep averaged weights: ema | swa | none (averaging.py)
     average_start: float = 0.5  # fraction of the run (as the schedule counts it) before averaging starts
-    average_decay: float = 0.999  # EMA: weight of the old average per step
+    average_decay: float = 0.999  # EMA: a step's weight shrinks by this with every later step
 
     def __post_init__(self) -> None:
         _check_types(self)
