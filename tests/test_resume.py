@@ -1,7 +1,8 @@
 """Exact resume: on the CPU with the same thread count, a run interrupted and resumed ends with
 weights bit-identical to the same run uninterrupted. Data position, optimizer, schedule, RNG
-states and the carried hidden state all come back from latest.safetensors; dropout exercises
-the RNG, and the streams wrap around an epoch boundary (the hidden state is reset there).
+states, the carried hidden state and the weight average all come back from latest.safetensors;
+dropout exercises the RNG, and the streams wrap around an epoch boundary (the hidden state is
+reset there).
 
 The interruption is a real SIGINT that the process sends itself when it reads a chosen window,
 so the test knows exactly where it lands."""
@@ -54,7 +55,7 @@ def all_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def assert_identical_runs(a: Path, b: Path) -> None:
-    """Every tensor of best and latest (weights, optimizer, hidden state, RNG) bit for bit."""
+    """Every tensor of best and latest (weights, optimizer, hidden state, RNG, average) bit for bit."""
     for name in ("best.safetensors", "latest.safetensors"):
         (ta, ma), (tb, mb) = all_tensors(a / name), all_tensors(b / name)
         assert ta.keys() == tb.keys(), name
@@ -62,6 +63,7 @@ def assert_identical_runs(a: Path, b: Path) -> None:
         different = [k for k in ta if not torch.equal(ta[k], tb[k])]
         assert different == [], (name, different)
         assert ma["step"] == mb["step"] == OPTIONS["steps"]
+        assert ma.get("average") == mb.get("average")
     evals_a, evals_b = evals(a), evals(b)
     assert len(evals_a) == 10 and evals_a == evals_b
 
@@ -104,12 +106,20 @@ def test_cli_run_interrupted_by_sigint_and_resumed_is_bit_identical(tmp_path):
     assert_identical_runs(tmp_path / "whole", tmp_path / "cut")
 
 
+# averaging from step 12 of 40, so that the interruptions below land before and after its start;
+# with every regulariser on, as their masks use the RNG
+VARIANTS = {"lstm": {}, "gru": {"cell": "gru"},
+            "lstm-ema": {"average": "ema", "average_start": 0.3, "average_decay": 0.8,
+                         "weight_drop": 0.3, "embed_drop": 0.1, "locked_dropout": True},
+            "gru-swa": {"cell": "gru", "average": "swa", "average_start": 0.3}}
+
+
 @pytest.fixture(scope="module")
 def whole_runs(tmp_path_factory):
-    """The uninterrupted reference runs, in-process, one per cell."""
+    """The uninterrupted reference runs, in-process, one per variant."""
     folder = tmp_path_factory.mktemp("whole")
-    return {cell: Path(nextchar.train(text=TEXT, out=folder / cell, cell=cell, **OPTIONS).path)
-            for cell in ("lstm", "gru")}
+    return {name: Path(nextchar.train(text=TEXT, out=folder / name, **OPTIONS, **options).path)
+            for name, options in VARIANTS.items()}
 
 
 def interrupt_at(monkeypatch, stop_at: int) -> None:
@@ -124,20 +134,22 @@ def interrupt_at(monkeypatch, stop_at: int) -> None:
     monkeypatch.setattr(nextchar.data.Streams, "window", interrupting_window)
 
 
-@pytest.mark.parametrize("cell, stops", [
+@pytest.mark.parametrize("variant, stops", [
     ("lstm", [4]),  # stopped at step 4 (checkpoint k stops after step k), an evaluation step
     ("lstm", [10]),
     ("lstm", [24]),  # just past the epoch boundary (23 windows)
     ("lstm", [8, 13, 9]),  # interrupted three times: at steps 8, 21 and 30
     ("gru", [30]),
+    ("lstm-ema", [8, 13, 9]),  # before averaging starts, then twice after
+    ("gru-swa", [14]),
 ])
-def test_in_process_interrupted_runs_are_bit_identical(tmp_path, monkeypatch, whole_runs, cell, stops):
+def test_in_process_interrupted_runs_are_bit_identical(tmp_path, monkeypatch, whole_runs, variant, stops):
     run = tmp_path / "run"
     for session, stop_at in enumerate(stops):
         interrupt_at(monkeypatch, stop_at)
         with pytest.raises(Interrupted) as stopped:
             if session == 0:
-                nextchar.train(text=TEXT, out=run, cell=cell, **OPTIONS)
+                nextchar.train(text=TEXT, out=run, **OPTIONS, **VARIANTS[variant])
             else:
                 nextchar.train(resume=run)
         assert stopped.value.signum == signal.SIGINT
@@ -146,9 +158,11 @@ def test_in_process_interrupted_runs_are_bit_identical(tmp_path, monkeypatch, wh
     with open(run / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"kind": "train", "step": 39, "loss": 0.1}) + "\n" + '{"kind": "ev')
     assert nextchar.train(resume=run).steps == OPTIONS["steps"]
-    assert_identical_runs(whole_runs[cell], run)
+    assert_identical_runs(whole_runs[variant], run)
     kinds = [(r["kind"], r["step"]) for r in RunFolder(run).read_metrics()]
-    assert kinds == [(r["kind"], r["step"]) for r in RunFolder(whole_runs[cell]).read_metrics()]
+    assert kinds == [(r["kind"], r["step"]) for r in RunFolder(whole_runs[variant]).read_metrics()]
+    if "average" in VARIANTS[variant]:
+        assert load_checkpoint(run / "latest.safetensors")[1]["average"]["count"] == 29  # steps 12-40
 
 
 def test_resume_of_a_finished_run_changes_nothing_but_can_extend_it(tmp_path, whole_runs):

@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 
-from .config import SCHEDULES, DynamicConfig, parse_duration
+from .config import AVERAGES, SCHEDULES, DynamicConfig, parse_duration
 from .errors import Diverged, Interrupted, PeerFailure, UserError
 
 PROG = "nextchar"
@@ -57,6 +57,15 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     m.add_argument("--hidden", type=int, help="hidden units per layer")
     m.add_argument("--embed", type=int, help="embedding size; 0 = one-hot input")
     m.add_argument("--dropout", type=float, help="dropout on each recurrent layer's output (between layers, before the head)")
+    m.add_argument("--locked-dropout", action=argparse.BooleanOptionalAction, default=None,
+                   help="--dropout's mask the same at every time step of a window (variational "
+                        "dropout; off by default)")
+    m.add_argument("--weight-drop", type=float, metavar="P",
+                   help="DropConnect: drop this fraction of the hidden-to-hidden weights, one mask "
+                        "per window (default 0)")
+    m.add_argument("--embed-drop", type=float, metavar="P",
+                   help="drop this fraction of the characters (whole rows of the embedding table), "
+                        "one mask per window (default 0)")
     t = p.add_argument_group("training")
     t.add_argument("--batch-size", type=int, help="parallel streams B")
     t.add_argument("--seq-len", type=int, help="window length T (truncated BPTT)")
@@ -86,6 +95,14 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="bf16 autocast (weights stay fp32); auto (default) = the faster of the two, "
                         "timed here on the run's shapes in about a second and cached")
     t.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: its own choice)")
+    t.add_argument("--average", choices=AVERAGES,
+                   help="evaluate, keep and sample averaged weights: ema (moving average), swa "
+                        "(plain mean) or none (default)")
+    t.add_argument("--average-start", type=float, metavar="FRACTION",
+                   help="the share of the run after which averaging starts (default 0.5)")
+    t.add_argument("--average-decay", type=float, metavar="D",
+                   help="ema: a step's weight shrinks by D with every later step, so about "
+                        "1/(1-D) steps count (default 0.999)")
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (off by default; pays off on GPUs, for long runs)")
 
@@ -200,10 +217,11 @@ def build_parser() -> Parser:
 
 
 TRAIN_OPTION_FLAGS = ("val_frac", "test_frac", "encoding", "errors", "cell", "layers", "hidden", "embed",
-                      "dropout", "batch_size", "seq_len", "lr", "schedule", "final_lr_frac",
-                      "warmup_steps", "optimizer", "weight_decay", "grad_clip", "steps", "epochs", "time",
-                      "eval_every", "eval_chars", "sample_chars", "log_every", "seed", "device", "threads", "precision",
-                      "compile")
+                      "dropout", "locked_dropout", "weight_drop", "embed_drop", "batch_size", "seq_len",
+                      "lr", "schedule", "final_lr_frac", "warmup_steps", "optimizer", "weight_decay",
+                      "grad_clip", "steps", "epochs", "time", "eval_every", "eval_chars", "sample_chars",
+                      "log_every", "seed", "device", "threads", "precision", "compile", "average",
+                      "average_start", "average_decay")
 
 
 def cmd_hihello(args) -> int:

@@ -22,6 +22,7 @@ SCHEDULES = ("cosine", "linear", "constant", "wsd")
 OPTIMIZERS = ("adamw", "adam")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
+AVERAGES = ("none", "ema", "swa")
 
 C = TypeVar("C")
 
@@ -108,6 +109,9 @@ class ModelConfig:
     hidden: int = 256
     layers: int = 2
     dropout: float = 0.0  # on each recurrent layer's output (between layers and before the head)
+    locked_dropout: bool = False  # dropout's mask shared by every time step of a window
+    weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden matrices, one mask per window
+    embed_drop: float = 0.0  # whole rows of the embedding table (characters) dropped per window
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -116,6 +120,8 @@ class ModelConfig:
         _require(self.layers >= 1, f"--layers must be at least 1, got {self.layers}")
         _require(self.embed >= 0, f"--embed must be 0 (one-hot) or positive, got {self.embed}")
         _require(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
+        _require(0 <= self.weight_drop < 1, f"--weight-drop must be in [0, 1), got {self.weight_drop}")
+        _require(0 <= self.embed_drop < 1, f"--embed-drop must be in [0, 1), got {self.embed_drop}")
         _require(self.vocab_size >= 0, f"vocab_size must not be negative, got {self.vocab_size}")
 
 
@@ -147,6 +153,9 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads (0 = PyTorch's default)
     compile: bool = False  # torch.compile the model
     precision: str = "auto"  # fp32 | bf16 (autocast; weights stay fp32) | auto: bf16 where the hardware has it
+    average: str = "none"  # evaluate and keep averaged weights: ema | swa | none (averaging.py)
+    average_start: float = 0.5  # fraction of the run (as the schedule counts it) before averaging starts
+    average_decay: float = 0.999  # EMA: a step's weight shrinks by this with every later step
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -177,6 +186,12 @@ class TrainConfig:
         _require(self.precision in PRECISIONS,
                  f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _require(self.threads >= 0, f"--threads must not be negative, got {self.threads}")
+        _require(self.average in AVERAGES,
+                 f"--average must be one of {', '.join(AVERAGES)}, got {self.average!r}")
+        _require(0 <= self.average_start < 1,
+                 f"--average-start must be a fraction of the run in [0, 1), got {self.average_start}")
+        _require(0 < self.average_decay < 1,
+                 f"--average-decay must be in (0, 1), got {self.average_decay}")
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,19 @@
 
 B = batch (streams), T = time steps, V = vocabulary size, E = embedding size, H = hidden size,
 L = layers. Built on torch.nn's fused recurrent modules (oneDNN on CPU, cuDNN on GPU).
+
+Regularisation, while training only (AWD-LSTM, Merity et al. 2017, arXiv:1708.02182), each one
+mask per window so that the fused kernels still run: `dropout` on each layer's output (its mask
+shared over time with `locked_dropout`), `weight_drop` (DropConnect on the hidden-to-hidden
+matrices: the kernel runs with W_hh * mask) and `embed_drop` (whole rows of the embedding table,
+that is whole characters, dropped). Masks are scaled by 1/(1-p), so evaluation, sampling and
+checkpoints use the raw weights.
 """
 
 from __future__ import annotations
+
+import contextlib
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +38,8 @@ class CharRNN(nn.Module):
     """ids (B, T) -> logits (B, T, V) and the hidden state to carry into the next window.
 
     An embedding (or one-hot rows when config.embed is 0), a stacked nn.LSTM / nn.GRU / nn.RNN
-    (fused kernels), dropout on each layer's output while training, and a linear head. The
-    sampler (sample.py) steps the same weights one character at a time."""
+    (fused kernels), the regularisers above while training, and a linear head. The sampler
+    (sample.py) steps the same weights one character at a time."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -70,6 +80,9 @@ class CharRNN(nn.Module):
     def forward(self, idx: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
         """idx (B, T) ids, hidden from the previous window (zeros if None) -> logits (B, T, V), hidden."""
         x = self.inputs(idx)  # (B, T, E|V)
+        if self.training and self.config.embed_drop > 0:  # whole characters: rows of the table
+            rows = keep_mask((self.config.vocab_size, 1), self.config.embed_drop, x.device, x.dtype)
+            x = x * rows[idx]  # (B, T, 1) broadcast over E
         if hidden is not None and not _autocasting(x.device.type):
             # bf16 state carried into an fp32 window (a run resumed in another precision): exact
             hidden = _cast(hidden, x.dtype)
@@ -77,37 +90,80 @@ class CharRNN(nn.Module):
             # CUDA autocast runs cuDNN's RNN in fp16 whatever its dtype, and fp16 gradients need
             # loss scaling: the recurrence stays fp32 (TF32 on tensor cores), the head autocasts.
             with torch.autocast("cuda", enabled=False):
-                out, hidden = self.rnn(x.float(), hidden)  # (B, T, H)
-        elif self.training and self.config.dropout > 0 and self.config.layers > 1 and not x.is_cuda:
-            out, hidden = self._layer_by_layer(x, hidden)  # (B, T, H)
+                out, hidden = self._recurrence(x.float(), hidden)  # (B, T, H)
         else:
-            out, hidden = self.rnn(x, hidden)  # (B, T, H)
-        out = dropout(out, self.config.dropout, self.training)
+            out, hidden = self._recurrence(x, hidden)  # (B, T, H)
+        out = self._dropout(out)
         return self.head(out), hidden  # (B, T, V)
 
-    def _layer_by_layer(self, x: torch.Tensor, hidden: Hidden | None) -> tuple[torch.Tensor, Hidden]:
-        """self.rnn's math, one layer per fused call with `dropout` between the layers. On CPU the
-        RNN's own inter-layer dropout draws its mask with bernoulli_, which costs 5% of a
-        2x768 training step on its own (BENCHMARKS.md)."""
-        L, cell = self.config.layers, self.config.cell
+    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
+        """--dropout on a layer's output (B, T, H): a fresh mask per element, or with
+        locked_dropout one per stream, the same at every time step."""
+        if self.config.locked_dropout:
+            return locked_dropout(x, self.config.dropout, self.training)
+        return dropout(x, self.config.dropout, self.training)
+
+    def _recurrence(self, x: torch.Tensor, hidden: Hidden | None) -> tuple[torch.Tensor, Hidden]:
+        """x (B, T, E|V) -> (B, T, H) through the stacked cell: self.rnn itself; or, while training
+        with weight drop or with dropout between layers that nn.RNN cannot draw our way (on the
+        CPU its bernoulli_ mask is slow; it has no locked mask), the same fused kernel called
+        with explicit, masked weights."""
+        config = self.config
+        between = config.dropout if config.layers > 1 else 0.0
+        own_between = between > 0 and (not x.is_cuda or config.locked_dropout)
+        if not self.training or not (config.weight_drop > 0 or own_between):
+            return self.rnn(x, hidden)
         if hidden is None:
             hidden = self.init_hidden(x.size(0), x.device)
-        run = {"lstm": torch.lstm, "gru": torch.gru, "rnn": torch.rnn_tanh, "rnn-relu": torch.rnn_relu}[cell]
+        weights = [list(layer) for layer in self.rnn.all_weights]  # [w_ih, w_hh, b_ih, b_hh] per layer
+        if config.weight_drop > 0:  # DropConnect: one mask per window, on W_hh only
+            for layer in weights:
+                layer[1] = layer[1] * keep_mask(layer[1].shape, config.weight_drop, x.device, layer[1].dtype)
+        if own_between:
+            return self._layer_by_layer(x, hidden, weights)
+        # the whole stack in one fused call (on the GPU with cuDNN's own dropout between layers)
+        flat = [w for layer in weights for w in layer]
+        return _run(config.cell, x, hidden, flat, config.layers, between)
+
+    def _layer_by_layer(self, x: torch.Tensor, hidden: Hidden,
+                        weights: list[list[torch.Tensor]]) -> tuple[torch.Tensor, Hidden]:
+        """self.rnn's math, one fused call per layer with our dropout between the layers. On CPU
+        the RNN's own inter-layer dropout draws its mask with bernoulli_, which costs 5% of a
+        2x768 training step on its own (BENCHMARKS.md)."""
+        L, lstm = self.config.layers, self.is_lstm
         hs, cs = [], []
-        for k, weights in enumerate(self.rnn.all_weights):  # [w_ih, w_hh, b_ih, b_hh] of layer k
-            # (input, state, weights, has_biases, layers, dropout, train, bidirectional, batch_first)
-            if cell == "lstm":
-                x, h, c = run(x, (hidden[0][k:k + 1], hidden[1][k:k + 1]), weights, True, 1, 0.0, True, False, True)
-                cs.append(c)
+        for k in range(L):
+            state = (hidden[0][k:k + 1], hidden[1][k:k + 1]) if lstm else hidden[k:k + 1]
+            x, state = _run(self.config.cell, x, state, weights[k], 1, 0.0)
+            if lstm:
+                hs.append(state[0])
+                cs.append(state[1])
             else:
-                x, h = run(x, hidden[k:k + 1], weights, True, 1, 0.0, True, False, True)
-            hs.append(h)
+                hs.append(state)
             if k < L - 1:
-                x = dropout(x, self.config.dropout, True)
-        return x, ((torch.cat(hs), torch.cat(cs)) if cell == "lstm" else torch.cat(hs))
+                x = self._dropout(x)
+        return x, ((torch.cat(hs), torch.cat(cs)) if lstm else torch.cat(hs))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+_KERNELS = {"lstm": torch.lstm, "gru": torch.gru, "rnn": torch.rnn_tanh, "rnn-relu": torch.rnn_relu}
+
+
+def _run(cell: str, x: torch.Tensor, hidden: Hidden, weights: list[torch.Tensor], layers: int,
+         between: float) -> tuple[torch.Tensor, Hidden]:
+    """The fused kernel nn.LSTM/GRU/RNN calls in training mode, with explicit weights (4 per
+    layer). cuDNN copies weights that are not its flat buffer (masked ones) into one each call,
+    and warns that it does; that copy is the price of weight drop there, not news."""
+    with warnings.catch_warnings() if x.is_cuda else contextlib.nullcontext():
+        if x.is_cuda:
+            warnings.filterwarnings("ignore", message="RNN module weights are not part")
+        # (input, state, weights, has_biases, layers, dropout, train, bidirectional, batch_first)
+        if cell == "lstm":
+            out, h, c = torch.lstm(x, hidden, weights, True, layers, between, True, False, True)
+            return out, (h, c)
+        return _KERNELS[cell](x, hidden, weights, True, layers, between, True, False, True)
 
 
 def _autocasting(device_type: str) -> bool:
@@ -123,15 +179,29 @@ def _cast(hidden: Hidden, dtype: torch.dtype) -> Hidden:
     return hidden.to(dtype)
 
 
+def keep_mask(shape: tuple[int, ...], p: float, device: torch.device | str,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Inverted-dropout mask of `shape`: 0 with probability p, else 1/(1-p). From torch.rand,
+    about 3x faster on CPU than a bernoulli_ draw (5 vs 14-18 ms for 32x64x768 values)."""
+    keep = torch.rand(shape, device=device) >= p
+    return keep.to(dtype).mul_(1.0 / (1.0 - p))
+
+
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Inverted dropout. On CPU the mask comes from torch.rand, about 3x faster than the
-    bernoulli_ draw inside F.dropout (5 vs 14-18 ms for a 32x64x768 activation)."""
+    """Inverted dropout, a mask value per element (F.dropout's own on the GPU)."""
     if not training or p == 0:
         return x
     if x.is_cuda:
         return F.dropout(x, p, True)
-    keep = torch.rand(x.shape, device=x.device) >= p
-    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+    return x * keep_mask(x.shape, p, x.device, x.dtype)
+
+
+def locked_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Variational dropout of x (B, T, H): one mask per stream and unit, the same at every time
+    step (Gal and Ghahramani 2016), so a unit that is dropped stays dropped for the window."""
+    if not training or p == 0:
+        return x
+    return x * keep_mask((x.size(0), 1, x.size(2)), p, x.device, x.dtype)  # (B, 1, H) over T
 
 
 def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:

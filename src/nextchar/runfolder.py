@@ -8,7 +8,8 @@
       source.json         the fingerprint of the data it trained on (and that data's folder
                           when it is not data/)
       best.safetensors    weights with the best validation loss
-      latest.safetensors  weights + optimizer + carried hidden state + RNG: the resume point
+      latest.safetensors  weights + optimizer + carried hidden state + RNG (+ the weight average,
+                          with --average): the resume point
       metrics.jsonl       one JSON object per log step and per evaluation
       machine.json        the machine it ran on and what `auto` chose there, with the timings
       .nextchar.lock      held (flock) by the one process writing the run; see folderlock.py
@@ -407,7 +408,8 @@ def load_model(path: str | os.PathLike, which: str = "best",
     if meta.get("vocab", vocab_digest(vocab)) != vocab_digest(vocab):
         raise UserError(f"{folder.file(VOCAB)} is not the vocabulary {folder.weights_path(which)} "
                         f"was trained with: the vocab does not match the weights")
-    weights = prefixed(tensors, "model")
+    # a resume checkpoint of a run that averages its weights holds both: the average is the model
+    weights = prefixed(tensors, "average") or prefixed(tensors, "model")
     if config.model.vocab_size < 2:
         raise UserError(f"{folder.file(CONFIG)} describes no usable model (vocab_size < 2)")
     # compare shapes before building anything, so a damaged config cannot ask for huge tensors

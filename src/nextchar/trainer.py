@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from . import autotune, budget, devices, distributed
 from .autotune import Choice
+from .averaging import WeightAverage
 from .config import (
     DataConfig,
     ModelConfig,
@@ -140,6 +141,8 @@ class Trainer:
         self.model = CharRNN(config.model).to(self.device)
         self.defer_checks = _defers_checks(self.device)
         self.optimizer = _optimizer(self.model, tc, fused=self.defer_checks)
+        self.average = (WeightAverage(self.model, tc.average, tc.average_decay)
+                        if tc.average != "none" else None)
         self.ddp = None
         if self.dist.active:
             with self.dist.guard("the start of data-parallel training"):
@@ -217,6 +220,18 @@ class Trainer:
                            f"learning rate, e.g. nextchar train --resume {self.folder.path} "
                            f"--lr {self.config.train.lr / 3:.2g}")
 
+    def _weights_in_use(self) -> CharRNN:
+        """What evaluation, best.safetensors and the previews use: the average once it has begun,
+        the trained weights before that (or without averaging)."""
+        if self.average is not None and self.average.count:
+            return self.average.module
+        return self.model
+
+    def _average_record(self) -> dict[str, Any] | None:
+        if self.average is None:
+            return None
+        return {"kind": self.average.kind, "count": self.average.count}
+
     def _save_latest(self, elapsed: float) -> None:
         self._check_weights()
         hidden = self._hidden_tensors()  # collective: every rank takes part
@@ -227,6 +242,8 @@ class Trainer:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update(optim_tensors)
         tensors.update(hidden)
+        if self.average is not None:
+            tensors.update({f"average.{k}": v for k, v in self.average.tensors().items()})
         tensors["rng.cpu"] = torch.get_rng_state()
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
@@ -235,16 +252,17 @@ class Trainer:
                 "best_result": self.best_result.to_dict() if self.best_result else None,
                 "next_eval_time": self.next_eval_time if math.isfinite(self.next_eval_time) else None,
                 "last_eval_step": self.last_eval_step, "param_groups": groups,
+                "average": self._average_record(),
                 "world_size": self.dist.world, "batch_size": self.config.train.batch_size,
                 "vocab": vocab_digest(self.data.vocab)}
         save_checkpoint(self.folder.file(LATEST), tensors, meta)
         self.save_cost = time.perf_counter() - started
 
     def _save_best(self, result: EvalResult) -> None:
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors = {f"model.{k}": v for k, v in self._weights_in_use().state_dict().items()}
         save_checkpoint(self.folder.file(BEST), tensors,
                         {"kind": "weights", "step": self.step, "val": result.to_dict(),
-                         "vocab": vocab_digest(self.data.vocab)})
+                         "vocab": vocab_digest(self.data.vocab), "average": self._average_record()})
 
     def _restore(self) -> None:
         tensors, meta = load_checkpoint(self.folder.file(LATEST))
@@ -258,6 +276,10 @@ class Trainer:
         try:
             self.model.load_state_dict(prefixed(tensors, "model"))
             _load_optimizer(self.optimizer, tensors, meta["param_groups"])
+            saved = meta.get("average") or {}
+            if self.average is not None and saved.get("kind") == self.average.kind:
+                self.average.load(prefixed(tensors, "average"), int(saved["count"]))
+            # else: averaging turned on (or changed) by this resume starts afresh
         except (RuntimeError, ValueError, KeyError) as exc:
             raise UserError(f"{self.folder.file(LATEST)} does not match this run's model ({exc})") from None
         # a resumed run may change --lr or --weight-decay; group 0 holds the decayed matrices
@@ -297,7 +319,7 @@ class Trainer:
     def _sample(self, length: int, seed: int) -> str:
         if length <= 0:
             return ""
-        sampler = Sampler(self.model, self.data.vocab)  # previews: the fastest weights here
+        sampler = Sampler(self._weights_in_use(), self.data.vocab)  # previews: the fastest format here
         text = sampler.generate(SampleConfig(length=length, temperature=0.8, seed=seed))[0]
         self.model.train()
         return text
@@ -306,7 +328,7 @@ class Trainer:
         started = time.perf_counter()
         result = None
         if len(self.val_ids) >= 2:
-            result = score_ids(self.model, self.val_ids, device=self.device,
+            result = score_ids(self._weights_in_use(), self.val_ids, device=self.device,
                                precision=self.eval_precision)
             self.model.train()
             if result.nats_per_char < self.best_val:
@@ -320,6 +342,8 @@ class Trainer:
         self.eval_cost = time.perf_counter() - started
         record = {"kind": "eval", "step": self.step, "chars": self.chars_seen, "time": round(elapsed, 3),
                   "sample": sample}
+        if self.average is not None:  # the steps averaged into the weights scored (0: none yet)
+            record["averaged_steps"] = self.average.count
         if result:
             record.update(val_loss=result.nats_per_char, val_bpc=result.bits_per_char,
                           val_accuracy=result.accuracy)
@@ -404,6 +428,11 @@ class Trainer:
                        f"{self.step}; the last good checkpoint is kept in {self.folder.path}; "
                        f"resume with a lower learning rate, e.g. nextchar train --resume "
                        f"{self.folder.path} --lr {tc.lr / 3:.2g}")
+
+    def _average_step(self, elapsed: float) -> None:
+        """Fold the weights after this step into the average, once the run is far enough in."""
+        if self.average is not None and self._progress(elapsed) >= self.config.train.average_start:
+            self.average.update(self.model)
 
     def _fit(self) -> TrainResult:
         tc = self.config.train
@@ -498,6 +527,7 @@ class Trainer:
             if defer:  # no host sync: the fused optimizer skips a non-finite step on the device
                 self.optimizer.found_inf = (~finite).float()
                 self.optimizer.step()
+                self._average_step(elapsed)  # a skipped step averages the unchanged weights again
                 self.hidden = _zero_unless(finite, detach_hidden(hidden))
                 bad = (~finite).long()
                 bad_counts[0] = (bad_counts[0] + 1) * bad
@@ -507,6 +537,7 @@ class Trainer:
                 log_valid += finite.long() * local_valid
             elif bool(finite):
                 self.optimizer.step()
+                self._average_step(elapsed)
                 self.hidden = detach_hidden(hidden)
                 bad_in_row = 0
                 log_loss += float(loss_sum.detach())

@@ -108,9 +108,15 @@ def _summary(folder: RunFolder, module: CharRNN, vocab: Vocab, config, meta: dic
     rows.append(("vocabulary", f"{len(vocab)} symbols"))
     m = config.model
     inputs = f"embedding {m.embed}" if m.embed else "one-hot input"
-    dropout = f", dropout {m.dropout:g}" if m.dropout and m.layers > 1 else ""
-    rows.append(("model", f"{m.cell}, {m.layers} layer{'s' if m.layers > 1 else ''} x {m.hidden} "
-                          f"hidden, {inputs}{dropout}"))
+    regularisers = [f"{'locked ' if m.locked_dropout else ''}dropout {m.dropout:g}" if m.dropout else "",
+                    f"weight drop {m.weight_drop:g}" if m.weight_drop else "",
+                    f"embedding dropout {m.embed_drop:g}" if m.embed_drop else ""]
+    rows.append(("model", ", ".join([f"{m.cell}, {m.layers} layer{'s' if m.layers > 1 else ''} x "
+                                     f"{m.hidden} hidden", inputs, *filter(None, regularisers)])))
+    t = config.train
+    if t.average != "none":
+        decay = f", decay {t.average_decay:g}" if t.average == "ema" else ""
+        rows.append(("weights", f"averaged ({t.average}{decay}) from {t.average_start:.0%} of the run"))
     rows.append(("parameters", f"{module.num_parameters():,}"))
     finals = [r for r in metrics if r.get("kind") == "final"]
     final = finals[-1] if finals else None
