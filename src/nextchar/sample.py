@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -185,17 +185,32 @@ class StepModel:
     def from_module_hidden(self, hidden: Hidden) -> StepState:
         """The module's (L, B, H) hidden [and cell] state -> a StepState."""
         h, c = hidden if self.cell == "lstm" else (hidden, None)
-        B, H, L = h.size(1), self.H, self.L
-        z = torch.empty(B, L * H, dtype=self.dtype, device=h.device)  # fresh, so aligned
+        B, L = h.size(1), self.L
+        z = torch.empty(B, L * self.H, dtype=self.dtype, device=h.device)  # fresh, so aligned
         z.copy_(h.detach().permute(1, 0, 2).reshape(B, -1))
         cells = [c[k].detach().float().clone() for k in range(L)] if c is not None else []
+        return self._state(z, cells)
+
+    def join(self, states: list[StepState]) -> StepState:
+        """The rows of several states, in order, as one new state (streams joining a batch)."""
+        z = torch.cat([s.z for s in states])  # (B, L*H), fresh
+        cells = [torch.cat([s.c[k] for s in states]) for k in range(len(states[0].c))]
+        return self._state(z, cells)
+
+    def select(self, state: StepState, rows: torch.Tensor) -> StepState:
+        """A new state holding `rows` (B',) of `state`, in that order (streams leaving)."""
+        return self._state(state.z.index_select(0, rows), [c.index_select(0, rows) for c in state.c])
+
+    def _state(self, z: torch.Tensor, cells: list[torch.Tensor]) -> StepState:
+        """A StepState over z (B, L*H) and the LSTM cells, with its work buffers and views."""
+        B, H = z.size(0), self.H
         work = []
-        for k in range(L):
+        for k in range(self.L):
             own = z[:, k * H:(k + 1) * H]  # (B, H)
             reads = own if k == 0 or self.cell == "gru" else z[:, (k - 1) * H:(k + 1) * H]
-            gates = torch.empty(B, self.G * H, device=h.device)  # fp32
+            gates = torch.empty(B, self.G * H, device=z.device)  # fp32
             views = (gates[:, :3 * H], gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H],
-                     gates[:, 3 * H:], torch.empty(B, H, device=h.device)) if self.cell == "lstm" else ()
+                     gates[:, 3 * H:], torch.empty(B, H, device=z.device)) if self.cell == "lstm" else ()
             below = z[:, (k - 1) * H:k * H] if k else None  # (B, H): a GRU layer's input
             work.append((own, reads, below, gates, views))
         return StepState(z, cells, work)
@@ -266,6 +281,19 @@ def draw(logits: torch.Tensor, gumbel: torch.Tensor, temperature: float, top_k: 
     return (filter_logits(logits, temperature, top_k, top_p) + gumbel).argmax(-1)
 
 
+@dataclass
+class Start:
+    """Streams ready for their first draw: the seed used, the prefix shown (the prime, or the
+    drawn first character), the logits (B, V) of the next character, the state after the
+    prime, and the Gumbel noise, (B, V) per step (nothing for greedy)."""
+
+    seed: int
+    shown: str
+    logits: torch.Tensor
+    state: StepState
+    noise: Iterator[torch.Tensor]
+
+
 class Sampler:
     """Draws text from a trained model and its vocabulary.
 
@@ -321,6 +349,18 @@ class Sampler:
             steps -= n
 
     @torch.inference_mode()
+    def begin(self, config: SampleConfig) -> Start:
+        """Seed, prime and noise for `config.num_samples` streams: everything before the first
+        draw. `generate` and the service's shared batch (batching.py) both start here, so a seed
+        gives the same text in either."""
+        seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        B = config.num_samples
+        shown, logits, state = self._prime(config.prime, config.unknown, B, generator)
+        noise = self._noise(generator, 0 if config.greedy else config.length, B)
+        return Start(seed, shown, logits, state, noise)
+
+    @torch.inference_mode()
     def generate(self, config: SampleConfig,
                  on_text: Callable[[int, str], None] | None = None) -> list[str]:
         """`config.num_samples` texts of prime + `config.length` new characters.
@@ -328,17 +368,15 @@ class Sampler:
         on_text(row, text) is called with each row's prime and then each new character as it is
         drawn, so callers can stream.
         """
-        seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
-        generator = torch.Generator(device="cpu").manual_seed(seed)
         B = config.num_samples
-        shown, logits, state = self._prime(config.prime, config.unknown, B, generator)
+        start = self.begin(config)
+        shown, logits, state, noise = start.shown, start.logits, start.state, start.noise
         pieces = [[shown] for _ in range(B)]
         if on_text and shown:
             for row in range(B):
                 on_text(row, shown)
         symbols = self.vocab.symbols
         stepper = self.stepper(B)
-        noise = self._noise(generator, 0 if config.greedy else config.length, B)
         for _ in range(config.length):
             if config.greedy:
                 idx = logits.argmax(-1)  # (B,)
