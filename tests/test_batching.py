@@ -80,11 +80,14 @@ def test_a_lone_job_gives_the_text_of_generate(cell, precision):
         batcher.close()
 
 
-def test_jobs_sharing_the_batch_give_their_lone_texts():
+@pytest.mark.parametrize("noise_block", [Sampler.NOISE_BLOCK, 7 * len(VOCAB)])
+def test_jobs_sharing_the_batch_give_their_lone_texts(noise_block):
     """Jobs with different seeds, settings and lengths, joining while others run, each get the
     text they get alone (fp32: batched products could differ in the last bit, see batching.py;
-    on these small models no near tie turns that into another character)."""
+    on these small models no near tie turns that into another character). With blocks of noise
+    of 7 steps (or 3, for two rows), jobs move on to their next block every few steps."""
     sampler = make_sampler("lstm")
+    sampler.NOISE_BLOCK = noise_block
     configs = [SampleConfig(length=300 - 20 * i, seed=i, prime="ab"[: i % 3], temperature=(0.8, 1.0)[i % 2],
                             top_k=4 if i % 4 == 3 else None, num_samples=1 + (i // 2) % 2, greedy=i == 5)
                for i in range(10)]  # groups of jobs with the same settings, drawn together

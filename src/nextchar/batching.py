@@ -53,7 +53,9 @@ class Job:
         self.wake = wake
         self.seed: int | None = None  # set by Batcher.start (the one drawn when none was given)
         self.shown = ""  # the prefix shown before the generated text: the prime, or a drawn first character
-        self.noise: Iterator[torch.Tensor] | None = None  # (rows, V) Gumbel noise per step
+        self._blocks: Iterator[torch.Tensor] | None = None  # Gumbel noise blocks (n, rows, V)
+        self._block: torch.Tensor | None = None  # the block being read; None for greedy jobs
+        self._at = 0  # steps of it read when the batch's noise table was last built
         self._ready: tuple[torch.Tensor, StepState] | None = None  # logits, state after the prime
         self.texts: list[list[str]] = [[] for _ in range(self.rows)]  # generated characters
         self.read_upto = 0  # characters per row already returned by read()
@@ -84,7 +86,7 @@ class Job:
 
     def _end(self, reason: str) -> None:
         self.ended = reason
-        self.noise = self._ready = None  # free the noise and the prime's state now
+        self._blocks = self._block = self._ready = None  # free the noise and the prime's state now
         self._woken = False
         self._signal()
 
@@ -130,11 +132,9 @@ class Batcher:
         try:
             if not job.cancelled:
                 begun = self.sampler.begin(job.config)
-                noise = begun.noise
+                job.seed, job.shown, job._blocks = begun.seed, begun.shown, begun.noise
                 if not job.config.greedy and job.config.length:
-                    # draw the first block of noise here too, not in the batch thread
-                    noise = itertools.chain([next(noise)], noise)
-                job.seed, job.shown, job.noise = begun.seed, begun.shown, noise
+                    job._block = next(job._blocks)  # the first block is drawn here, not in the batch
                 job._ready = (begun.logits, begun.state)
         except BaseException:
             self._release(job, "failed")
@@ -158,79 +158,85 @@ class Batcher:
     # ---- the batch thread ----------------------------------------------------------------
 
     def _loop(self) -> None:
-        active: list[Job] = []
-        logits, state = None, None  # (B, V) and the StepState of the active rows
+        batch = Batch([], None, None)
         while True:
             with self._cond:
-                while not self._incoming and not active and not self._closed:
+                while not self._incoming and not batch.jobs and not self._closed:
                     self._cond.wait()
                 arrived, self._incoming = self._incoming, []
                 closed = self._closed
             if closed:
-                for job in active + arrived:
+                for job in batch.jobs + arrived:
                     self._release(job, "cancelled")
                 return
             try:
-                logits, state, active = self._one_step(active, arrived, logits, state)
+                batch = self._one_step(batch, arrived)
             except Exception:  # a bug: fail these jobs, keep serving the next ones
-                log.exception("the sampling batch failed; ending its %d job(s)", len(active + arrived))
-                for job in active + arrived:
+                log.exception("the sampling batch failed; ending its %d job(s)", len(batch.jobs + arrived))
+                for job in batch.jobs + arrived:
                     if job.ended is None:
                         self._release(job, "failed")
-                active, logits, state = [], None, None
+                batch = Batch([], None, None)
 
     @torch.inference_mode()
-    def _one_step(self, active: list[Job], arrived: list[Job], logits, state):
-        now = time.monotonic()
+    def _one_step(self, batch: Batch, arrived: list[Job]) -> Batch:
         # admit: the jobs that arrived append their rows
+        now = time.monotonic()
         joining = []
         for job in arrived:
-            reason = self._reason_to_leave(job, now)
+            reason = self._reason_to_leave(job, now) or ("done" if job.config.length == 0 else None)
             if reason:
                 self._release(job, reason)
-            elif job.config.length == 0:
-                self._release(job, "done")
             else:
                 joining.append(job)
         if joining:
-            state = self.stepper.join(([state] if active else []) + [j._ready[1] for j in joining])
-            logits = torch.cat(([logits] if active else []) + [j._ready[0] for j in joining])
+            old = [batch] if batch.jobs else []
+            state = self.stepper.join([b.state for b in old] + [j._ready[1] for j in joining])
+            logits = torch.cat([b.logits for b in old] + [j._ready[0] for j in joining])
             for job in joining:
                 job._ready = None
-            active = active + joining
-        if not active:
-            return None, None, []
+            batch = Batch(batch.jobs + joining, logits, state, NoiseTable.build(batch, joining, logits))
+        if not batch.jobs:
+            return batch
+        if batch.noise.steps_left == 0:  # a job has read all of its block: on to the next
+            batch.noise = NoiseTable.build(batch, [], batch.logits)
         # draw and deliver
-        ids = self._draw(active, logits)  # (B,)
+        ids = self._draw(batch)  # (B,)
         chars = ids.tolist()
-        row = 0
-        for job in active:
-            for r in range(job.rows):
-                job.texts[r].append(self.symbols[chars[row + r]])
-            row += job.rows
-            job.produced += 1
-            job._signal()
-        # leave
-        now = time.monotonic()
-        staying, rows, row = [], [], 0
-        for job in active:
-            reason = "done" if job.produced >= job.config.length else self._reason_to_leave(job, now)
-            if reason:
-                self._release(job, reason)
+        symbols = self.symbols
+        for job, row in zip(batch.jobs, batch.first_rows):  # the hot loop: 64 jobs, 600 steps/s
+            if job.rows == 1:
+                job.texts[0].append(symbols[chars[row]])
             else:
-                staying.append(job)
-                rows.extend(range(row, row + job.rows))
-            row += job.rows
-        if len(staying) < len(active):
-            if not staying:
-                return None, None, []
-            keep = torch.tensor(rows, device=ids.device)
-            state, ids = self.stepper.select(state, keep), ids[keep]
+                for r, text in enumerate(job.texts):
+                    text.append(symbols[chars[row + r]])
+            job.produced += 1
+            if not job._woken:  # Job._signal, inlined
+                job._woken = True
+                job.wake()
+        # leave: finished, cancelled and late jobs (looked for only when one may be there)
+        batch.steps_to_end -= 1
+        now = time.monotonic()
+        if batch.steps_to_end == 0 or now > batch.first_deadline or any(j.cancelled for j in batch.jobs):
+            staying, rows = [], []
+            for job, first in zip(batch.jobs, batch.first_rows):
+                reason = "done" if job.produced >= job.config.length else self._reason_to_leave(job, now)
+                if reason:
+                    self._release(job, reason)
+                else:
+                    staying.append(job)
+                    rows.extend(range(first, first + job.rows))
+            if len(staying) < len(batch.jobs):
+                if not staying:
+                    return Batch([], None, None)
+                keep = torch.tensor(rows, device=ids.device)
+                batch = Batch(staying, None, self.stepper.select(batch.state, keep), batch.noise.keep(keep))
+                ids = ids[keep]
         # step
-        logits, state = self.stepper.step(ids, state)
+        batch.logits, batch.state = self.stepper.step(ids, batch.state)
         self.steps += 1
         self.widest = max(self.widest, len(ids))
-        return logits, state, staying
+        return batch
 
     @staticmethod
     def _reason_to_leave(job: Job, now: float) -> str | None:
@@ -240,28 +246,90 @@ class Batcher:
             return "timeout"
         return None
 
-    def _draw(self, active: list[Job], logits: torch.Tensor) -> torch.Tensor:
-        """Each job's next ids from its rows of `logits` (B, V): jobs with the same settings in
-        one call of sample.draw (one call for all when they agree, as in Sampler.generate)."""
-        groups: dict[tuple, list[tuple[int, Job]]] = {}
-        row = 0
-        for job in active:
-            c = job.config
-            groups.setdefault((c.greedy, c.temperature, c.top_k, c.top_p), []).append((row, job))
-            row += job.rows
-        if len(groups) == 1:
-            (key, members), = groups.items()
-            return self._draw_group(key, [job for _, job in members], logits)
-        ids = torch.empty(logits.size(0), dtype=torch.long, device=logits.device)
-        for key, members in groups.items():
-            rows = torch.cat([torch.arange(r, r + job.rows) for r, job in members]).to(logits.device)
-            ids[rows] = self._draw_group(key, [job for _, job in members], logits[rows])
+    @staticmethod
+    def _draw(batch: Batch) -> torch.Tensor:
+        """Each job's next ids from its rows of the logits (B, V) and of the noise (B, V), jobs with
+        the same settings in one call of sample.draw (one call for all when they agree, as in
+        Sampler.generate)."""
+        noise = batch.noise.read()
+        if len(batch.groups) == 1:
+            (key, _), = batch.groups
+            return _draw_group(key, batch.logits, noise)
+        ids = torch.empty(batch.logits.size(0), dtype=torch.long, device=batch.logits.device)
+        for key, rows in batch.groups:
+            ids[rows] = _draw_group(key, batch.logits[rows], noise[rows])
         return ids
 
-    @staticmethod
-    def _draw_group(key: tuple, jobs: list[Job], logits: torch.Tensor) -> torch.Tensor:
-        greedy, temperature, top_k, top_p = key
-        if greedy:
-            return logits.argmax(-1)
-        noise = [next(job.noise) for job in jobs]  # (rows, V) each
-        return draw(logits, noise[0] if len(noise) == 1 else torch.cat(noise), temperature, top_k, top_p)
+
+def _draw_group(key: tuple, logits: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    greedy, temperature, top_k, top_p = key
+    return logits.argmax(-1) if greedy else draw(logits, noise, temperature, top_k, top_p)
+
+
+class NoiseTable:
+    """The Gumbel noise of every row of the batch in one (N, V) table, read a step at a time by
+    one index_select: row b of step t sits at cursor[b] + t * stride[b]. Copying each job's block
+    in once costs less than slicing 64 blocks a step (2.6 us each here, against 8 us for the one
+    gather). Built again when jobs join or a block is used up (rare: a block holds 2**20 values,
+    16,000 steps of one stream over 65 symbols); rows that leave only leave the cursor. Row 0 is
+    zeros, read by greedy rows."""
+
+    def __init__(self, table: torch.Tensor, cursor: torch.Tensor, stride: torch.Tensor, steps_left: float):
+        self.table, self.cursor, self.stride = table, cursor, stride  # (N, V), (B,), (B,)
+        self.steps_left = steps_left  # steps until some job's block is used up
+        self.steps = 0  # read since built
+
+    @classmethod
+    def build(cls, batch: Batch, joining: list[Job], logits: torch.Tensor) -> NoiseTable:
+        """A table for batch's jobs (their reading caught up) and the joining ones; `logits`
+        (B, V) only tells the vocabulary size and the device."""
+        for job in batch.jobs:
+            job._at += batch.noise.steps
+        V, device = logits.size(-1), logits.device
+        parts, cursor, stride, base, steps_left = [torch.zeros(1, V, device=device)], [], [], 1, float("inf")
+        for job in batch.jobs + joining:
+            if job._block is None:  # greedy
+                cursor += [0] * job.rows
+                stride += [0] * job.rows
+                continue
+            if job._at == len(job._block):
+                job._block, job._at = next(job._blocks), 0
+            rest = job._block[job._at:]  # (n, rows, V)
+            parts.append(rest.reshape(-1, V))
+            cursor += range(base, base + job.rows)
+            stride += [job.rows] * job.rows
+            base += rest.size(0) * job.rows
+            steps_left = min(steps_left, rest.size(0))
+        return cls(torch.cat(parts), torch.tensor(cursor, device=device), torch.tensor(stride, device=device),
+                   steps_left)
+
+    def read(self) -> torch.Tensor:
+        """This step's noise, (B, V)."""
+        noise = self.table.index_select(0, self.cursor)
+        self.cursor += self.stride
+        self.steps += 1
+        self.steps_left -= 1
+        return noise
+
+    def keep(self, rows: torch.Tensor) -> NoiseTable:
+        """The same table, read for `rows` of the batch only."""
+        self.cursor, self.stride = self.cursor[rows], self.stride[rows]
+        return self
+
+
+class Batch:
+    """The running jobs, in row order, with their logits (B, V), StepState and noise, and what the
+    loop needs of their layout, worked out once per change of membership rather than once per
+    step: each job's first row, the groups of jobs drawn together, and when one may next leave."""
+
+    def __init__(self, jobs: list[Job], logits: torch.Tensor | None, state: StepState | None,
+                 noise: NoiseTable | None = None):
+        self.jobs, self.logits, self.state, self.noise = jobs, logits, state, noise
+        self.first_rows = list(itertools.accumulate([0] + [job.rows for job in jobs[:-1]]))
+        groups: dict[tuple, list[int]] = {}
+        for job, first in zip(jobs, self.first_rows):
+            c = job.config
+            groups.setdefault((c.greedy, c.temperature, c.top_k, c.top_p), []).extend(range(first, first + job.rows))
+        self.groups = [(key, torch.tensor(rows)) for key, rows in groups.items()]
+        self.steps_to_end = min((job.config.length - job.produced for job in jobs), default=0)
+        self.first_deadline = min((job.deadline for job in jobs), default=float("inf"))

@@ -285,7 +285,7 @@ def draw(logits: torch.Tensor, gumbel: torch.Tensor, temperature: float, top_k: 
 class Start:
     """Streams ready for their first draw: the seed used, the prefix shown (the prime, or the
     drawn first character), the logits (B, V) of the next character, the state after the
-    prime, and the Gumbel noise, (B, V) per step (nothing for greedy)."""
+    prime, and the Gumbel noise in blocks (n, B, V) of n steps each (none for greedy)."""
 
     seed: int
     shown: str
@@ -338,14 +338,14 @@ class Sampler:
         return shown, logits[:, -1].float(), self.stepper(batch).from_module_hidden(hidden)
 
     def _noise(self, generator: torch.Generator, steps: int, batch: int):
-        """Standard Gumbel noise, (B, V) per step, drawn block by block."""
+        """Standard Gumbel noise for `steps` steps, in blocks (n, B, V)."""
         V = len(self.vocab)
         per_block = max(1, self.NOISE_BLOCK // (batch * V))
         while steps > 0:
             n = min(per_block, steps)
             block = torch.empty(n, batch, V).exponential_(generator=generator)
             block = block.clamp_min_(1e-30).log_().neg_().to(self.device)  # -log Exp(1) ~ Gumbel
-            yield from block
+            yield block
             steps -= n
 
     @torch.inference_mode()
@@ -370,7 +370,8 @@ class Sampler:
         """
         B = config.num_samples
         start = self.begin(config)
-        shown, logits, state, noise = start.shown, start.logits, start.state, start.noise
+        shown, logits, state = start.shown, start.logits, start.state
+        noise = (step for block in start.noise for step in block)  # (B, V) per step
         pieces = [[shown] for _ in range(B)]
         if on_text and shown:
             for row in range(B):
