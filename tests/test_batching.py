@@ -153,3 +153,22 @@ def test_close_ends_running_jobs():
     assert reader.job.ended == "cancelled" and batcher.reserved == 0
     with pytest.raises(Busy):
         batcher.reserve(Job(SampleConfig(), deadline=time.monotonic() + 1))
+
+
+def test_a_burst_of_jobs_is_primed_in_one_call():
+    """Jobs that wait for the primer together are primed in one forward call per prime length
+    (the burst of a service's first second), and still get their lone texts."""
+    sampler = make_sampler("lstm")
+    configs = [SampleConfig(length=60, seed=i, prime=("ab", "ba", "")[i % 3]) for i in range(9)]
+    alone = [sampler.generate(c) for c in configs]
+    calls = []
+    prime = sampler.prime
+    sampler.prime = lambda idx: calls.append(tuple(idx.shape)) or prime(idx)
+    batcher = Batcher(sampler, max_streams=16)
+    try:
+        with batcher._cond:  # the primer waits until every job is queued (the lock is re-entrant)
+            readers = run_jobs(batcher, configs)
+        assert [r.texts() for r in readers] == alone
+    finally:
+        batcher.close()
+    assert sorted(calls) == [(3, 1), (6, 2)]  # "" reads a line break: one call per prime length

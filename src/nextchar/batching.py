@@ -1,22 +1,26 @@
 """Many sampling requests, one batched step: `nextchar serve`'s engine, without the HTTP.
 
-    request -> Job -> Batcher.start(job)      Sampler.begin: its seed, generator, prime, noise
-                        |                     (in the caller's thread, not the batch's)
-                        v
-    Batcher thread, one loop per step:
-        admit    jobs that arrived join the batch: their rows are appended (StepModel.join)
+    request -> Job -> Batcher.start(job)   Sampler.begin: seed, prime ids, first noise block
+                         |                 (in the caller's thread)
+                         v
+    primer thread        jobs waiting to join, primes of one length in one forward call
+                         (Sampler.prime), so a burst of 64 requests costs a few calls, not 64
+                         |
+                         v
+    batch thread, one loop per step:
+        admit    primed jobs join the batch: their rows are appended (StepModel.join)
         draw     each job's next characters from the shared logits, with its own noise and
                  settings (jobs with the same settings drawn in one call)
         deliver  the characters to each job; wake its reader
         leave    finished, cancelled and late jobs drop out (StepModel.select)
         step     one StepModel.step for every row left
 
-A job alone in the batch runs the very operations of `Sampler.generate` (B = its samples), so it
-gives the text of `nextchar sample` with the same seed and precision. Beside other jobs, its rows
-are drawn from its own noise with its own settings, but the matrix products run over the whole
-batch, and a batched product rounds differently in the last bit than a lone one (about 1e-7 in
-fp32): the text is drawn from the same distribution and is almost always the same, but a near
-tie between two characters can go the other way, and the texts part from there on.
+A job alone runs the very operations of `Sampler.generate` (B = its samples), so it gives the
+text of `nextchar sample` with the same seed and precision. Beside other jobs, its rows are drawn
+from its own noise with its own settings, but its prime and steps run in products over more
+rows, which round differently in the last bit than a lone one (about 1e-7 in fp32): the text is
+drawn from the same distribution and is almost always the same, but a near tie between two
+characters can go the other way, and the texts part from there on.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -56,7 +61,7 @@ class Job:
         self._blocks: Iterator[torch.Tensor] | None = None  # Gumbel noise blocks (n, rows, V)
         self._block: torch.Tensor | None = None  # the block being read; None for greedy jobs
         self._at = 0  # steps of it read when the batch's noise table was last built
-        self._ready: tuple[torch.Tensor, StepState] | None = None  # logits, state after the prime
+        self._ids: list[int] = []  # what the network reads first (Start.ids)
         self.texts: list[list[str]] = [[] for _ in range(self.rows)]  # generated characters
         self.read_upto = 0  # characters per row already returned by read()
         self.produced = 0  # characters drawn per row
@@ -86,13 +91,13 @@ class Job:
 
     def _end(self, reason: str) -> None:
         self.ended = reason
-        self._blocks = self._block = self._ready = None  # free the noise and the prime's state now
+        self._blocks = self._block = None  # free the noise now
         self._woken = False
         self._signal()
 
 
 class Batcher:
-    """A thread that steps every running job of one model as one batch (see the module doc).
+    """Two threads that step every running job of one model as one batch (see the module doc).
 
     `sampler` must hold a named weight format (fp32, bf16 or int8, not auto): a batch that
     changes size keeps one format."""
@@ -104,14 +109,17 @@ class Batcher:
         self.stepper = sampler.stepper(1)  # one format for every batch size
         self.max_streams = max_streams
         self.symbols = sampler.vocab.symbols
-        self._cond = threading.Condition()
-        self._incoming: list[Job] = []
+        self._cond = threading.Condition()  # guards everything below
+        self._unprimed: list[Job] = []  # started, waiting for the primer
+        self._primed: list[Arrival] = []  # primed, waiting to join the batch
         self._reserved = 0  # rows of jobs accepted and not yet ended
         self._closed = False
         self.steps = 0  # batched steps taken
         self.widest = 0  # the most rows stepped together so far
-        self._thread = threading.Thread(target=self._loop, name=f"nextchar-batch-{name}", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._prime_loop, name=f"nextchar-prime-{name}", daemon=True),
+                         threading.Thread(target=self._loop, name=f"nextchar-batch-{name}", daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def reserved(self) -> int:
@@ -127,33 +135,68 @@ class Batcher:
             self._reserved += job.rows
 
     def start(self, job: Job) -> None:
-        """Prime the job (seed, prime, noise: Sampler.begin) and queue it to join the batch at the
-        next step. Runs in the caller's thread, so a long prime does not stall the batch."""
+        """Seed the job, draw its first block of noise (Sampler.begin) and queue it for the
+        primer. Runs in the caller's thread."""
         try:
-            if not job.cancelled:
-                begun = self.sampler.begin(job.config)
-                job.seed, job.shown, job._blocks = begun.seed, begun.shown, begun.noise
-                if not job.config.greedy and job.config.length:
-                    job._block = next(job._blocks)  # the first block is drawn here, not in the batch
-                job._ready = (begun.logits, begun.state)
+            begun = self.sampler.begin(job.config)
+            job.seed, job.shown, job._ids, job._blocks = begun.seed, begun.shown, begun.ids, begun.noise
+            if not job.config.greedy and job.config.length:
+                job._block = next(job._blocks)  # drawn here, not in the batch's threads
         except BaseException:
             self._release(job, "failed")
             raise
+        if job.config.length == 0:
+            self._release(job, "done")  # the prime alone
+            return
         with self._cond:
-            self._incoming.append(job)
-            self._cond.notify()
+            self._unprimed.append(job)
+            self._cond.notify_all()
 
     def close(self) -> None:
-        """End every job ("cancelled") and stop the thread."""
+        """End every job ("cancelled") and stop the threads."""
         with self._cond:
             self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout=10)
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=10)
 
     def _release(self, job: Job, reason: str) -> None:
         with self._cond:
             self._reserved -= job.rows
         job._end(reason)
+
+    # ---- the primer thread -------------------------------------------------------------------
+
+    def _prime_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._unprimed and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    waiting, self._unprimed = self._unprimed, []
+                    for job in waiting:
+                        self._release(job, "cancelled")
+                    return
+                waiting, self._unprimed = self._unprimed, []
+            by_length: dict[int, list[Job]] = {}
+            for job in waiting:
+                if job.cancelled:
+                    self._release(job, "cancelled")
+                else:
+                    by_length.setdefault(len(job._ids), []).append(job)
+            for jobs in by_length.values():
+                try:
+                    idx = torch.tensor([job._ids for job in jobs for _ in range(job.rows)],
+                                       device=self.sampler.device)  # (B, P)
+                    logits, state = self.sampler.prime(idx)
+                except Exception:  # a bug: fail these jobs, keep priming the next ones
+                    log.exception("priming failed; ending %d job(s)", len(jobs))
+                    for job in jobs:
+                        self._release(job, "failed")
+                    continue
+                with self._cond:
+                    self._primed.append(Arrival(jobs, logits, state))
+                    self._cond.notify_all()
 
     # ---- the batch thread ----------------------------------------------------------------
 
@@ -161,40 +204,32 @@ class Batcher:
         batch = Batch([], None, None)
         while True:
             with self._cond:
-                while not self._incoming and not batch.jobs and not self._closed:
+                while not self._primed and not batch.jobs and not self._closed:
                     self._cond.wait()
-                arrived, self._incoming = self._incoming, []
+                arrived, self._primed = self._primed, []
                 closed = self._closed
+            jobs = batch.jobs + [job for a in arrived for job in a.jobs]
             if closed:
-                for job in batch.jobs + arrived:
+                for job in jobs:
                     self._release(job, "cancelled")
                 return
             try:
                 batch = self._one_step(batch, arrived)
             except Exception:  # a bug: fail these jobs, keep serving the next ones
-                log.exception("the sampling batch failed; ending its %d job(s)", len(batch.jobs + arrived))
-                for job in batch.jobs + arrived:
+                log.exception("the sampling batch failed; ending its %d job(s)", len(jobs))
+                for job in jobs:
                     if job.ended is None:
                         self._release(job, "failed")
                 batch = Batch([], None, None)
 
     @torch.inference_mode()
-    def _one_step(self, batch: Batch, arrived: list[Job]) -> Batch:
-        # admit: the jobs that arrived append their rows
-        now = time.monotonic()
-        joining = []
-        for job in arrived:
-            reason = self._reason_to_leave(job, now) or ("done" if job.config.length == 0 else None)
-            if reason:
-                self._release(job, reason)
-            else:
-                joining.append(job)
-        if joining:
+    def _one_step(self, batch: Batch, arrived: list[Arrival]) -> Batch:
+        # admit: the primed jobs append their rows (any cancelled or late leave below)
+        if arrived:
             old = [batch] if batch.jobs else []
-            state = self.stepper.join([b.state for b in old] + [j._ready[1] for j in joining])
-            logits = torch.cat([b.logits for b in old] + [j._ready[0] for j in joining])
-            for job in joining:
-                job._ready = None
+            joining = [job for a in arrived for job in a.jobs]
+            state = self.stepper.join([b.state for b in old + arrived])
+            logits = torch.cat([b.logits for b in old + arrived])
             batch = Batch(batch.jobs + joining, logits, state, NoiseTable.build(batch, joining, logits))
         if not batch.jobs:
             return batch
@@ -315,6 +350,15 @@ class NoiseTable:
         """The same table, read for `rows` of the batch only."""
         self.cursor, self.stride = self.cursor[rows], self.stride[rows]
         return self
+
+
+@dataclass
+class Arrival:
+    """Jobs primed together: their rows' logits (B, V) and StepState, in job order."""
+
+    jobs: list[Job]
+    logits: torch.Tensor
+    state: StepState
 
 
 class Batch:

@@ -283,14 +283,13 @@ def draw(logits: torch.Tensor, gumbel: torch.Tensor, temperature: float, top_k: 
 
 @dataclass
 class Start:
-    """Streams ready for their first draw: the seed used, the prefix shown (the prime, or the
-    drawn first character), the logits (B, V) of the next character, the state after the
-    prime, and the Gumbel noise in blocks (n, B, V) of n steps each (none for greedy)."""
+    """Streams ready to be primed: the seed used, the prefix shown (the prime, or the drawn
+    first character), the ids the network reads first (the prime's, that drawn character, or a
+    line break), and the Gumbel noise in blocks (n, B, V) of n steps each (none for greedy)."""
 
     seed: int
     shown: str
-    logits: torch.Tensor
-    state: StepState
+    ids: list[int]
     noise: Iterator[torch.Tensor]
 
 
@@ -322,20 +321,22 @@ class Sampler:
             self.steppers[precision] = StepModel(self.model, precision)
         return self.steppers[precision]
 
-    def _prime(self, prime: str, unknown: str, batch: int, generator: torch.Generator):
-        """Run the prime through the network in one call -> (printed prefix, last logits, state)."""
+    def _prime_ids(self, prime: str, unknown: str, generator: torch.Generator) -> tuple[list[int], str]:
+        """The ids the network reads first, and the prefix shown for them."""
         ids = self.vocab.encode(prime, unknown=unknown) if prime else []
-        if not ids:
-            if "\n" in self.vocab:  # start as if after a line break: a natural beginning
-                ids, shown = [self.vocab.index["\n"]], ""
-            else:
-                first = int(torch.randint(len(self.vocab), (1,), generator=generator))
-                ids, shown = [first], self.vocab.symbols[first]
-        else:
-            shown = self.vocab.decode(ids)
-        idx = torch.tensor([ids] * batch, device=self.device)  # (B, P)
+        if ids:
+            return ids, self.vocab.decode(ids)
+        if "\n" in self.vocab:  # start as if after a line break: a natural beginning
+            return [self.vocab.index["\n"]], ""
+        first = int(torch.randint(len(self.vocab), (1,), generator=generator))
+        return [first], self.vocab.symbols[first]
+
+    @torch.inference_mode()
+    def prime(self, idx: torch.Tensor) -> tuple[torch.Tensor, StepState]:
+        """idx (B, P), rows of primes of one length, run through the network in one call ->
+        the logits (B, V) of the next character and the state after them."""
         logits, hidden = self.model(idx)  # (B, P, V)
-        return shown, logits[:, -1].float(), self.stepper(batch).from_module_hidden(hidden)
+        return logits[:, -1].float(), self.stepper(idx.size(0)).from_module_hidden(hidden)
 
     def _noise(self, generator: torch.Generator, steps: int, batch: int):
         """Standard Gumbel noise for `steps` steps, in blocks (n, B, V)."""
@@ -348,17 +349,15 @@ class Sampler:
             yield block
             steps -= n
 
-    @torch.inference_mode()
     def begin(self, config: SampleConfig) -> Start:
-        """Seed, prime and noise for `config.num_samples` streams: everything before the first
-        draw. `generate` and the service's shared batch (batching.py) both start here, so a seed
-        gives the same text in either."""
+        """Seed, prime ids and noise for `config.num_samples` streams: everything before the
+        network reads the prime (`prime`). `generate` and the service's shared batch
+        (batching.py) both start here, so a seed gives the same text in either."""
         seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        B = config.num_samples
-        shown, logits, state = self._prime(config.prime, config.unknown, B, generator)
-        noise = self._noise(generator, 0 if config.greedy else config.length, B)
-        return Start(seed, shown, logits, state, noise)
+        ids, shown = self._prime_ids(config.prime, config.unknown, generator)
+        noise = self._noise(generator, 0 if config.greedy else config.length, config.num_samples)
+        return Start(seed, shown, ids, noise)
 
     @torch.inference_mode()
     def generate(self, config: SampleConfig,
@@ -370,7 +369,8 @@ class Sampler:
         """
         B = config.num_samples
         start = self.begin(config)
-        shown, logits, state = start.shown, start.logits, start.state
+        shown = start.shown
+        logits, state = self.prime(torch.tensor([start.ids] * B, device=self.device))
         noise = (step for block in start.noise for step in block)  # (B, V) per step
         pieces = [[shown] for _ in range(B)]
         if on_text and shown:
