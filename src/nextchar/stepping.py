@@ -131,17 +131,32 @@ class StepModel:
     def from_module_hidden(self, hidden: Hidden) -> StepState:
         """The module's (L, B, H) hidden [and cell] state -> a StepState."""
         h, c = hidden if self.cell == "lstm" else (hidden, None)
-        B, H, L = h.size(1), self.H, self.L
-        z = torch.empty(B, L * H, dtype=self.dtype, device=h.device)  # fresh, so aligned
+        B, L = h.size(1), self.L
+        z = torch.empty(B, L * self.H, dtype=self.dtype, device=h.device)  # fresh, so aligned
         z.copy_(h.detach().permute(1, 0, 2).reshape(B, -1))
         cells = [c[k].detach().float().clone() for k in range(L)] if c is not None else []
+        return self._state(z, cells)
+
+    def join(self, states: list[StepState]) -> StepState:
+        """The rows of several states, in order, as one new state (streams joining a batch)."""
+        z = torch.cat([s.z for s in states])  # (B, L*H), fresh
+        cells = [torch.cat([s.c[k] for s in states]) for k in range(len(states[0].c))]
+        return self._state(z, cells)
+
+    def select(self, state: StepState, rows: torch.Tensor) -> StepState:
+        """A new state of `rows` (B',) of `state`, in that order (streams leaving a batch)."""
+        return self._state(state.z.index_select(0, rows), [c.index_select(0, rows) for c in state.c])
+
+    def _state(self, z: torch.Tensor, cells: list[torch.Tensor]) -> StepState:
+        """A StepState over z (B, L*H) and the LSTM cells, with its gate buffers and views."""
+        B, H = z.size(0), self.H
         work = []
-        for k in range(L):
+        for k in range(self.L):
             own = z[:, k * H:(k + 1) * H]  # (B, H)
             reads = own if k == 0 or self.cell == "gru" else z[:, (k - 1) * H:(k + 1) * H]
-            gates = torch.empty(B, self.G * H, device=h.device)  # fp32
+            gates = torch.empty(B, self.G * H, device=z.device)  # fp32
             views = (gates[:, :3 * H], gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H],
-                     gates[:, 3 * H:], torch.empty(B, H, device=h.device)) if self.cell == "lstm" else ()
+                     gates[:, 3 * H:], torch.empty(B, H, device=z.device)) if self.cell == "lstm" else ()
             below = z[:, (k - 1) * H:k * H] if k else None  # (B, H): a GRU layer's input
             work.append((own, reads, below, gates, views))
         return StepState(z, cells, work)
