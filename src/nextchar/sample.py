@@ -126,13 +126,26 @@ class Stream:
     def noise(self) -> torch.Tensor:
         """(V,) standard Gumbel noise for the next step (the generator's stream does not depend on
         the block size: one (n, V) draw equals n (1, V) draws)."""
+        self._fill()
+        self.used += 1
+        return self.block[self.used - 1]
+
+    def rest(self) -> torch.Tensor:
+        """(m, V): the noise of the next m steps, what is left of the current block (a new block
+        once it is used up), for a caller that reads many streams' noise at once; skip() says
+        how many steps of it were read."""
+        self._fill()
+        return self.block[self.used:]
+
+    def skip(self, steps: int) -> None:
+        self.used += steps
+
+    def _fill(self) -> None:
         if self.used == len(self.block):
             n = max(1, self.NOISE_BLOCK // self.V)
             block = torch.empty(n, self.V).exponential_(generator=self.generator)
             self.block = block.clamp_min_(1e-30).log_().neg_()  # -log Exp(1) ~ Gumbel
             self.used = 0
-        self.used += 1
-        return self.block[self.used - 1]
 
     def first_id(self) -> int:
         """A uniformly drawn first character, for a vocabulary with no line break to start from."""
@@ -181,16 +194,27 @@ class Sampler:
             out, hidden = module.rnn(module.inputs(idx), hidden)  # (1, t, H)
         return module.head(out[:, -1]).float(), hidden  # (1, V)
 
+    def shared_prime(self, prime: str, unknown: str) -> tuple[list[int], str] | None:
+        """The ids every row reads first and the prefix shown for them: the prime, or with none a
+        line break to start after (shown as nothing); None when the vocabulary has no line break
+        and each row starts from a character its own generator draws."""
+        ids = self.vocab.encode(prime, unknown=unknown) if prime else []
+        if ids:
+            return ids, self.vocab.decode(ids)
+        if "\n" in self.vocab:  # after a line break: a natural beginning
+            return [self.vocab.index["\n"]], ""
+        return None
+
     def start(self, prime: str, unknown: str, streams: list[Stream]) -> tuple[list[str], torch.Tensor, Hidden]:
         """Prime every stream -> (each row's printed prefix, logits (B, V), hidden (L, B, H)).
 
         With a prime (or a line break in the vocabulary to start after), all rows share one run of
         it; otherwise each row starts from a character its own generator draws."""
-        ids = self.vocab.encode(prime, unknown=unknown) if prime else []
+        shared = self.shared_prime(prime, unknown)
         B = len(streams)
-        if ids or "\n" in self.vocab:
-            shown = self.vocab.decode(ids) if ids else ""  # after a line break: a natural beginning
-            logits, hidden = self.run_prime(ids or [self.vocab.index["\n"]])
+        if shared is not None:
+            ids, shown = shared
+            logits, hidden = self.run_prime(ids)
             expand = lambda t: t.expand(t.size(0), B, t.size(2)).contiguous()  # noqa: E731
             hidden = tuple(expand(h) for h in hidden) if isinstance(hidden, tuple) else expand(hidden)
             return [shown] * B, logits.expand(B, -1), hidden
