@@ -213,6 +213,7 @@ def build_parser() -> Parser:
     p.add_argument("--text", metavar="FILE", help="passage to show (default: the run's validation text)")
     p.add_argument("--chars", type=int, default=2000, help="length of the passage (default 2000)")
     p.add_argument("--out", metavar="FILE.html", help="where to write (default RUN/report.html)")
+    _add_serving_parsers(sub)
     return parser
 
 
@@ -517,3 +518,61 @@ def _discard_stdout() -> None:
         os.close(devnull)
     except (OSError, ValueError, AttributeError):
         pass
+
+
+# ---- serve (issue 13): its parser and command, kept together ------------------------------------
+
+def _add_serving_parsers(sub) -> None:
+    from .config import ServeLimits
+
+    limits = ServeLimits()
+    p = sub.add_parser("serve", help="an HTTP API and a web page for trained runs",
+                       description="Serve runs over HTTP: POST /v1/generate (JSON or server-sent "
+                       "events), POST /v1/score, GET /v1/models, GET /healthz, and a page at /. "
+                       "Concurrent requests share one batched step. See docs/serving.md.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders; NAME=RUN to name one "
+                   "(default: the folder's name); the first is the default model")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any "
+                   "other needs --api-key or --allow-public)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
+    p.add_argument("--api-key", default=os.environ.get("NEXTCHAR_API_KEY"), metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on /v1/ (default: $NEXTCHAR_API_KEY)")
+    p.add_argument("--allow-public", action="store_true",
+                   help="bind a non-loopback --host with no API key")
+    p.add_argument("--max-length", type=int, default=limits.max_length,
+                   help=f"characters generated per sample (default {limits.max_length})")
+    p.add_argument("--max-text", type=int, default=limits.max_text,
+                   help=f"characters of a prime or of a text to score (default {limits.max_text})")
+    p.add_argument("--max-streams", type=int, default=limits.max_streams,
+                   help=f"samples generated at once per model (default {limits.max_streams})")
+    p.add_argument("--max-body", type=int, default=limits.max_body,
+                   help=f"bytes of a request body (default {limits.max_body})")
+    p.add_argument("--request-timeout", type=duration, default=limits.request_timeout,
+                   help=f"a request's longest life: 90s, 5m (default {limits.request_timeout:g}s)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
+                   help="weights while stepping, as in `sample`; auto = the fastest for 64 streams")
+    p.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--quiet", action="store_true", help="no line per request on stderr")
+
+
+def cmd_serve(args) -> int:
+    from .config import ServeLimits
+    from .devices import resolve_device
+    from .serve import serve
+
+    limits = ServeLimits(max_length=args.max_length, max_text=args.max_text,
+                         max_streams=args.max_streams, max_body=args.max_body,
+                         request_timeout=args.request_timeout)
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be between 0 and 65535, got {args.port}")
+    serve(args.runs, host=args.host, port=args.port, api_key=args.api_key,
+          allow_public=args.allow_public, limits=limits, precision=args.precision,
+          checkpoint=args.checkpoint, device=str(resolve_device(args.device)),
+          access_log=not args.quiet)
+    return 0
+
+
+COMMANDS.update(serve=cmd_serve)
+
+# ---- end of serve --------------------------------------------------------------------------------

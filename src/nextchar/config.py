@@ -238,6 +238,23 @@ class DynamicConfig:
         _require(self.window >= 1, f"--dynamic-window must be at least 1, got {self.window}")
 
 
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request to `nextchar serve` may ask for (docs/serving.md, "Limits")."""
+
+    max_length: int = 5000  # characters generated per sample
+    max_text: int = 20_000  # characters of a prime, or of a text to score
+    max_streams: int = 128  # samples generated at once per model, over all requests
+    max_body: int = 1 << 20  # bytes of a request body
+    request_timeout: float = 300.0  # seconds from a request's arrival to its last character
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        for name in ("max_length", "max_text", "max_streams", "max_body"):
+            _require(getattr(self, name) >= 1, f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        _require(self.request_timeout > 0, f"--request-timeout must be positive, got {self.request_timeout}")
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
