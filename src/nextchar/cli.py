@@ -520,7 +520,7 @@ def _discard_stdout() -> None:
         pass
 
 
-# ---- serve (issue 13): its parser and command, kept together ------------------------------------
+# ---- serve and export (issue 13): their parsers and commands, kept together --------------------
 
 def _add_serving_parsers(sub) -> None:
     from .config import ServeLimits
@@ -555,6 +555,16 @@ def _add_serving_parsers(sub) -> None:
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--quiet", action="store_true", help="no line per request on stderr")
 
+    p = sub.add_parser("export", help="write a run's model as an ONNX file",
+                       description="Write the model as one ONNX graph: ids (batch, time) and state "
+                       "in, logits, state and each character's bits out; one character at a time "
+                       "it is the sampling step, a whole text at once the scorer. The vocabulary "
+                       "and config are in its metadata. See docs/serving.md.")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", required=True, metavar="FILE.onnx")
+    p.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+
 
 def cmd_serve(args) -> int:
     from .config import ServeLimits
@@ -573,6 +583,16 @@ def cmd_serve(args) -> int:
     return 0
 
 
-COMMANDS.update(serve=cmd_serve)
+def cmd_export(args) -> int:
+    from .export import export_onnx
+    from .runfolder import check_output_file
 
-# ---- end of serve --------------------------------------------------------------------------------
+    check_output_file(args.out, "--out")  # before the work, not after
+    path, size = export_onnx(args.run, args.out, args.checkpoint)
+    print(f"wrote {path} ({size / 1e6:.1f} MB)", file=sys.stderr)
+    return 0
+
+
+COMMANDS.update(serve=cmd_serve, export=cmd_export)
+
+# ---- end of serve and export ------------------------------------------------------------------
