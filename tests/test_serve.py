@@ -326,6 +326,8 @@ def test_score_matches_eval_and_the_report(client, run):
             assert c["bits"] == pytest.approx(bits, abs=1e-4)
             assert [s for s, _ in c["top"]] == [s for s, _ in top] and len(top) == 5
     assert chars[0]["bits"] is None and chars[0]["known"]
+    lone = client.post("/v1/score", content=b'{"text": "the \\ud800 fox"}', headers=JSON)
+    assert lone.status_code == 200 and lone.json()["unknown_symbols"] == ["\ud800"]
     for body, field in (({"text": "x" * 20_001}, "text"), ({"text": "€"}, "text"), ({}, "text"),
                         ({"text": 5}, "text"), ({"text": "ab", "model": "x"}, "model"),
                         ({"text": "ab", "top": 3}, "top")):

@@ -58,6 +58,18 @@ WORKERS = 2  # primes and scores computed at once, beside the batches (one per c
 SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.Generator.manual_seed accepts
 
 
+class JSON(JSONResponse):
+    """JSON as UTF-8; a text that echoes a lone surrogate (valid in JSON's \\uD800, not in
+    UTF-8) is sent with every non-ASCII character escaped instead."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 class ApiError(Exception):
     """A request the service refuses: an HTTP status and the field to blame."""
 
@@ -65,8 +77,8 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.field, self.message, self.headers = status, field_name, message, headers
 
-    def response(self) -> JSONResponse:
-        return JSONResponse({"error": {"field": self.field, "message": self.message}}, self.status,
+    def response(self) -> JSON:
+        return JSON({"error": {"field": self.field, "message": self.message}}, self.status,
                             headers=self.headers)
 
 
@@ -305,12 +317,12 @@ def create_app(models: list[Served], limits: Limits | None = None, api_key: str 
                                                          "Cache-Control": "no-cache"})
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "models": len(models),
+        return JSON({"status": "ok", "models": len(models),
                              "streams": sum(m.batcher.reserved for m in models),
                              "max_streams": limits.max_streams})
 
     async def list_models(request: Request) -> Response:
-        return JSONResponse({"models": [m.info for m in models]})
+        return JSON({"models": [m.info for m in models]})
 
     async def generate(request: Request) -> Response:
         body = await read_json(request, limits, GenerateBody)
@@ -344,8 +356,8 @@ def create_app(models: list[Served], limits: Limits | None = None, api_key: str 
             job.cancel()  # a no-op once it ended
         if job.ended != "done":
             raise ended_error(job.ended)
-        return JSONResponse({"model": served.name, "seed": job.seed, "prime": job.prime,
-                             "samples": [job.text(r) for r in range(job.rows)]})
+        return JSON({"model": served.name, "seed": job.seed, "prime": job.prime,
+                     "samples": [job.text(r) for r in range(job.rows)]})
 
     async def _events(job: Job, woken: asyncio.Event, name: str):
         """start, then text chunks as they are drawn, then done (or error)."""
@@ -374,7 +386,7 @@ def create_app(models: list[Served], limits: Limits | None = None, api_key: str 
                            f"scores at most {limits.max_text:,} (--max-text)")
         analysis = await anyio.to_thread.run_sync(analyse, served.model.module, served.vocab,
                                                   body.text, limiter=workers)
-        return JSONResponse({"model": served.name, **score_summary(analysis)})
+        return JSON({"model": served.name, **score_summary(analysis)})
 
     routes = [Route(path, page_file) for path in page]
     routes += [Route("/healthz", healthz),
