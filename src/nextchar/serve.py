@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import h11
 import uvicorn
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.applications import Starlette
@@ -547,25 +548,54 @@ def url_of(sock: socket.socket) -> str:
 
 
 def make_server(app: Starlette, access_log: bool = True, keep_alive_s: int = 5) -> uvicorn.Server:
-    """A uvicorn server for `app` on its h11 protocol; run it with .run(sockets=[sock]), stop it
-    with SIGINT/SIGTERM (or .should_exit = True)."""
+    """A uvicorn server for `app` on its h11 protocol (HeadTimeoutH11); run it with
+    .run(sockets=[sock]), stop it with SIGINT/SIGTERM (or .should_exit = True)."""
     logging_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     logging_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for data
     logging_config["loggers"]["nextchar"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    config = uvicorn.Config(app, http=IdleClosingH11, access_log=access_log, log_config=logging_config,
+    config = uvicorn.Config(app, http=HeadTimeoutH11, access_log=access_log, log_config=logging_config,
                             timeout_keep_alive=keep_alive_s, timeout_graceful_shutdown=5,
                             lifespan="on")
     return uvicorn.Server(config)
 
 
-class IdleClosingH11(H11Protocol):
-    """uvicorn's h11 protocol, but a connection that sends nothing is closed after the keep-alive
-    timeout too (uvicorn starts that clock only once a first response is sent)."""
+class HeadTimeoutH11(H11Protocol):
+    """uvicorn's h11 protocol, with a clock on every request head: a connection that has not sent
+    a whole one within the keep-alive timeout of opening (or of its last response) is closed.
+    uvicorn's own keep-alive clock starts only after a first response and stops at the first
+    byte, so a client that connects and sends nothing, or half a request line, would hold its
+    connection for ever."""
+
+    head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
-                                                            self.timeout_keep_alive_handler)
+        self._start_head_clock()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._start_head_clock()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE and self.head_timer is not None:
+            self.head_timer.cancel()  # a whole head arrived; the app's timeouts take over
+            self.head_timer = None
+
+    def connection_lost(self, exc) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+        super().connection_lost(exc)
+
+    def _start_head_clock(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+        self.head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_late)
+
+    def _head_late(self) -> None:
+        self.head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
 
 
 def serve(runs: list[str], *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
