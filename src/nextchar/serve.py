@@ -330,11 +330,16 @@ def create_app(models: list[Served], limits: Limits | None = None, api_key: str 
         served = pick(body.model)
         config = sample_config(body, served, limits)
         loop = asyncio.get_running_loop()
-        woken = asyncio.Event()
+        woken, over = asyncio.Event(), asyncio.Event()  # new text or the end; the end
 
-        def wake() -> None:
+        def on_wake() -> None:
+            woken.set()
+            if job.ended:
+                over.set()
+
+        def wake() -> None:  # called from the batch thread
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to wake
-                loop.call_soon_threadsafe(woken.set)
+                loop.call_soon_threadsafe(on_wake)
 
         job = Job(config, time.monotonic() + limits.request_timeout, wake)
         try:
@@ -349,7 +354,7 @@ def create_app(models: list[Served], limits: Limits | None = None, api_key: str 
             raise
         streamed = body.stream or "text/event-stream" in request.headers.get("accept", "")
         if streamed:
-            return JobStream(job, _events(job, woken, served.name))
+            return JobStream(job, _events(job, woken, over, served.name))
         try:
             if not await _finished_or_gone(job, woken, request):
                 return Response(status_code=499)
@@ -360,7 +365,7 @@ def create_app(models: list[Served], limits: Limits | None = None, api_key: str 
         return JSON({"model": served.name, "seed": job.seed, "prime": job.prime,
                      "samples": [job.text(r) for r in range(job.rows)]})
 
-    async def _events(job: Job, woken: asyncio.Event, name: str):
+    async def _events(job: Job, woken: asyncio.Event, over: asyncio.Event, name: str):
         """start, then text chunks as they are drawn, then done (or error)."""
         yield _sse("start", {"model": name, "seed": job.seed, "prime": job.prime, "num_samples": job.rows})
         while True:
@@ -377,7 +382,8 @@ def create_app(models: list[Served], limits: Limits | None = None, api_key: str 
                 error = ended_error(ended)
                 yield _sse("error", {"error": {"field": error.field, "message": error.message}})
                 return
-            await asyncio.sleep(STREAM_FLUSH_S)  # let a few characters gather
+            with contextlib.suppress(asyncio.TimeoutError):  # let a few characters gather
+                await asyncio.wait_for(over.wait(), STREAM_FLUSH_S)  # (unless that was all)
 
     async def score(request: Request) -> Response:
         body = await read_json(request, limits, ScoreBody)
