@@ -38,10 +38,10 @@ from nextchar.vocab import Vocab  # noqa: E402
 HIDDEN, LAYERS, EMBED = 512, 2, 64
 
 
-def make_run(folder: Path) -> Vocab:
+def make_run(folder: Path, hidden: int = HIDDEN) -> Vocab:
     torch.manual_seed(0)
     vocab = Vocab([chr(c) for c in range(32, 97)])
-    config = RunConfig(DataConfig(), ModelConfig(vocab_size=len(vocab), hidden=HIDDEN, layers=LAYERS,
+    config = RunConfig(DataConfig(), ModelConfig(vocab_size=len(vocab), hidden=hidden, layers=LAYERS,
                                                  embed=EMBED), TrainConfig())
     model = CharRNN(config.model)
     run = RunFolder(folder)
