@@ -472,7 +472,7 @@ def test_the_page_generates_and_shades_in_chromium(url, client):
     executable = browser_or_skip()
     from playwright.sync_api import sync_playwright
 
-    pasted = "0: the quick brown fox jumps over the lazy dog.\n1: the €uro"
+    pasted = "0: the quick brown fox jumps over the lazy dog.\n1: the €uro\u202e."
     expected = client.post("/v1/score", json={"text": pasted}).json()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
@@ -510,6 +510,7 @@ def test_the_page_generates_and_shades_in_chromium(url, client):
             shaded = [s for s in spans if s[1]]
             assert len(shaded) == expected["chars"]  # every scored character, and only those
             assert [s[3] for s in spans].count("ch unk") == 1 and spans[0][3] == "ch first"  # the €
+            assert spans[-2][:1] == ["U+202E"] and "ctl" in spans[-2][3]  # shown, not obeyed
             assert all("bits" in s[2] and "expected:" in s[2] for s in shaded)
             assert all(u.startswith(url) for u in requested), [u for u in requested if not u.startswith(url)]
             assert not problems, problems
