@@ -55,7 +55,7 @@ log = logging.getLogger("nextchar.serve")
 API_KEY_ENV = "NEXTCHAR_API_KEY"
 STREAM_FLUSH_S = 0.05  # a stream sends what it has at most every 50 ms (the first at once)
 AUTO_PRECISION_STREAMS = 64  # `auto` picks the weight format that is fastest for this many streams
-WORKERS = 2  # primes and scores computed at once, beside the batches (one per core here)
+WORKERS = 2  # requests started (seeds, first noise) and texts scored at once, beside the batches
 SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.Generator.manual_seed accepts
 
 
