@@ -9,19 +9,21 @@ import torch
 from nextchar.batching import Batcher, Busy, Job
 from nextchar.config import ModelConfig, SampleConfig
 from nextchar.model import CharRNN
-from nextchar.sample import Sampler, int8_fits
+from nextchar.sample import Sampler, Stream
+from nextchar.stepping import int8_fits
 from nextchar.vocab import Vocab
 
-VOCAB = Vocab(list("\nabcdefghijklmnop ."))
+VOCAB = Vocab(list("\nabcdefghijklmnop ."))  # with a line break: no prime reads one
+NO_BREAK = Vocab(list("abcdefghijklmnop ."))  # without: each sample draws its first character
 
 
-def make_sampler(cell: str, precision: str = "fp32", embed: int = 8) -> Sampler:
+def make_sampler(cell: str, precision: str = "fp32", vocab: Vocab = VOCAB) -> Sampler:
     torch.manual_seed(0)
-    model = CharRNN(ModelConfig(vocab_size=len(VOCAB), cell=cell, embed=embed, hidden=16, layers=2))
+    model = CharRNN(ModelConfig(vocab_size=len(vocab), cell=cell, embed=8, hidden=16, layers=2))
     with torch.no_grad():  # sharper than the initial weights: draws depend on the logits
         for p in model.parameters():
             p.mul_(4)
-    return Sampler(model.eval(), VOCAB, precision)
+    return Sampler(model.eval(), vocab, precision)
 
 
 class Reader:
@@ -47,7 +49,7 @@ class Reader:
     def texts(self, timeout: float = 30) -> list[str]:
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "the job never ended"
-        return [self.job.shown + "".join(p) for p in self.pieces]
+        return [self.job.prime + "".join(p) for p in self.pieces]
 
 
 def run_jobs(batcher: Batcher, configs: list[SampleConfig], stagger: float = 0.0) -> list[Reader]:
@@ -63,8 +65,9 @@ def run_jobs(batcher: Batcher, configs: list[SampleConfig], stagger: float = 0.0
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
-def test_a_lone_job_gives_the_text_of_generate(cell, precision):
-    sampler = make_sampler(cell, precision)
+@pytest.mark.parametrize("vocab", [VOCAB, NO_BREAK], ids=["line-break", "no-line-break"])
+def test_a_lone_job_gives_the_text_of_generate(cell, precision, vocab):
+    sampler = make_sampler(cell, precision, vocab)
     if precision == "int8" and not int8_fits(sampler.model):
         pytest.skip("no int8 kernel here")
     batcher = Batcher(sampler, max_streams=8)
@@ -80,14 +83,14 @@ def test_a_lone_job_gives_the_text_of_generate(cell, precision):
         batcher.close()
 
 
-@pytest.mark.parametrize("noise_block", [Sampler.NOISE_BLOCK, 7 * len(VOCAB)])
-def test_jobs_sharing_the_batch_give_their_lone_texts(noise_block):
+@pytest.mark.parametrize("noise_block", [Stream.NOISE_BLOCK, 7 * len(VOCAB)])
+def test_jobs_sharing_the_batch_give_their_lone_texts(noise_block, monkeypatch):
     """Jobs with different seeds, settings and lengths, joining while others run, each get the
     text they get alone (fp32: batched products could differ in the last bit, see batching.py;
     on these small models no near tie turns that into another character). With blocks of noise
-    of 7 steps (or 3, for two rows), jobs move on to their next block every few steps."""
+    of 7 steps, streams move on to their next block every few steps."""
+    monkeypatch.setattr(Stream, "NOISE_BLOCK", noise_block)
     sampler = make_sampler("lstm")
-    sampler.NOISE_BLOCK = noise_block
     configs = [SampleConfig(length=300 - 20 * i, seed=i, prime="ab"[: i % 3], temperature=(0.8, 1.0)[i % 2],
                             top_k=4 if i % 4 == 3 else None, num_samples=1 + (i // 2) % 2, greedy=i == 5)
                for i in range(10)]  # groups of jobs with the same settings, drawn together
@@ -155,15 +158,16 @@ def test_close_ends_running_jobs():
         batcher.reserve(Job(SampleConfig(), deadline=time.monotonic() + 1))
 
 
-def test_a_burst_of_jobs_is_primed_in_one_call():
-    """Jobs that wait for the primer together are primed in one forward call per prime length
-    (the burst of a service's first second), and still get their lone texts."""
+def test_a_burst_of_jobs_is_primed_in_a_few_calls():
+    """Jobs that wait for the primer together are primed as Sampler.start primes one job: a prime
+    they share is run once, and every first character drawn at random goes into one call (the
+    burst of a service's first second); each job still gets its lone text."""
     sampler = make_sampler("lstm")
     configs = [SampleConfig(length=60, seed=i, prime=("ab", "ba", "")[i % 3]) for i in range(9)]
     alone = [sampler.generate(c) for c in configs]
     calls = []
-    prime = sampler.prime
-    sampler.prime = lambda idx: calls.append(tuple(idx.shape)) or prime(idx)
+    run_prime = sampler.run_prime
+    sampler.run_prime = lambda ids: calls.append(len(ids)) or run_prime(ids)
     batcher = Batcher(sampler, max_streams=16)
     try:
         with batcher._cond:  # the primer waits until every job is queued (the lock is re-entrant)
@@ -171,4 +175,19 @@ def test_a_burst_of_jobs_is_primed_in_one_call():
         assert [r.texts() for r in readers] == alone
     finally:
         batcher.close()
-    assert sorted(calls) == [(3, 1), (6, 2)]  # "" reads a line break: one call per prime length
+    assert sorted(calls) == [1, 2, 2]  # "ab", "ba", and a line break for the unprimed
+
+    sampler = make_sampler("gru", vocab=NO_BREAK)
+    configs = [SampleConfig(length=40, seed=i, num_samples=1 + i % 2) for i in range(6)]
+    alone = [sampler.generate(c) for c in configs]
+    forward = sampler.model.forward
+    batches = []
+    sampler.model.forward = lambda idx, *a: batches.append(tuple(idx.shape)) or forward(idx, *a)
+    batcher = Batcher(sampler, max_streams=16)
+    try:
+        with batcher._cond:
+            readers = run_jobs(batcher, configs)
+        assert [r.texts() for r in readers] == alone
+    finally:
+        batcher.close()
+    assert batches == [(9, 1)]  # the 9 samples' first characters in one call

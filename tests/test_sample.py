@@ -125,6 +125,30 @@ def test_reduced_precision_steps_stay_close_to_the_module(cell, precision):
     assert difference > 0  # the weights really were rounded
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_rows_join_and_leave_a_stepped_batch(cell):
+    """join (streams joining a batch) and select (streams leaving) carry each row's state: the
+    rows then step as they step apart (fp32; within rounding, as the products run over other
+    rows)."""
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=40, cell=cell, embed=16, hidden=32, layers=2)).eval()
+    stepper = StepModel(model, "fp32")
+    a, b = model.init_hidden(2), model.init_hidden(3)
+    a = tuple(torch.randn_like(t) for t in a) if cell == "lstm" else torch.randn_like(a)
+    b = tuple(torch.randn_like(t) for t in b) if cell == "lstm" else torch.randn_like(b)
+    idx = torch.randint(0, 40, (5,))
+    with torch.no_grad():
+        apart = torch.cat([stepper.step(idx[:2], stepper.from_module_hidden(a))[0],
+                           stepper.step(idx[2:], stepper.from_module_hidden(b))[0]])
+        joined = stepper.join([stepper.from_module_hidden(a), stepper.from_module_hidden(b)])
+        assert torch.allclose(stepper.step(idx, joined)[0], apart, atol=1e-5)
+        rows = torch.tensor([4, 1])  # what stepped above, then one step more for two rows
+        kept = stepper.select(joined, rows)
+        again = stepper.step(idx[rows], kept)[0]
+        whole = stepper.step(idx, joined)[0][rows]
+    assert torch.allclose(again, whole, atol=1e-5)
+
+
 def test_auto_precision_by_batch_and_shape(sampler, monkeypatch, fresh_cache):
     """auto takes the fastest timed weight format for the batch size; int8 only where the int8
     kernel takes the shapes; a named format is used as it is, without timing."""

@@ -2,7 +2,6 @@
 limits and errors, streams sharing the batch, disconnects, the CLI, and the page in Chromium."""
 
 import contextlib
-import io
 import json
 import logging
 import os
@@ -14,18 +13,16 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import httpx
 import pytest
 
 import nextchar
-from nextchar.cli import main
 from nextchar.config import ServeLimits
 from nextchar.errors import UserError
 from nextchar.serve import bind, check_exposure, create_app, load_models, make_server
-from processes import TINY_TEXT, cli
+from processes import TINY_TEXT, cli, cli_output
 
 JSON = {"Content-Type": "application/json"}
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,11 +95,9 @@ def client(url):
 
 def cli_sample(*args) -> str:
     """`nextchar sample ...` in this process: its stdout."""
-    out = io.StringIO()
-    with redirect_stdout(out), pytest.raises(SystemExit) as ended:
-        main(["sample", *map(str, args)])
-    assert ended.value.code == 0
-    return out.getvalue()
+    code, out, err = cli_output("sample", *args)
+    assert code == 0, err
+    return out
 
 
 def events(lines) -> list[tuple[str, dict]]:
@@ -173,11 +168,8 @@ def test_health_models_and_the_page_files(client, run):
         assert "default-src 'none'" in response.headers["content-security-policy"]
         # nothing from the network: no absolute URL, no protocol-relative one
         assert not re.search(r"(https?:)?//[a-z0-9]", re.sub(r"/\*.*?\*/", "", response.text), re.I), path
-    from importlib import resources
-
-    CSS = resources.files("nextchar.report").joinpath("page.css").read_text(encoding="utf-8")
-
-    assert client.get("/page.css").text.startswith(CSS)  # the report's style, declared once
+    report_css = (ROOT / "src" / "nextchar" / "report" / "page.css").read_text(encoding="utf-8")
+    assert client.get("/page.css").text.startswith(report_css)  # the report's style, declared once
 
 
 def test_a_lone_seeded_request_is_nextchar_sample(client, run):
@@ -324,7 +316,7 @@ def test_score_matches_eval_and_the_report(client, run):
     assert (answer["unknown_chars"], answer["unknown_symbols"]) == (2, ["€", "☃"])
     chars = answer["characters"]
     assert "".join(c["char"] for c in chars) == text
-    from nextchar.report import analyse
+    from nextchar.report.analysis import analyse
 
     analysis = analyse(model.module, model.vocab, text)
     for c, bits, top, known in zip(chars, analysis.bits, analysis.top, analysis.known):
@@ -480,7 +472,7 @@ def test_the_page_generates_and_shades_in_chromium(url, client):
     executable = browser_or_skip()
     from playwright.sync_api import sync_playwright
 
-    pasted = "0: the quick brown fox jumps over the lazy dog.\n1: the €uro"
+    pasted = "0: the quick brown fox jumps over the lazy dog.\n1: the €uro\u202e."
     expected = client.post("/v1/score", json={"text": pasted}).json()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
@@ -518,6 +510,7 @@ def test_the_page_generates_and_shades_in_chromium(url, client):
             shaded = [s for s in spans if s[1]]
             assert len(shaded) == expected["chars"]  # every scored character, and only those
             assert [s[3] for s in spans].count("ch unk") == 1 and spans[0][3] == "ch first"  # the €
+            assert spans[-2][:1] == ["U+202E"] and "ctl" in spans[-2][3]  # shown, not obeyed
             assert all("bits" in s[2] and "expected:" in s[2] for s in shaded)
             assert all(u.startswith(url) for u in requested), [u for u in requested if not u.startswith(url)]
             assert not problems, problems

@@ -1,41 +1,45 @@
 """Many sampling requests, one batched step: `nextchar serve`'s engine, without the HTTP.
 
-    request -> Job -> Batcher.start(job)   Sampler.begin: seed, prime ids, first noise block
-                         |                 (in the caller's thread)
-                         v
-    primer thread        jobs waiting to join, primes of one length in one forward call
-                         (Sampler.prime), so a burst of 64 requests costs a few calls, not 64
+    request -> Job -> Batcher.start(job)   its samples' Streams (row_seed), the prime ids or
+                         |                 each row's drawn first character, the first noise
+                         v                 blocks (in the caller's thread)
+    primer thread        the jobs waiting to join: one run per distinct prime (Sampler.run_prime,
+                         as Sampler.start), one forward call for every drawn first character,
+                         so a burst of 64 requests costs a few calls, not 64
                          |
                          v
     batch thread, one loop per step:
         admit    primed jobs join the batch: their rows are appended (StepModel.join)
-        draw     each job's next characters from the shared logits, with its own noise and
-                 settings (jobs with the same settings drawn in one call)
+        draw     each row's next character from the shared logits with its own stream's noise
+                 (read for all rows at once, NoiseTable) and its job's settings (jobs with the
+                 same settings drawn in one call)
         deliver  the characters to each job; wake its reader
         leave    finished, cancelled and late jobs drop out (StepModel.select)
         step     one StepModel.step for every row left
 
-A job alone runs the very operations of `Sampler.generate` (B = its samples), so it gives the
-text of `nextchar sample` with the same seed and precision. Beside other jobs, its rows are drawn
-from its own noise with its own settings, but its prime and steps run in products over more
-rows, which round differently in the last bit than a lone one (about 1e-7 in fp32): the text is
-drawn from the same distribution and is almost always the same, but a near tie between two
-characters can go the other way, and the texts part from there on.
+Each sample draws from its own generator, as in `Sampler.generate`, so a request alone gives the
+text of `nextchar sample` with the same seed and weight format. Beside other requests, its
+samples still draw the same random numbers, and a prime they share is run once for all, but the
+steps (and first characters drawn at random) run in products over more rows, which round
+differently in the last bit than over fewer (about 1e-7 in fp32): the text comes from the same
+distribution and is almost always the same, but a near tie between two characters can go the
+other way, and the texts part from there on.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from .config import SampleConfig
-from .sample import Sampler, draw
+from .sample import Sampler, Stream, draw, row_seed
 from .stepping import StepState
 
 log = logging.getLogger("nextchar.serve")
@@ -58,16 +62,15 @@ class Job:
         self.deadline = deadline  # time.monotonic() past which the job is ended as "timeout"
         self.wake = wake
         self.seed: int | None = None  # set by Batcher.start (the one drawn when none was given)
-        self.shown = ""  # the prefix shown before the generated text: the prime, or a drawn first character
-        self._blocks: Iterator[torch.Tensor] | None = None  # Gumbel noise blocks (n, rows, V)
-        self._block: torch.Tensor | None = None  # the block being read; None for greedy jobs
-        self._at = 0  # steps of it read when the batch's noise table was last built
-        self._ids: list[int] = []  # what the network reads first (Start.ids)
-        self.texts: list[list[str]] = [[] for _ in range(self.rows)]  # generated characters
-        self.read_upto = 0  # characters per row already returned by read()
-        self.produced = 0  # characters drawn per row
+        self.prime = ""  # the prime as the model read it, shown before every row's text
+        self.streams: list[Stream] = []  # each row's random draws
+        self.texts: list[list[str]] = [[] for _ in range(self.rows)]  # per row: the characters
+        self.leading = 0  # drawn before the first step: 1 when each row drew its first character
+        self.produced = 0  # characters generated per row (`length` of them in the end)
+        self.read_upto = 0  # entries of each row's texts already returned by read()
         self.ended: str | None = None  # "done", "cancelled", "timeout" or "failed"
         self.cancelled = False
+        self._ids: list[int] | None = None  # what every row reads first, or None: each its own
         self._woken = False
 
     def cancel(self) -> None:
@@ -75,15 +78,16 @@ class Job:
         self.cancelled = True
 
     def read(self) -> list[str]:
-        """Per row, the characters generated since the last read."""
+        """Per row, the text generated since the last read (a drawn first character included)."""
         self._woken = False  # before reading: what lands after this wakes the reader again
-        upto = self.produced
+        upto = self.leading + self.produced
         new = ["".join(row[self.read_upto:upto]) for row in self.texts]
         self.read_upto = upto
         return new
 
     def text(self, row: int) -> str:
-        return "".join(self.texts[row])
+        """Row `row`'s whole text: the prime, then what was drawn."""
+        return self.prime + "".join(self.texts[row])
 
     def _signal(self) -> None:
         if not self._woken:
@@ -92,7 +96,7 @@ class Job:
 
     def _end(self, reason: str) -> None:
         self.ended = reason
-        self._blocks = self._block = None  # free the noise now
+        self.streams = []  # free the noise now
         self._woken = False
         self._signal()
 
@@ -110,7 +114,7 @@ class Batcher:
         self.stepper = sampler.stepper(1)  # one format for every batch size
         self.max_streams = max_streams
         self.symbols = sampler.vocab.symbols
-        self._cond = threading.Condition()  # guards everything below
+        self._cond = threading.Condition()  # guards everything below (re-entrant)
         self._unprimed: list[Job] = []  # started, waiting for the primer
         self._primed: list[Arrival] = []  # primed, waiting to join the batch
         self._reserved = 0  # rows of jobs accepted and not yet ended
@@ -136,18 +140,28 @@ class Batcher:
             self._reserved += job.rows
 
     def start(self, job: Job) -> None:
-        """Seed the job, draw its first block of noise (Sampler.begin) and queue it for the
-        primer. Runs in the caller's thread."""
+        """Seed the job's samples, settle what they read first, draw their first noise blocks, and
+        queue the job for the primer. Runs in the caller's thread; the random draws come in the
+        order Sampler.generate makes them (a first character, then noise)."""
         try:
-            begun = self.sampler.begin(job.config)
-            job.seed, job.shown, job._ids, job._blocks = begun.seed, begun.shown, begun.ids, begun.noise
-            if not job.config.greedy and job.config.length:
-                job._block = next(job._blocks)  # drawn here, not in the batch's threads
+            config = job.config
+            job.seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
+            job.streams = [Stream(row_seed(job.seed, row), len(self.symbols)) for row in range(job.rows)]
+            shared = self.sampler.shared_prime(config.prime, config.unknown)
+            if shared is not None:
+                job._ids, job.prime = shared
+            else:
+                for text, stream in zip(job.texts, job.streams):
+                    text.append(self.symbols[stream.first_id()])
+                job.leading = 1
+            if not config.greedy and config.length:
+                for stream in job.streams:
+                    stream.rest()  # the first block is drawn here, not in the batch's threads
         except BaseException:
             self._release(job, "failed")
             raise
-        if job.config.length == 0:
-            self._release(job, "done")  # the prime alone
+        if config.length == 0:
+            self._release(job, "done")  # the prime (or first character) alone
             return
         with self._cond:
             self._unprimed.append(job)
@@ -173,31 +187,45 @@ class Batcher:
             with self._cond:
                 while not self._unprimed and not self._closed:
                     self._cond.wait()
+                waiting, self._unprimed = self._unprimed, []
                 if self._closed:
-                    waiting, self._unprimed = self._unprimed, []
                     for job in waiting:
                         self._release(job, "cancelled")
                     return
-                waiting, self._unprimed = self._unprimed, []
-            by_length: dict[int, list[Job]] = {}
+            groups: dict[tuple | None, list[Job]] = {}
             for job in waiting:
                 if job.cancelled:
                     self._release(job, "cancelled")
                 else:
-                    by_length.setdefault(len(job._ids), []).append(job)
-            for jobs in by_length.values():
+                    groups.setdefault(None if job._ids is None else tuple(job._ids), []).append(job)
+            for ids, jobs in groups.items():
                 try:
-                    idx = torch.tensor([job._ids for job in jobs for _ in range(job.rows)],
-                                       device=self.sampler.device)  # (B, P)
-                    logits, state = self.sampler.prime(idx)
+                    arrival = self._prime(ids, jobs)
                 except Exception:  # a bug: fail these jobs, keep priming the next ones
                     log.exception("priming failed; ending %d job(s)", len(jobs))
                     for job in jobs:
                         self._release(job, "failed")
                     continue
                 with self._cond:
-                    self._primed.append(Arrival(jobs, logits, state))
+                    self._primed.append(arrival)
                     self._cond.notify_all()
+
+    @torch.inference_mode()
+    def _prime(self, ids: tuple | None, jobs: list[Job]) -> Arrival:
+        """Prime the rows of `jobs` as Sampler.start does: a prime they share (`ids`) run once
+        and copied to every row, or each row's drawn first character, all in one call."""
+        B = sum(job.rows for job in jobs)
+        if ids is not None:
+            logits, hidden = self.sampler.run_prime(list(ids))  # (1, V), (L, 1, H)
+            expand = lambda t: t.expand(t.size(0), B, t.size(2)).contiguous()  # noqa: E731
+            hidden = tuple(expand(h) for h in hidden) if isinstance(hidden, tuple) else expand(hidden)
+            logits = logits.expand(B, -1)
+        else:
+            index = self.sampler.vocab.index
+            firsts = [index[text[0]] for job in jobs for text in job.texts]
+            logits, hidden = self.sampler.model(torch.tensor(firsts, device=self.sampler.device)[:, None])
+            logits = logits[:, -1].float()  # (B, V)
+        return Arrival(jobs, logits, self.stepper.from_module_hidden(hidden))
 
     # ---- the batch thread ----------------------------------------------------------------
 
@@ -234,7 +262,7 @@ class Batcher:
             batch = Batch(batch.jobs + joining, logits, state, NoiseTable.build(batch, joining, logits))
         if not batch.jobs:
             return batch
-        if batch.noise.steps_left == 0:  # a job has read all of its block: on to the next
+        if batch.noise.steps_left == 0:  # a stream has read all of its block: on to the next
             batch.noise = NoiseTable.build(batch, [], batch.logits)
         # draw and deliver
         ids = self._draw(batch)  # (B,)
@@ -284,8 +312,8 @@ class Batcher:
 
     @staticmethod
     def _draw(batch: Batch) -> torch.Tensor:
-        """Each job's next ids from its rows of the logits (B, V) and of the noise (B, V), jobs with
-        the same settings in one call of sample.draw (one call for all when they agree, as in
+        """Each row's next id from its logits (B, V) and its noise (B, V), jobs with the same
+        settings in one call of sample.draw (one call for all when they agree, as in
         Sampler.generate)."""
         noise = batch.noise.read()
         if len(batch.groups) == 1:
@@ -302,42 +330,52 @@ def _draw_group(key: tuple, logits: torch.Tensor, noise: torch.Tensor) -> torch.
     return logits.argmax(-1) if greedy else draw(logits, noise, temperature, top_k, top_p)
 
 
+@dataclass
+class Arrival:
+    """Jobs primed together: their rows' logits (B, V) and StepState, in job order."""
+
+    jobs: list[Job]
+    logits: torch.Tensor
+    state: StepState
+
+
 class NoiseTable:
     """The Gumbel noise of every row of the batch in one (N, V) table, read a step at a time by
-    one index_select: row b of step t sits at cursor[b] + t * stride[b]. Copying each job's block
-    in once costs less than slicing 64 blocks a step (2.6 us each here, against 8 us for the one
-    gather). Built again when jobs join or a block is used up (rare: a block holds 2**20 values,
-    16,000 steps of one stream over 65 symbols); rows that leave only leave the cursor. Row 0 is
-    zeros, read by greedy rows."""
+    one index_select: row b of step t sits at cursor[b] + t. Copying what is left of each
+    stream's block in once costs less than slicing 64 streams' blocks every step (2.6 us a
+    slice on the 2-core machine, against 8 us for the one gather). Built again when jobs join or
+    a stream's block is used up (a block holds 2**18 values: 4,000 steps over 65 symbols); rows
+    that leave only leave the cursor. Row 0 is zeros, read by greedy rows."""
 
     def __init__(self, table: torch.Tensor, cursor: torch.Tensor, stride: torch.Tensor, steps_left: float):
         self.table, self.cursor, self.stride = table, cursor, stride  # (N, V), (B,), (B,)
-        self.steps_left = steps_left  # steps until some job's block is used up
+        self.steps_left = steps_left  # steps until some stream's block is used up
         self.steps = 0  # read since built
 
     @classmethod
     def build(cls, batch: Batch, joining: list[Job], logits: torch.Tensor) -> NoiseTable:
-        """A table for batch's jobs (their reading caught up) and the joining ones; `logits`
-        (B, V) only tells the vocabulary size and the device."""
+        """A table for the batch's jobs (their streams told what was read) and the joining ones;
+        `logits` (B, V) only tells the vocabulary size and the device."""
         for job in batch.jobs:
-            job._at += batch.noise.steps
+            if not job.config.greedy:
+                for stream in job.streams:
+                    stream.skip(batch.noise.steps)
         V, device = logits.size(-1), logits.device
-        parts, cursor, stride, base, steps_left = [torch.zeros(1, V, device=device)], [], [], 1, float("inf")
+        parts, cursor, stride, base, steps_left = [torch.zeros(1, V)], [], [], 1, float("inf")
         for job in batch.jobs + joining:
-            if job._block is None:  # greedy
+            if job.config.greedy:
                 cursor += [0] * job.rows
                 stride += [0] * job.rows
                 continue
-            if job._at == len(job._block):
-                job._block, job._at = next(job._blocks), 0
-            rest = job._block[job._at:]  # (n, rows, V)
-            parts.append(rest.reshape(-1, V))
-            cursor += range(base, base + job.rows)
-            stride += [job.rows] * job.rows
-            base += rest.size(0) * job.rows
-            steps_left = min(steps_left, rest.size(0))
-        return cls(torch.cat(parts), torch.tensor(cursor, device=device), torch.tensor(stride, device=device),
-                   steps_left)
+            for stream in job.streams:
+                rest = stream.rest()  # (m, V)
+                parts.append(rest)
+                cursor.append(base)
+                stride.append(1)
+                base += len(rest)
+                steps_left = min(steps_left, len(rest))
+        return cls(torch.cat(parts).to(device), torch.tensor(cursor, device=device),
+                   torch.tensor(stride, device=device), steps_left)
 
     def read(self) -> torch.Tensor:
         """This step's noise, (B, V)."""
@@ -353,19 +391,10 @@ class NoiseTable:
         return self
 
 
-@dataclass
-class Arrival:
-    """Jobs primed together: their rows' logits (B, V) and StepState, in job order."""
-
-    jobs: list[Job]
-    logits: torch.Tensor
-    state: StepState
-
-
 class Batch:
     """The running jobs, in row order, with their logits (B, V), StepState and noise, and what the
     loop needs of their layout, worked out once per change of membership rather than once per
-    step: each job's first row, the groups of jobs drawn together, and when one may next leave."""
+    step: each job's first row, the groups of rows drawn together, and when a job may next leave."""
 
     def __init__(self, jobs: list[Job], logits: torch.Tensor | None, state: StepState | None,
                  noise: NoiseTable | None = None):

@@ -11,8 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
 
@@ -20,7 +19,7 @@ from . import autotune
 from .config import SampleConfig
 from .errors import UserError
 from .model import CharRNN, Hidden
-from .stepping import StepModel, StepState, int8_fits
+from .stepping import StepModel, int8_fits
 from .vocab import Vocab
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
@@ -113,42 +112,44 @@ def row_seed(seed: int, row: int) -> int:
 
 
 class Stream:
-    """One sample's random draws: its own seeded generator, so that its text is the same whatever
-    other samples are drawn beside it."""
+    """One sample's random draws: its own seeded generator, so its text is the same whatever
+    other samples are drawn beside it. Gumbel noise comes in blocks of (n, V)."""
 
-    def __init__(self, seed: int, vocab_size: int, block_values: int = 1 << 18):
-        """block_values: noise values drawn at a time (whole steps of V each, at least one)."""
+    NOISE_BLOCK = 1 << 18  # noise values drawn at a time
+
+    def __init__(self, seed: int, vocab_size: int):
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self.V = vocab_size
-        self.block_values = block_values
+        self.block = torch.empty(0, vocab_size)
+        self.used = 0
 
-    def blocks(self, steps: int) -> Iterator[torch.Tensor]:
-        """Standard Gumbel noise for the next `steps` steps, in blocks (n, V). The generator's
-        stream does not depend on the block size (one (n, V) draw equals n (1, V) draws), so a
-        shorter sample's noise is a prefix of a longer one's."""
-        n = max(1, self.block_values // self.V)
-        while steps > 0:
-            take = min(n, steps)
-            block = torch.empty(take, self.V).exponential_(generator=self.generator)
-            yield block.clamp_min_(1e-30).log_().neg_()  # -log Exp(1) ~ Gumbel
-            steps -= take
+    def noise(self) -> torch.Tensor:
+        """(V,) standard Gumbel noise for the next step (the generator's stream does not depend on
+        the block size: one (n, V) draw equals n (1, V) draws)."""
+        self._fill()
+        self.used += 1
+        return self.block[self.used - 1]
+
+    def rest(self) -> torch.Tensor:
+        """(m, V): the noise of the next m steps, what is left of the current block (a new block
+        once it is used up), for a caller that reads many streams' noise at once; skip() says
+        how many steps of it were read."""
+        self._fill()
+        return self.block[self.used:]
+
+    def skip(self, steps: int) -> None:
+        self.used += steps
+
+    def _fill(self) -> None:
+        if self.used == len(self.block):
+            n = max(1, self.NOISE_BLOCK // self.V)
+            block = torch.empty(n, self.V).exponential_(generator=self.generator)
+            self.block = block.clamp_min_(1e-30).log_().neg_()  # -log Exp(1) ~ Gumbel
+            self.used = 0
 
     def first_id(self) -> int:
         """A uniformly drawn first character, for a vocabulary with no line break to start from."""
         return int(torch.randint(self.V, (1,), generator=self.generator))
-
-
-@dataclass
-class Start:
-    """Streams ready to be primed: the seed used, the prefix shown (the prime, or a first
-    character drawn by sample 0's generator), the ids the network reads first (the prime's, that
-    character, or a line break), and the Gumbel noise in blocks (n, B, V) of n steps each, row b
-    from sample b's own generator (none for greedy)."""
-
-    seed: int
-    shown: str
-    ids: list[int]
-    noise: Iterator[torch.Tensor]
 
 
 class Sampler:
@@ -160,8 +161,6 @@ class Sampler:
     fixed weight format it is also the same whatever the batch (tests check fp32 and int8), and a
     shorter sample is a prefix of a longer one. Memory does not grow with the prime (run in
     chunks) or the length (characters go to `on_text` as they are drawn)."""
-
-    NOISE_BLOCK = 1 << 18  # noise values each sample draws at a time
 
     def __init__(self, model: CharRNN, vocab: Vocab, precision: str = "auto"):
         """precision: auto, fp32, bf16 or int8 for the weights while stepping (see
@@ -195,40 +194,33 @@ class Sampler:
             out, hidden = module.rnn(module.inputs(idx), hidden)  # (1, t, H)
         return module.head(out[:, -1]).float(), hidden  # (1, V)
 
-    def begin(self, config: SampleConfig) -> Start:
-        """Seed, prime ids and noise for `config.num_samples` streams: everything before the
-        network reads the prime. `generate` and the service's shared batch (batching.py) both
-        start here, so a seed gives the same text in either."""
-        seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
-        streams = [Stream(row_seed(seed, row), len(self.vocab), self.NOISE_BLOCK)
-                   for row in range(config.num_samples)]
-        ids = self.vocab.encode(config.prime, unknown=config.unknown) if config.prime else []
+    def shared_prime(self, prime: str, unknown: str) -> tuple[list[int], str] | None:
+        """The ids every row reads first and the prefix shown for them: the prime, or with none a
+        line break to start after (shown as nothing); None when the vocabulary has no line break
+        and each row starts from a character its own generator draws."""
+        ids = self.vocab.encode(prime, unknown=unknown) if prime else []
         if ids:
-            shown = self.vocab.decode(ids)
-        elif "\n" in self.vocab:  # start as if after a line break: a natural beginning
-            ids, shown = [self.vocab.index["\n"]], ""
-        else:  # sample 0's generator draws the first character of every sample
-            first = streams[0].first_id()
-            ids, shown = [first], self.vocab.symbols[first]
-        steps = 0 if config.greedy else config.length
-        per_stream = [stream.blocks(steps) for stream in streams]
-        noise = (torch.stack(rows, 1).to(self.device) for rows in zip(*per_stream))  # (n, B, V)
-        return Start(seed, shown, ids, noise)
+            return ids, self.vocab.decode(ids)
+        if "\n" in self.vocab:  # after a line break: a natural beginning
+            return [self.vocab.index["\n"]], ""
+        return None
 
-    @torch.inference_mode()
-    def prime(self, idx: torch.Tensor) -> tuple[torch.Tensor, StepState]:
-        """idx (B, P), rows of primes of one length -> the logits (B, V) of the next character
-        and the state after them. Each distinct prime runs once, alone (run_prime), so a row's
-        numbers do not depend on what else is primed beside it."""
-        unique, where = torch.unique(idx, dim=0, return_inverse=True)
-        runs = [self.run_prime(row.tolist()) for row in unique]
-        logits = torch.cat([r[0] for r in runs])[where]  # (B, V)
-        pick = lambda h: torch.cat(h, 1)[:, where].contiguous()  # noqa: E731  (L, B, H)
-        if isinstance(runs[0][1], tuple):
-            hidden = tuple(pick([r[1][k] for r in runs]) for k in range(2))
-        else:
-            hidden = pick([r[1] for r in runs])
-        return logits, self.stepper(idx.size(0)).from_module_hidden(hidden)
+    def start(self, prime: str, unknown: str, streams: list[Stream]) -> tuple[list[str], torch.Tensor, Hidden]:
+        """Prime every stream -> (each row's printed prefix, logits (B, V), hidden (L, B, H)).
+
+        With a prime (or a line break in the vocabulary to start after), all rows share one run of
+        it; otherwise each row starts from a character its own generator draws."""
+        shared = self.shared_prime(prime, unknown)
+        B = len(streams)
+        if shared is not None:
+            ids, shown = shared
+            logits, hidden = self.run_prime(ids)
+            expand = lambda t: t.expand(t.size(0), B, t.size(2)).contiguous()  # noqa: E731
+            hidden = tuple(expand(h) for h in hidden) if isinstance(hidden, tuple) else expand(hidden)
+            return [shown] * B, logits.expand(B, -1), hidden
+        firsts = [s.first_id() for s in streams]
+        logits, hidden = self.model(torch.tensor(firsts, device=self.device)[:, None])  # (B, 1, V)
+        return [self.vocab.symbols[i] for i in firsts], logits[:, -1].float(), hidden
 
     @torch.inference_mode()
     def generate(self, config: SampleConfig,
@@ -240,26 +232,24 @@ class Sampler:
         is a list of empty strings. A KeyboardInterrupt stops between two characters, after every
         character drawn so far went to on_text.
         """
+        seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
         B = config.num_samples
-        start = self.begin(config)
+        streams = [Stream(row_seed(seed, row), len(self.vocab)) for row in range(B)]
         kept: list[list[str]] = [[] for _ in range(B)]
         emit = on_text if on_text is not None else lambda row, text: kept[row].append(text)
-        logits, hidden = self.run_prime(start.ids)  # once for every row: (1, V), (L, 1, H)
-        expand = lambda t: t.expand(t.size(0), B, t.size(2)).contiguous()  # noqa: E731
-        hidden = tuple(expand(h) for h in hidden) if isinstance(hidden, tuple) else expand(hidden)
-        logits = logits.expand(B, -1)
+        shown, logits, hidden = self.start(config.prime, config.unknown, streams)
         stepper = self.stepper(B)
         state = stepper.from_module_hidden(hidden)
-        if start.shown:
-            for row in range(B):
-                emit(row, start.shown)
-        noise = (step for block in start.noise for step in block)  # (B, V) per step
+        for row in range(B):
+            if shown[row]:
+                emit(row, shown[row])
         symbols = self.vocab.symbols
         for _ in range(config.length):
             if config.greedy:
                 idx = logits.argmax(-1)  # (B,)
             else:
-                idx = draw(logits, next(noise), config.temperature, config.top_k, config.top_p)
+                gumbel = torch.stack([s.noise() for s in streams]).to(self.device)  # (B, V)
+                idx = draw(logits, gumbel, config.temperature, config.top_k, config.top_p)
             for row, i in enumerate(idx.tolist()):
                 emit(row, symbols[i])
             logits, state = stepper.step(idx, state)

@@ -41,13 +41,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from . import report
 from .api import Model, load
 from .batching import Batcher, Busy, Job
 from .config import SampleConfig
 from .config import ServeLimits as Limits
 from .errors import UserError
-from .evaluate import LN2
+from .report.analysis import LN2, Analysis, analyse
 from .runfolder import RunFolder
 from .sample import Sampler, check_prime, check_sample_precision, sample_precision
 
@@ -56,7 +55,7 @@ log = logging.getLogger("nextchar.serve")
 API_KEY_ENV = "NEXTCHAR_API_KEY"
 STREAM_FLUSH_S = 0.05  # a stream sends what it has at most every 50 ms (the first at once)
 AUTO_PRECISION_STREAMS = 64  # `auto` picks the weight format that is fastest for this many streams
-WORKERS = 2  # primes and scores computed at once, beside the batches (one per core here)
+WORKERS = 2  # requests started (seeds, first noise) and texts scored at once, beside the batches
 SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.Generator.manual_seed accepts
 
 
@@ -250,8 +249,8 @@ def load_models(runs: list[str], limits: Limits, precision: str = "auto", checkp
 def _page_files() -> dict[str, tuple[bytes, str]]:
     """The page's three files (path -> body, media type); its CSS starts with the report's."""
     web = resources.files("nextchar") / "web"
-    report_css = resources.files("nextchar.report").joinpath("page.css").read_text(encoding="utf-8")
-    css = report_css + "\n" + (web / "page.css").read_text(encoding="utf-8")
+    css = ((resources.files("nextchar") / "report" / "page.css").read_text(encoding="utf-8") + "\n"
+           + (web / "page.css").read_text(encoding="utf-8"))
     return {"/": ((web / "index.html").read_bytes(), "text/html; charset=utf-8"),
             "/page.css": (css.encode("utf-8"), "text/css; charset=utf-8"),
             "/page.js": ((web / "page.js").read_bytes(), "text/javascript; charset=utf-8")}
@@ -363,12 +362,12 @@ def create_app(models: list[Served], limits: Limits | None = None, api_key: str 
             job.cancel()  # a no-op once it ended
         if job.ended != "done":
             raise ended_error(job.ended)
-        return JSON({"model": served.name, "seed": job.seed, "prime": job.shown,
-                             "samples": [job.shown + job.text(r) for r in range(job.rows)]})
+        return JSON({"model": served.name, "seed": job.seed, "prime": job.prime,
+                     "samples": [job.text(r) for r in range(job.rows)]})
 
     async def _events(job: Job, woken: asyncio.Event, over: asyncio.Event, name: str):
         """start, then text chunks as they are drawn, then done (or error)."""
-        yield _sse("start", {"model": name, "seed": job.seed, "prime": job.shown, "num_samples": job.rows})
+        yield _sse("start", {"model": name, "seed": job.seed, "prime": job.prime, "num_samples": job.rows})
         while True:
             await woken.wait()
             woken.clear()
@@ -392,7 +391,7 @@ def create_app(models: list[Served], limits: Limits | None = None, api_key: str 
         if len(body.text) > limits.max_text:
             raise ApiError(422, "text", f"text has {len(body.text):,} characters; this service "
                            f"scores at most {limits.max_text:,} (--max-text)")
-        analysis = await anyio.to_thread.run_sync(report.analyse, served.model.module, served.vocab,
+        analysis = await anyio.to_thread.run_sync(analyse, served.model.module, served.vocab,
                                                   body.text, limiter=workers)
         return JSON({"model": served.name, **score_summary(analysis)})
 
@@ -485,7 +484,7 @@ def sample_config(body: GenerateBody, served: Served, limits: Limits) -> SampleC
     return config
 
 
-def score_summary(analysis: report.Analysis) -> dict[str, Any]:
+def score_summary(analysis: Analysis) -> dict[str, Any]:
     """What /v1/score answers: eval's figures over the scored characters, and each character:
     whether the model knows it, its bits (null where not scored: the first, and any outside the
     vocabulary) and the model's top guesses for it."""

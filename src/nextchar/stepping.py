@@ -144,11 +144,11 @@ class StepModel:
         return self._state(z, cells)
 
     def select(self, state: StepState, rows: torch.Tensor) -> StepState:
-        """A new state holding `rows` (B',) of `state`, in that order (streams leaving)."""
+        """A new state of `rows` (B',) of `state`, in that order (streams leaving a batch)."""
         return self._state(state.z.index_select(0, rows), [c.index_select(0, rows) for c in state.c])
 
     def _state(self, z: torch.Tensor, cells: list[torch.Tensor]) -> StepState:
-        """A StepState over z (B, L*H) and the LSTM cells, with its work buffers and views."""
+        """A StepState over z (B, L*H) and the LSTM cells, with its gate buffers and views."""
         B, H = z.size(0), self.H
         work = []
         for k in range(self.L):

@@ -132,10 +132,19 @@
   }
 
   // ---- surprisal: POST /v1/score, one shaded span per character, as in the report --------
+  // as the report (report/page.py): controls, format characters (bidi, zero-width), separators,
+  // surrogates, private-use and unassigned code points would show nothing, or move their
+  // neighbours, so they show as their code point
+  var INVISIBLE = /^[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}\p{Co}\p{Cn}]$/u;
+
+  function invisible(c) { return !VISIBLE[c] && INVISIBLE.test(c); }
+
   function shown(c) {
     if (VISIBLE[c]) { return VISIBLE[c]; }
     var code = c.codePointAt(0);
-    return code < 32 ? String.fromCodePoint(0x2400 + code) : (code === 127 ? "\u2421" : c);
+    if (code < 32) { return String.fromCodePoint(0x2400 + code); }
+    if (code === 127) { return "\u2421"; }
+    return invisible(c) ? "U+" + code.toString(16).toUpperCase().padStart(4, "0") : c;
   }
 
   async function score() {
@@ -153,7 +162,7 @@
     var fragment = document.createDocumentFragment();
     result.characters.forEach(function (ch) {
       var span = document.createElement("span");
-      span.className = "ch" + (ch.char === "\n" ? " nl" : "");
+      span.className = "ch" + (ch.char === "\n" ? " nl" : (invisible(ch.char) ? " ctl" : ""));
       span.textContent = (ch.char === " " || ch.char === "\t") ? ch.char : shown(ch.char);
       if (!ch.known) {
         span.className += " unk";
