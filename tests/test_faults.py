@@ -168,7 +168,8 @@ def test_sigkill_inside_a_checkpoint_write_loses_nothing(tmp_path, uninterrupted
         assert [t.name.split("-")[0] for t in temps] == [f".{name}.tmp"]
         complete = (uninterrupted / name).stat().st_size
         size = temps[0].stat().st_size
-        assert size == complete // 2 if point == "partial" else abs(size - complete) < 100
+        # the metadata (times, counters) may differ by a few bytes from the uninterrupted run's
+        assert abs(size - (complete // 2 if point == "partial" else complete)) < 100
 
     resumed = nextchar.train(resume=run)
     assert resumed.steps == 12 and stray_temps(run) == []

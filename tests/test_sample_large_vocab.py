@@ -1,15 +1,16 @@
-"""Sampling with a vocabulary too large for layer 0's lookup table (sample.py: StepModel's
+"""Sampling with a vocabulary too large for layer 0's lookup table (stepping.py: StepModel's
 `embed_proj`): each drawn character's embedding row is projected at every step instead. Checked
 against the module, as test_sample.py checks the table path."""
 
 import pytest
 import torch
 
-import nextchar.sample as sample
+import nextchar.stepping as stepping
 from nextchar.config import ModelConfig, SampleConfig
 from nextchar.errors import UserError
 from nextchar.model import CharRNN
-from nextchar.sample import Sampler, StepModel, sample_precision
+from nextchar.sample import Sampler, sample_precision
+from nextchar.stepping import StepModel
 from nextchar.vocab import Vocab
 
 
@@ -24,7 +25,7 @@ def step_through(model: CharRNN, precision: str, idx: torch.Tensor) -> tuple[Ste
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "rnn-relu"])
 def test_projected_embedding_steps_equal_the_module(cell, monkeypatch):
-    monkeypatch.setattr(sample, "TABLE_LIMIT_BYTES", 0)  # every vocabulary is "too large"
+    monkeypatch.setattr(stepping, "TABLE_LIMIT_BYTES", 0)  # every vocabulary is "too large"
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=40, cell=cell, embed=16, hidden=32, layers=2)).eval()
     idx = torch.randint(0, 40, (3, 20))
@@ -58,7 +59,7 @@ def test_a_large_vocabulary_samples_through_the_projection():
 
 
 def test_int8_needs_an_embedding_size_that_is_a_multiple_of_16_when_projected(monkeypatch):
-    monkeypatch.setattr(sample, "TABLE_LIMIT_BYTES", 0)
+    monkeypatch.setattr(stepping, "TABLE_LIMIT_BYTES", 0)
     model = CharRNN(ModelConfig(vocab_size=40, cell="lstm", embed=12, hidden=32, layers=1))
     with pytest.raises(UserError, match="multiple of 16"):
         sample_precision("int8", model, 1)
