@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 import nextchar
-from nextchar.config import ServeLimits
+from nextchar.config import DynamicConfig, ServeLimits
 from nextchar.errors import UserError
 from nextchar.serve import bind, check_exposure, create_app, load_models, make_server
 from processes import TINY_TEXT, cli, cli_output
@@ -333,6 +333,21 @@ def test_score_matches_eval_and_the_report(client, run):
                         ({"text": "ab", "top": 3}, "top")):
         response = client.post("/v1/score", json=body)
         assert response.status_code == 422 and response.json()["error"]["field"] == field, body
+
+
+def test_score_can_add_a_dynamic_figure_beside_the_static_one(client, run):
+    text = "0: the quick brown fox jumps over the lazy dog.\n" * 6 + "1: the €uro"
+    static = client.post("/v1/score", json={"text": text}).json()
+    answer = client.post("/v1/score", json={"text": text, "dynamic": True}).json()
+    expected = nextchar.load(run).evaluate(text, dynamic=DynamicConfig())
+    assert answer["dynamic"]["chars"] == expected.chars == answer["chars"]
+    assert answer["dynamic"]["bits_per_char"] == pytest.approx(expected.bits_per_char, rel=1e-6)
+    assert answer["dynamic"]["bits_per_char"] != pytest.approx(answer["bits_per_char"], rel=1e-4)
+    assert (answer["dynamic"]["lr"], answer["dynamic"]["window"]) == (DynamicConfig().lr, DynamicConfig().window)
+    del answer["dynamic"]
+    assert answer == static  # the static figures and the per-character view are unchanged
+    response = client.post("/v1/score", json={"text": text, "dynamic": "yes"})
+    assert response.status_code == 422 and response.json()["error"]["field"] == "dynamic"
 
 
 # ---- limits, keys, exposure ----------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .config import DataConfig, DynamicConfig, RunConfig, SampleConfig, from_dict
+from .dynamic import adapt as adapt_to
 from .dynamic import score_dynamic
 from .errors import UserError
 from .evaluate import EvalResult, score_ids
@@ -37,16 +38,27 @@ class Model:
     def generate(self, prime: str = "", length: int = 500, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float = 1.0, greedy: bool = False, seed: int | None = None,
                  unknown: str = "error", num_samples: int = 1, precision: str = "auto",
-                 on_text: Callable[[int, str], None] | None = None) -> str | list[str]:
+                 on_text: Callable[[int, str], None] | None = None,
+                 adapt: DynamicConfig | None = None) -> str | list[str]:
         """prime + `length` sampled characters (a list of texts when num_samples > 1).
         precision: the weights while stepping, auto | fp32 (exact) | bf16 | int8, as `nextchar sample`.
         on_text(sample, text): called with each sample's prime, then each character as it is
-        drawn, to stream them; nothing is then kept, and the texts returned are empty."""
+        drawn, to stream them; nothing is then kept, and the texts returned are empty.
+        adapt: first let a copy of the model learn from the prime as dynamic evaluation does
+        (nextchar.dynamic), then sample from that copy; this Model is not changed."""
         config = SampleConfig(length=length, temperature=temperature, top_k=top_k, top_p=top_p,
                               greedy=greedy, num_samples=num_samples, seed=seed, prime=prime,
                               unknown=unknown)
         check_prime(self.vocab, prime, unknown)
-        texts = Sampler(self.module, self.vocab, precision).generate(config, on_text)
+        module = self.module
+        if adapt is not None:
+            ids = self.vocab.ids_of_points(code_points(prime))
+            ids = ids[ids >= 0]  # as the sampler reads it (unknown='skip' drops the others)
+            if len(ids) < 2:
+                raise UserError("adapting needs a prime of two or more characters to learn from "
+                                "(--prime)")
+            module = adapt_to(self.module, ids, adapt, self.device)
+        texts = Sampler(module, self.vocab, precision).generate(config, on_text)
         return texts[0] if num_samples == 1 else texts
 
     def evaluate(self, text: str, precision: str | None = None,

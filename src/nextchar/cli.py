@@ -107,7 +107,19 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the model (off by default; pays off on GPUs, for long runs)")
 
 
-DYNAMIC = DynamicConfig()  # the defaults of eval --dynamic
+def _add_dynamic_flags(p: argparse.ArgumentParser) -> None:
+    """Dynamic evaluation's settings, for eval --dynamic and sample --adapt."""
+    defaults = DynamicConfig()
+    p.add_argument("--dynamic-lr", type=float, default=defaults.lr,
+                   help=f"dynamic evaluation's step size (default {defaults.lr})")
+    p.add_argument("--dynamic-decay", type=float, default=defaults.decay,
+                   help=f"pull towards the trained weights per step (default {defaults.decay})")
+    p.add_argument("--dynamic-window", type=int, default=defaults.window,
+                   help=f"characters per step (default {defaults.window})")
+
+
+def dynamic_config(args) -> DynamicConfig:
+    return DynamicConfig(lr=args.dynamic_lr, decay=args.dynamic_decay, window=args.dynamic_window)
 
 
 def build_parser() -> Parser:
@@ -170,12 +182,7 @@ def build_parser() -> Parser:
     p.add_argument("--dynamic", action="store_true",
                    help="also score with dynamic evaluation: the model keeps learning from the text "
                    "it has scored (one SGD step per window, on a copy; the run is not changed)")
-    p.add_argument("--dynamic-lr", type=float, default=DYNAMIC.lr,
-                   help=f"dynamic evaluation's step size (default {DYNAMIC.lr})")
-    p.add_argument("--dynamic-decay", type=float, default=DYNAMIC.decay,
-                   help=f"pull towards the trained weights per step (default {DYNAMIC.decay})")
-    p.add_argument("--dynamic-window", type=int, default=DYNAMIC.window,
-                   help=f"characters per step (default {DYNAMIC.window})")
+    _add_dynamic_flags(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("sample", help="generate text from a run",
@@ -197,6 +204,11 @@ def build_parser() -> Parser:
                    help="weights while stepping: fp32 is exact; int8 (one scale per row) and bf16 "
                    "read fewer bytes; auto = the fastest for this model and --num-samples, timed "
                    "here in a fraction of a second and cached")
+    p.add_argument("--adapt", action="store_true",
+                   help="first let a copy of the model learn from the prime as `eval --dynamic` "
+                   "does (a long prime in a style of its own: names, layout), then sample from it; "
+                   "the run is not changed")
+    _add_dynamic_flags(p)
     p.add_argument("--json", action="store_true", help='print {"samples": [...]} instead of streaming')
 
     p = sub.add_parser("plot", help="train and validation bits/char curves of one or more runs",
@@ -342,8 +354,7 @@ def cmd_eval(args) -> int:
     from .devices import resolve_device
     from .runfolder import RunFolder
 
-    dynamic = (DynamicConfig(args.dynamic_lr, args.dynamic_decay, args.dynamic_window)
-               if args.dynamic else None)  # checked before any work
+    dynamic = dynamic_config(args) if args.dynamic else None  # checked before any work
     model = load(args.run, args.checkpoint, str(resolve_device(args.device)))
     if args.texts:
         text = read_text(args.texts, args.encoding, args.errors)
@@ -390,14 +401,19 @@ def cmd_sample(args) -> int:
     from .output import SampleWriter
     from .runfolder import RunFolder
 
+    adapt = dynamic_config(args) if args.adapt else None  # checked before any work
     model = load(args.run, args.checkpoint, str(resolve_device(args.device)))
     RunFolder(args.run).check_data()
+    if adapt and (sys.stderr.isatty() or os.environ.get("NEXTCHAR_PROGRESS") == "1"):
+        say_line(f"adapting a copy of the model to the prime's {len(args.prime):,} characters "
+                 f"(lr {adapt.lr:g}, decay {adapt.decay:g}, window {adapt.window})")
     writer = SampleWriter(sys.stdout, args.num_samples, args.json, on_start=lambda: _say_drawing(args))
     previous = signal.signal(signal.SIGINT, writer.on_sigint)
     try:
         model.generate(args.prime, args.length, temperature=args.temperature, top_k=args.top_k,
                        top_p=args.top_p, greedy=args.greedy, seed=args.seed, unknown=args.unknown,
-                       num_samples=args.num_samples, precision=args.precision, on_text=writer.add)
+                       num_samples=args.num_samples, precision=args.precision, on_text=writer.add,
+                       adapt=adapt)
     except KeyboardInterrupt:  # what was drawn before the Ctrl-C is written too
         writer.finish(interrupted=True)
         raise

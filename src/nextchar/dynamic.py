@@ -31,11 +31,31 @@ def score_dynamic(model: CharRNN, ids: np.ndarray, config: DynamicConfig | None 
                   device: torch.device | str | None = None) -> EvalResult:
     """Score every position of `ids` after the first (a 1-D id array) in one stream, adapting a
     copy of `model` after each window. fp32 throughout."""
-    config = config if config is not None else DynamicConfig()
-    device = torch.device(device) if device is not None else next(model.parameters()).device
     n_targets = len(ids) - 1
     if n_targets < 1:
         return EvalResult(0, float("nan"), float("nan"), float("nan"), float("nan"))
+    _, nats, right = _read(model, ids, config, device)
+    mean = nats / n_targets
+    perplexity = math.inf if mean > 709.0 else math.exp(mean)
+    return EvalResult(chars=n_targets, nats_per_char=mean, bits_per_char=mean / LN2,
+                      perplexity=perplexity, accuracy=right / n_targets)
+
+
+def adapt(model: CharRNN, ids: np.ndarray, config: DynamicConfig | None = None,
+          device: torch.device | str | None = None) -> CharRNN:
+    """A copy of `model` that has read `ids` (a 1-D id array, such as a long prime) the way
+    dynamic evaluation reads a text: its weights after the last window's step. `model` is not
+    changed. Fewer than two ids leave the copy as trained."""
+    adapted, _, _ = _read(model, ids, config, device)
+    return adapted
+
+
+def _read(model: CharRNN, ids: np.ndarray, config: DynamicConfig | None,
+          device: torch.device | str | None) -> tuple[CharRNN, float, int]:
+    """Dynamic evaluation's pass over `ids`: (the adapted copy, total nats, right guesses)."""
+    config = config if config is not None else DynamicConfig()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    n_targets = len(ids) - 1
     adapted = copy.deepcopy(model).float().to(device).eval()  # eval: no dropout while adapting
     trained = [p.detach().clone() for p in adapted.parameters()]
     tokens = torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(device)
@@ -45,7 +65,7 @@ def score_dynamic(model: CharRNN, ids: np.ndarray, config: DynamicConfig | None 
     # cuDNN runs an RNN's backward in training mode only; the plain kernels have no such rule
     no_cudnn = torch.backends.cudnn.flags(enabled=False) if device.type == "cuda" else nullcontext()
     with no_cudnn, torch.enable_grad():
-        for start in range(0, n_targets, config.window):
+        for start in range(0, max(n_targets, 0), config.window):
             stop = min(start + config.window, n_targets)
             x, y = tokens[start:stop][None], tokens[start + 1:stop + 1]  # (1, W), (W,)
             logits, hidden = adapted(x, hidden)  # (1, W, V)
@@ -62,7 +82,6 @@ def score_dynamic(model: CharRNN, ids: np.ndarray, config: DynamicConfig | None 
                     p.add_(p.grad, alpha=-config.lr)
                     if config.decay:
                         p.add_(p0 - p, alpha=config.decay)
-    mean = nats.item() / n_targets
-    perplexity = math.inf if mean > 709.0 else math.exp(mean)
-    return EvalResult(chars=n_targets, nats_per_char=mean, bits_per_char=mean / LN2,
-                      perplexity=perplexity, accuracy=right.item() / n_targets)
+    adapted.zero_grad(set_to_none=True)
+    adapted.requires_grad_(False)  # a model to sample from; nothing more is learned
+    return adapted, nats.item(), int(right.item())

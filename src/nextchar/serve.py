@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import hmac
 import ipaddress
 import json
@@ -43,7 +44,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .api import Model, load
 from .batching import Batcher, Busy, Job
-from .config import SampleConfig
+from .config import DynamicConfig, SampleConfig
 from .config import ServeLimits as Limits
 from .errors import UserError
 from .report.analysis import LN2, Analysis, analyse
@@ -109,6 +110,7 @@ class ScoreBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     model: str | None = None
     text: str
+    dynamic: bool = False
 
 
 _EXPECTED = {"int_type": "a whole number", "int_parsing": "a whole number", "float_type": "a number",
@@ -393,7 +395,18 @@ def create_app(models: list[Served], limits: Limits | None = None, api_key: str 
                            f"scores at most {limits.max_text:,} (--max-text)")
         analysis = await anyio.to_thread.run_sync(analyse, served.model.module, served.vocab,
                                                   body.text, limiter=workers)
-        return JSON({"model": served.name, **score_summary(analysis)})
+        answer = {"model": served.name, **score_summary(analysis)}
+        if body.dynamic:  # a figure of its own beside the static one, never mixed into it
+            dynamic = DynamicConfig()
+            with anyio.fail_after(limits.request_timeout):
+                result = await anyio.to_thread.run_sync(
+                    functools.partial(served.model.evaluate, body.text, dynamic=dynamic),
+                    limiter=workers)
+            answer["dynamic"] = {"chars": result.chars, "bits_per_char": result.bits_per_char,
+                                 "nats_per_char": result.nats_per_char,
+                                 "perplexity": result.perplexity, "accuracy": result.accuracy,
+                                 "lr": dynamic.lr, "decay": dynamic.decay, "window": dynamic.window}
+        return JSON(answer)
 
     routes = [Route(path, page_file) for path in page]
     routes += [Route("/healthz", healthz),
