@@ -14,10 +14,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join([SRC] + [p for p in os.environ.get("P
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from tiny import TINY  # noqa: E402
+
 torch.set_num_threads(1)
 
-TINY = {"hidden": 32, "layers": 1, "embed": 16, "batch_size": 4, "seq_len": 16, "lr": 1e-2,
-        "sample_chars": 20, "warmup_steps": 5, "log_every": 5}
 
 
 @pytest.fixture

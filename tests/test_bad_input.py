@@ -22,10 +22,10 @@ import pytest
 import torch
 
 import nextchar
-from conftest import TINY
 from nextchar.cli import main
 from nextchar.corpus import iter_chunks
 from nextchar.errors import UserError
+from tiny import TINY
 
 TRAIN = ["--hidden", "32", "--layers", "1", "--embed", "16", "--batch-size", "4", "--seq-len", "16",
          "--steps", "10", "--sample-chars", "20", "--quiet"]

@@ -24,21 +24,36 @@ def width_at(level, train_chars=SHAKESPEARE_TRAIN):
 
 
 # BENCHMARKS.md, "The budget rule": validation nats/char of each width trained at a compute level
+# (width, regularised: dropout 0.3 and weight decay 0.2)
 SWEEP = {
-    2.7e12: {192: 1.4372, 256: 1.4295, 320: 1.4574, 384: 1.5020},
-    5.4e12: {192: 1.4187, 256: 1.3885, 320: 1.3928, 384: 1.4012, 448: 1.4052, 512: 1.4212},
-    7.8e12: {256: 1.3905, 320: 1.3845, 384: 1.3761},
-    1.8e13: {384: 1.4040, 448: 1.3805},  # and 768 with dropout 0.3, weight decay 0.2: 1.3853
+    2.7e12: {(192, False): 1.4372, (256, False): 1.4295, (320, False): 1.4574, (384, False): 1.5020},
+    5.4e12: {(192, False): 1.4187, (256, False): 1.3885, (320, False): 1.3928, (384, False): 1.4012,
+             (448, False): 1.4052, (512, False): 1.4212},
+    7.8e12: {(256, False): 1.3905, (320, False): 1.3845, (384, False): 1.3761, (448, True): 1.4225},
+    1.8e13: {(384, False): 1.4040, (448, False): 1.3805, (768, True): 1.3853},
 }
 
 
 @pytest.mark.parametrize("level", sorted(SWEEP))
 def test_the_rule_picks_a_width_within_noise_of_the_sweeps_validation_optimum(level):
-    """At every swept level the rule's width is the best on validation, or within 0.5% of it
-    (about the spread of one width's reruns)."""
+    """At every swept level the rule's choice is the best on validation, or within 0.5% of it
+    (about the spread of one width's reruns). Where the sweep did not train the chosen width
+    (1.8e13: 640 with dropout, between the swept 448 and 768), the nearest swept width of the
+    same kind stands for it."""
     chosen, data_limited, _ = width_at(level)
-    assert not data_limited and chosen in SWEEP[level]
-    assert SWEEP[level][chosen] <= 1.005 * min(SWEEP[level].values())
+    swept = [w for w, regularised in SWEEP[level] if regularised == data_limited]
+    assert swept, f"the sweep has no {'regularised' if data_limited else 'plain'} point at {level:g}"
+    nearest = min(swept, key=lambda w: abs(w - chosen))
+    assert nearest == chosen or chosen not in swept
+    assert SWEEP[level][nearest, data_limited] <= 1.005 * min(SWEEP[level].values())
+
+
+def test_a_plain_model_that_would_see_the_text_over_six_times_is_not_chosen():
+    """bench/quality.py --time 10m, 2026-11-29 (K 2.78e10, about 1.4e13): the compute-limited
+    2x384 passed over tinyshakespeare 7.4 times, its validation loss rose mid-run and ended at
+    1.395, where 2x640 and 2x768 with dropout reached 1.33-1.35 in the 10-minute runs."""
+    assert width_at(1.41e13)[1]  # data-limited
+    assert not width_at(7.8e12)[1]
 
 
 def test_many_passes_over_a_small_text_buy_a_larger_regularised_model():

@@ -18,11 +18,11 @@ import nextchar.data
 import nextchar.runfolder as runfolder
 import nextchar.trainer
 from clock import install as virtual_clock
-from conftest import TINY
 from nextchar.cli import main
 from nextchar.errors import Diverged
 from nextchar.runfolder import CheckpointWriteError, load_checkpoint, load_model
 from processes import cli, wait_until
+from tiny import TINY
 
 TRAIN = ["--hidden", "32", "--layers", "1", "--embed", "16", "--batch-size", "4", "--seq-len", "16",
          "--sample-chars", "20", "--log-every", "5", "--quiet"]

@@ -14,11 +14,11 @@ import pytest
 import nextchar
 import nextchar.corpus as corpus
 import nextchar.data as data
-from conftest import TINY
 from nextchar.config import DataConfig
 from nextchar.data import load_prepared, prepare, split_bounds
 from nextchar.errors import UserError
 from nextchar.vocab import Vocab
+from tiny import TINY
 
 MIXED = ("plain ASCII line\r\n", "naïve café — déjà vu\n", "日本語のテキスト、中文字符\n",
          "emoji 😀🎉 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢\n", "a zero width no-break space \ufeff inside\n", "\tτέλος\n")

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY
 from nextchar.data import load_prepared
 from nextchar.runfolder import RunFolder, load_checkpoint, vocab_digest
 from nextchar.vocab import Vocab
 from processes import TINY_TEXT, TINY_TRAIN_FLAGS, cli
+from tiny import TINY
 
 TRAIN = TINY_TRAIN_FLAGS + ["--quiet"]
 TEXT = TINY_TEXT

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nextchar
-from conftest import TINY
 from nextchar.config import RunConfig, TrainConfig
 from nextchar.errors import UserError
+from tiny import TINY
 
 TEXT = "".join(f"{i}: the quick brown fox jumps over the lazy dog.\n" for i in range(60))
 FAST = {**TINY, "steps": 3, "hidden": 8, "embed": 4, "sample_chars": 0}

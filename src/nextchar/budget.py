@@ -35,7 +35,7 @@ from .model import parameter_shapes
 WIDTHS = (128, 192, 256, 320, 384, 448, 512, 640, 768, 1024, 1280, 1536, 2048)
 PROBE_WIDTH = 256  # the width timed first, to measure K
 CHARS_PER_PARAM = 3.0  # characters per parameter at the validation optimum (BENCHMARKS.md)
-DATA_LIMITED_EPOCHS = 8.5  # passes over the training split beyond which data is the limit
+DATA_LIMITED_EPOCHS = 6.0  # passes over the training split beyond which data is the limit
 DATA_LIMITED_SCALE = 2.5  # how much larger the model is made then (768 at the 10-minute level)
 TRAIN_SHARE = 0.85  # of --time spent in training steps (evaluations ~10%, saves and start-up)
 REGULARISED = {"dropout": 0.3, "weight_decay": 0.2}  # the 10-minute sweep's best

@@ -78,7 +78,7 @@ def train_step_seconds(config: ModelConfig, batch: int, seq_len: int, device: to
     if len(timings) > 1:
         # The winner again, alone: steps interleaved with another precision's run slower than a
         # training loop's (caches, oneDNN's AMX state), and the budget rule sizes the model from
-        # this figure. Once here, the 3-minute plan undercounted this CPU's speed by 25%.
+        # this figure, so an undercount shrinks the model (BENCHMARKS.md, "The budget rule").
         best = min(timings, key=timings.get)
         alone = autotune.time_interleaved({best: lambda: step(best)}, budget_s / 2, sync)
         timings[best] = min(timings[best], alone[best])

@@ -181,8 +181,9 @@ def _cast(hidden: Hidden, dtype: torch.dtype) -> Hidden:
 
 def keep_mask(shape: tuple[int, ...], p: float, device: torch.device | str,
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Inverted-dropout mask of `shape`: 0 with probability p, else 1/(1-p). From torch.rand,
-    about 3x faster on CPU than a bernoulli_ draw (5 vs 14-18 ms for 32x64x768 values)."""
+    """Inverted-dropout mask of `shape`: 0 with probability p, else 1/(1-p). Drawn with
+    torch.rand, which costs less on CPU than a bernoulli_ draw (BENCHMARKS.md, "Dropout masks";
+    bench/dropout_masks.py)."""
     keep = torch.rand(shape, device=device) >= p
     return keep.to(dtype).mul_(1.0 / (1.0 - p))
 
