@@ -122,3 +122,20 @@ def test_plot_and_report_commands(trained_run, tmp_path):
     assert 'id="surprisal"' in page and "https://" not in page
     proc = nextchar("plot", tmp_path / "nothing-here", check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+def test_one_version_source(capsys):
+    """`--version` and the package metadata both read nextchar.__version__; no copy elsewhere."""
+    import re
+    from pathlib import Path
+
+    import nextchar
+    from nextchar.cli import main
+
+    with pytest.raises(SystemExit) as ended:
+        main(["--version"])
+    assert ended.value.code == 0 and capsys.readouterr().out == f"nextchar {nextchar.__version__}\n"
+    project = (Path(__file__).parent.parent / "pyproject.toml").read_text()  # (no tomllib in 3.10)
+    assert not re.search(r'^version\s*=\s*"', project, re.MULTILINE)
+    assert re.search(r'^dynamic = \["version"\]', project, re.MULTILINE)
+    assert re.search(r'^version = \{ attr = "nextchar.__version__" \}', project, re.MULTILINE)

@@ -1,8 +1,8 @@
 """`nextchar` command line: parse flags, build configs, call the library. Nothing imports this.
 
-Data (samples, --json results) goes to stdout; progress and messages to stderr. Exit codes:
-0 success, 2 usage or input error, 1 internal failure (130/143 after SIGINT/SIGTERM, with a
-resumable checkpoint saved).
+Data (samples, --json results) goes to stdout; progress and messages to stderr. Exit codes are
+errors.EXIT_*: 0 success, 2 usage or input error, 1 internal failure (130/143 after
+SIGINT/SIGTERM, with a resumable checkpoint saved).
 """
 
 from __future__ import annotations
@@ -16,8 +16,19 @@ import signal
 import sys
 import time
 
+from . import __version__
 from .config import AVERAGES, SCHEDULES, DynamicConfig, parse_duration
-from .errors import Diverged, Interrupted, PeerFailure, UserError
+from .errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Diverged,
+    Interrupted,
+    PeerFailure,
+    UserError,
+    exit_code_for_signal,
+)
 
 PROG = "nextchar"
 
@@ -26,7 +37,7 @@ class Parser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line and exits 2."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def duration(text: str) -> float:
@@ -125,7 +136,7 @@ def dynamic_config(args) -> DynamicConfig:
 def build_parser() -> Parser:
     parser = Parser(prog=PROG, description="Character-level RNN / LSTM / GRU language models: "
                     "learn, train on any text, measure bits per character, sample.")
-    parser.add_argument("--version", action="version", version=f"{PROG} 0.1.0")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     p = sub.add_parser("hihello", help="the classic lesson: teach an RNN 'hihell' -> 'ihello'",
@@ -250,7 +261,7 @@ def cmd_hihello(args) -> int:
                               "predicted": result.predicted}), flush=True)
         else:
             print(format_line(result), flush=True)
-    return 0
+    return EXIT_OK
 
 
 def _finite(value):
@@ -295,7 +306,7 @@ def cmd_train(args) -> int:
                     "val": result.best_val.to_dict() if result.best_val else None,
                     "test": result.test.to_dict() if result.test else None,
                     "sample": result.sample})
-        return 0
+        return EXIT_OK
     if not args.quiet:
         err = sys.stderr
         print(f"done: {result.steps} steps in {time.perf_counter() - started:.0f}s, run folder "
@@ -307,7 +318,7 @@ def cmd_train(args) -> int:
         print(f"sample it: {sample_hint(result.folder)}", file=err)
         if result.sample:
             print(result.sample)
-    return 0
+    return EXIT_OK
 
 
 def sample_hint(folder) -> str:
@@ -345,7 +356,7 @@ def cmd_prepare(args) -> int:
     if not args.quiet:
         print(f"prepared {meta['length']:,} chars ({meta['dtype']}) from {len(meta['sources'])} file(s) "
               f"into {out} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def cmd_eval(args) -> int:
@@ -392,7 +403,7 @@ def cmd_eval(args) -> int:
 
             print(f"{result.unknown_chars:,} chars outside the vocabulary were not scored: "
                   f"{describe_chars(result.unknown_symbols)}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_sample(args) -> int:
@@ -420,7 +431,7 @@ def cmd_sample(args) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     writer.finish()
-    return 0
+    return EXIT_OK
 
 
 def _say_drawing(args) -> None:
@@ -442,7 +453,7 @@ def cmd_plot(args) -> int:
 
     path = plot_runs(args.runs, args.out, args.labels)
     print(f"wrote {path}", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def cmd_report(args) -> int:
@@ -457,7 +468,7 @@ def cmd_report(args) -> int:
     started = time.perf_counter()
     path = write_report(args.run, args.text, args.out, args.chars)
     print(f"wrote {path} in {time.perf_counter() - started:.1f}s; open it in a browser", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 COMMANDS = {"hihello": cmd_hihello, "train": cmd_train, "prepare": cmd_prepare, "eval": cmd_eval,
@@ -495,31 +506,31 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help(sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
     try:
         setup_streams(args.command in STDOUT_COMMANDS or getattr(args, "json", False), args.command)
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a failing write shows here, not in the interpreter's teardown
     except UserError as exc:
         say_line(f"{PROG} {args.command}: error: {exc}")
-        leave(2)
+        leave(EXIT_USAGE)
     except Interrupted as exc:
         say_line(f"{PROG} {args.command}: {exc}")
-        leave(128 + exc.signum)
+        leave(exit_code_for_signal(exc.signum))
     except (Diverged, PeerFailure) as exc:
         say_line(f"{PROG} {args.command}: error: {exc}")
-        leave(1)
+        leave(EXIT_FAILURE)
     except KeyboardInterrupt:
         say_line(f"{PROG} {args.command}: interrupted")
-        leave(130)
+        leave(EXIT_INTERRUPTED)
     except BrokenPipeError:
         _discard_stdout()
         sys.stderr.close()  # the reader went away (e.g. `| head`): not an error
-        leave(0)
+        leave(EXIT_OK)
     except StdoutFailed as exc:
         _discard_stdout()
         say_line(f"{PROG} {args.command}: error: cannot write to standard output: {exc}")
-        leave(1)
+        leave(EXIT_FAILURE)
     note = replaced_note()
     if note:
         say_line(note)
@@ -596,7 +607,7 @@ def cmd_serve(args) -> int:
           allow_public=args.allow_public, limits=limits, precision=args.precision,
           checkpoint=args.checkpoint, device=str(resolve_device(args.device)),
           access_log=not args.quiet)
-    return 0
+    return EXIT_OK
 
 
 def cmd_export(args) -> int:
@@ -606,7 +617,7 @@ def cmd_export(args) -> int:
     check_output_file(args.out, "--out")  # before the work, not after
     path, size = export_onnx(args.run, args.out, args.checkpoint)
     print(f"wrote {path} ({size / 1e6:.1f} MB)", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 COMMANDS.update(serve=cmd_serve, export=cmd_export)
