@@ -3,7 +3,8 @@ without a `train` flag, or a flag without a field, fails here (it would be silen
 
 import dataclasses
 
-from nextchar.cli import TRAIN_OPTION_FLAGS, build_parser
+from nextchar.cli import build_parser
+from nextchar.cli.parser import TRAIN_OPTION_FLAGS
 from nextchar.config import DataConfig, ModelConfig, TrainConfig
 
 NOT_OPTIONS = {"vocab_size"}  # filled in from the data
