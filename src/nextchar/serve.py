@@ -44,7 +44,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .api import Model, load
 from .batching import Batcher, Busy, Job
-from .config import DynamicConfig, SampleConfig
+from .config import API_KEY_ENV, UNKNOWN_POLICIES, DynamicConfig, SampleConfig
 from .config import ServeLimits as Limits
 from .errors import UserError
 from .report.analysis import LN2, Analysis, analyse
@@ -53,7 +53,6 @@ from .sample import Sampler, check_prime, check_sample_precision, sample_precisi
 
 log = logging.getLogger("nextchar.serve")
 
-API_KEY_ENV = "NEXTCHAR_API_KEY"
 STREAM_FLUSH_S = 0.05  # a stream sends what it has at most every 50 ms (the first at once)
 AUTO_PRECISION_STREAMS = 64  # `auto` picks the weight format that is fastest for this many streams
 WORKERS = 2  # requests started (seeds, first noise) and texts scored at once, beside the batches
@@ -100,7 +99,7 @@ class GenerateBody(BaseModel):
     greedy: bool = False
     seed: int | None = None
     num_samples: int = 1
-    unknown: Literal["error", "skip"] = "error"
+    unknown: Literal[UNKNOWN_POLICIES] = "error"
     stream: bool = False
 
 

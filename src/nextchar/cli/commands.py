@@ -10,13 +10,14 @@ import signal
 import sys
 import time
 
-from ..config import DynamicConfig
+from ..config import DataConfig, DynamicConfig, ModelConfig, ServeLimits, TrainConfig
 from ..errors import EXIT_OK, UserError
-from .parser import PROG, TRAIN_OPTION_FLAGS
+from .options import config_from, options_given
+from .parser import PROG
 
 
 def dynamic_config(args) -> DynamicConfig:
-    return DynamicConfig(lr=args.dynamic_lr, decay=args.dynamic_decay, window=args.dynamic_window)
+    return config_from(args, DynamicConfig, "dynamic_")
 
 
 def cmd_hihello(args) -> int:
@@ -58,14 +59,7 @@ def _eval_line(label: str, result) -> str:
 def cmd_train(args) -> int:
     from ..trainer import launch
 
-    options = {k: getattr(args, k) for k in TRAIN_OPTION_FLAGS if getattr(args, k) is not None}
-    if args.checkpoint_every is not None:
-        kind, value = args.checkpoint_every
-        if kind == "steps":
-            options["checkpoint_every_steps"] = int(value)
-            options["checkpoint_every"] = 0.0
-        else:
-            options["checkpoint_every"] = value
+    options = options_given(args, DataConfig, ModelConfig, TrainConfig)  # the rest: build_config
     command = shlex.join([PROG, *sys.argv[1:]])
     started = time.perf_counter()
     result = launch(args.inputs, args.out, resume=args.resume, force=args.force, quiet=args.quiet,
@@ -112,11 +106,9 @@ def sample_hint(folder) -> str:
 def cmd_prepare(args) -> int:
     from pathlib import Path
 
-    from ..config import DataConfig
     from ..data import prepare
 
-    config = DataConfig(val_frac=args.val_frac, test_frac=args.test_frac, encoding=args.encoding,
-                        errors=args.errors)
+    config = config_from(args, DataConfig)
     if not args.out.strip():
         raise UserError("--out is empty (an unset shell variable?); name a folder")
     out = Path(args.out)
@@ -250,13 +242,10 @@ def say_line(line: str) -> None:
 
 
 def cmd_serve(args) -> int:
-    from ..config import ServeLimits
     from ..devices import resolve_device
     from ..serve import serve
 
-    limits = ServeLimits(max_length=args.max_length, max_text=args.max_text,
-                         max_streams=args.max_streams, max_body=args.max_body,
-                         request_timeout=args.request_timeout)
+    limits = config_from(args, ServeLimits)
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")
     serve(args.runs, host=args.host, port=args.port, api_key=args.api_key,

@@ -1,4 +1,8 @@
-"""`nextchar`'s flags, declared apart from what the commands do (commands.py)."""
+"""`nextchar`'s flags, declared apart from what the commands do (commands.py).
+
+The flags of the library's options are made from the config fields (options.py); the rest are
+about the command itself (where to write, what to read, how to print).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,27 @@ import argparse
 import os
 
 from .. import __version__
-from ..config import AVERAGES, SCHEDULES, DynamicConfig, parse_duration
-from ..errors import EXIT_USAGE, UserError
+from ..config import (
+    CHECKPOINTS,
+    DEVICES,
+    FEEDS,
+    LESSON_CELLS,
+    PRECISIONS,
+    WEIGHT_FORMATS,
+    DataConfig,
+    DynamicConfig,
+    ModelConfig,
+    SampleConfig,
+    ServeLimits,
+    TrainConfig,
+    train_defaults,
+)
+from ..errors import EXIT_USAGE
+from .options import add_options
 
 PROG = "nextchar"
+SPLITS = ("val", "test", "train")
+API_KEY_ENV = "NEXTCHAR_API_KEY"
 
 
 class Parser(argparse.ArgumentParser):
@@ -19,106 +40,31 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except UserError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("--time ", "")) from None
-
-
-def steps_or_duration(text: str) -> tuple[str, float]:
-    """'500' -> steps; '10m', '90s' -> seconds."""
-    text = text.strip()
-    if text.isdigit():
-        return ("steps", float(int(text)))
-    return ("seconds", duration(text))
-
-
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    d = p.add_argument_group("data")
-    d.add_argument("--val-frac", type=float, help="fraction of the text for validation (default 0.05)")
-    d.add_argument("--test-frac", type=float, help="fraction of the text for the test split (default 0.05)")
-    d.add_argument("--encoding", help="text encoding of the input files (default utf-8)")
-    d.add_argument("--errors", choices=["strict", "replace"],
-                   help="undecodable bytes: strict refuses the file, replace substitutes U+FFFD")
-    m = p.add_argument_group("model (defaults adapt to --time; see BENCHMARKS.md)")
-    m.add_argument("--cell", choices=["lstm", "gru", "rnn", "rnn-relu"])
-    m.add_argument("--layers", type=int)
-    m.add_argument("--hidden", type=int, help="hidden units per layer")
-    m.add_argument("--embed", type=int, help="embedding size; 0 = one-hot input")
-    m.add_argument("--dropout", type=float, help="dropout on each recurrent layer's output (between layers, before the head)")
-    m.add_argument("--locked-dropout", action=argparse.BooleanOptionalAction, default=None,
-                   help="--dropout's mask the same at every time step of a window (variational "
-                        "dropout; off by default)")
-    m.add_argument("--weight-drop", type=float, metavar="P",
-                   help="DropConnect: drop this fraction of the hidden-to-hidden weights, one mask "
-                        "per window (default 0)")
-    m.add_argument("--embed-drop", type=float, metavar="P",
-                   help="drop this fraction of the characters (whole rows of the embedding table), "
-                        "one mask per window (default 0)")
-    t = p.add_argument_group("training")
-    t.add_argument("--batch-size", type=int, help="parallel streams B")
-    t.add_argument("--seq-len", type=int, help="window length T (truncated BPTT)")
-    t.add_argument("--lr", type=float, help="peak learning rate")
-    t.add_argument("--schedule", choices=SCHEDULES,
-                   help="after warmup: wsd (default: full lr, then linear decay over the last 20%%), "
-                        "cosine, linear or constant")
-    t.add_argument("--final-lr-frac", type=float, help="the schedule ends at lr x this (default 0.05)")
-    t.add_argument("--warmup-steps", type=int)
-    t.add_argument("--optimizer", choices=["adamw", "adam"])
-    t.add_argument("--weight-decay", type=float)
-    t.add_argument("--grad-clip", type=float, help="max gradient norm; 0 = off (default 1.0)")
-    t.add_argument("--steps", type=int, help="stop after N steps")
-    t.add_argument("--epochs", type=float, help="stop after N passes over the training split")
-    t.add_argument("--time", type=duration, help="stop after a wall-clock budget: 90s, 3m, 1h "
-                                                 "(default 3m when no stop is given)")
-    t.add_argument("--eval-every", type=int, help="steps between evaluations (default: about 10 per run)")
-    t.add_argument("--eval-chars", type=int, help="score at most the first N chars of the val (and test) split per evaluation; "
-                                                     "0 = the whole split (default 2,000,000)")
-    t.add_argument("--checkpoint-every", type=steps_or_duration,
-                   help="resumable checkpoint every N steps or a duration such as 10m (default 2m)")
-    t.add_argument("--sample-chars", type=int, help="length of the sample shown at each evaluation")
-    t.add_argument("--log-every", type=int, help="steps between metrics.jsonl lines")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
-    t.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                   help="bf16 autocast (weights stay fp32); auto (default) = the faster of the two, "
-                        "timed here on the run's shapes in about a second and cached")
-    t.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: its own choice)")
-    t.add_argument("--average", choices=AVERAGES,
-                   help="evaluate, keep and sample averaged weights: ema (moving average), swa "
-                        "(plain mean) or none (default)")
-    t.add_argument("--average-start", type=float, metavar="FRACTION",
-                   help="the share of the run after which averaging starts (default 0.5)")
-    t.add_argument("--average-decay", type=float, metavar="D",
-                   help="ema: a step's weight shrinks by D with every later step, so about "
-                        "1/(1-D) steps count (default 0.999)")
-    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model (off by default; pays off on GPUs, for long runs)")
-
-
-def _add_dynamic_flags(p: argparse.ArgumentParser) -> None:
-    """Dynamic evaluation's settings, for eval --dynamic and sample --adapt."""
-    defaults = DynamicConfig()
-    p.add_argument("--dynamic-lr", type=float, default=defaults.lr,
-                   help=f"dynamic evaluation's step size (default {defaults.lr})")
-    p.add_argument("--dynamic-decay", type=float, default=defaults.decay,
-                   help=f"pull towards the trained weights per step (default {defaults.decay})")
-    p.add_argument("--dynamic-window", type=int, default=defaults.window,
-                   help=f"characters per step (default {defaults.window})")
-
-
 def build_parser() -> Parser:
     parser = Parser(prog=PROG, description="Character-level RNN / LSTM / GRU language models: "
                     "learn, train on any text, measure bits per character, sample.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for add in (_hihello, _train, _prepare, _eval, _sample, _plot, _report, _serve, _export):
+        add(sub)
+    return parser
 
+
+def _checkpoint_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default="best", choices=CHECKPOINTS)
+
+
+def _device_flag(p: argparse.ArgumentParser) -> None:
+    """Where a reader of a run computes (training's --device is TrainConfig's, default auto)."""
+    p.add_argument("--device", default="cpu", choices=DEVICES)
+
+
+def _hihello(sub) -> None:
     p = sub.add_parser("hihello", help="the classic lesson: teach an RNN 'hihell' -> 'ihello'",
                        description="Train the lesson's tiny RNN and print its prediction every epoch.")
     p.add_argument("--text", default="hihello", help="the word to learn (input text[:-1], target text[1:])")
-    p.add_argument("--cell", default="rnn", choices=["rnn", "lstm", "gru"])
-    p.add_argument("--feed", default="char", choices=["char", "sequence"],
+    p.add_argument("--cell", default="rnn", choices=LESSON_CELLS)
+    p.add_argument("--feed", default="char", choices=FEEDS,
                    help="one character at a time (as the lesson) or the whole sequence in one call")
     p.add_argument("--embed", type=int, default=0, help="embedding size (0 = one-hot, the lesson)")
     p.add_argument("--hidden", type=int, default=0, help="hidden size with a linear head (0 = the lesson)")
@@ -127,9 +73,14 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", action="store_true", help="one JSON object per epoch")
 
+
+def _train(sub) -> None:
     p = sub.add_parser("train", help="train a model on text files (default: the bundled tinyshakespeare)",
                        description="Train a character model. INPUT: text files, directories of them, "
-                       "a folder made by `nextchar prepare`, or nothing for the bundled corpus.")
+                       "a folder made by `nextchar prepare`, or nothing for the bundled corpus. "
+                       "A --time run sizes the model and picks --lr, --dropout and --weight-decay "
+                       "where you leave them out (BENCHMARKS.md, \"The budget rule\"); a --steps "
+                       "or --epochs run keeps the defaults shown.")
     p.add_argument("inputs", nargs="*", metavar="INPUT")
     p.add_argument("--out", help="run folder (default runs/<date>-<time>)")
     p.add_argument("--force", action="store_true",
@@ -137,8 +88,14 @@ def build_parser() -> Parser:
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN where it stopped")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-    _add_train_flags(p)
+    shown = train_defaults(ModelConfig, TrainConfig)
+    add_options(p, DataConfig, title="data", fill=False)
+    add_options(p, ModelConfig, title="model (defaults adapt to --time; see BENCHMARKS.md)",
+                fill=False, defaults=shown)
+    add_options(p, TrainConfig, title="training", fill=False, defaults=shown)
 
+
+def _prepare(sub) -> None:
     p = sub.add_parser("prepare", help="encode text once into a memory-mapped data folder",
                        description="Encode text files into a data folder (tokens.bin, vocab.json, "
                        "data.json) that `nextchar train DATA` reads without loading it into memory.")
@@ -147,46 +104,37 @@ def build_parser() -> Parser:
     p.add_argument("--force", action="store_true",
                    help="replace a data folder that nextchar prepared (never anything else)")
     p.add_argument("--quiet", action="store_true", help="no messages (such as the files skipped)")
-    p.add_argument("--val-frac", type=float, default=0.05)
-    p.add_argument("--test-frac", type=float, default=0.05)
-    p.add_argument("--encoding", default="utf-8")
-    p.add_argument("--errors", default="strict", choices=["strict", "replace"])
+    add_options(p, DataConfig)
 
+
+def _eval(sub) -> None:
     p = sub.add_parser("eval", help="bits per char, perplexity and accuracy of a run on text",
                        description="Score text with a trained model, streamed with carried state. "
                        "Characters outside the vocabulary are not scored; they are counted and reported.")
     p.add_argument("run", metavar="RUN")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="files to score (default: the run's --split)")
-    p.add_argument("--split", default="val", choices=["val", "test", "train"])
-    p.add_argument("--checkpoint", default="best", choices=["best", "latest"])
-    p.add_argument("--encoding", default="utf-8")
-    p.add_argument("--errors", default="strict", choices=["strict", "replace"])
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+    p.add_argument("--split", default="val", choices=SPLITS)
+    _checkpoint_flag(p)
+    add_options(p, DataConfig, only=("encoding", "errors"))
+    _device_flag(p)
+    p.add_argument("--precision", choices=PRECISIONS,
                    help="arithmetic of the scoring (default: the run's setting; auto = the faster "
                         "of fp32 and bf16, timed here)")
     p.add_argument("--dynamic", action="store_true",
                    help="also score with dynamic evaluation: the model keeps learning from the text "
                    "it has scored (one SGD step per window, on a copy; the run is not changed)")
-    _add_dynamic_flags(p)
+    add_options(p, DynamicConfig, prefix="dynamic_")
     p.add_argument("--json", action="store_true")
 
+
+def _sample(sub) -> None:
     p = sub.add_parser("sample", help="generate text from a run",
                        description="Stream generated characters to stdout, one recurrence step each.")
     p.add_argument("run", metavar="RUN")
-    p.add_argument("--prime", default="", help="text to start from (printed first)")
-    p.add_argument("--length", type=int, default=500, help="characters to generate")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None, help="sample from the K most likely (default: all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--greedy", action="store_true", help="always the most likely character")
-    p.add_argument("--num-samples", type=int, default=1, help="independent samples drawn in parallel")
-    p.add_argument("--seed", type=int, default=None, help="same seed, same text")
-    p.add_argument("--unknown", default="error", choices=["error", "skip"],
-                   help="prime characters outside the vocabulary: refuse (default) or drop")
-    p.add_argument("--checkpoint", default="best", choices=["best", "latest"])
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
+    add_options(p, SampleConfig)
+    _checkpoint_flag(p)
+    _device_flag(p)
+    p.add_argument("--precision", default="auto", choices=WEIGHT_FORMATS,
                    help="weights while stepping: fp32 is exact; int8 (one scale per row) and bf16 "
                    "read fewer bytes; auto = the fastest for this model and --num-samples, timed "
                    "here in a fraction of a second and cached")
@@ -194,9 +142,11 @@ def build_parser() -> Parser:
                    help="first let a copy of the model learn from the prime as `eval --dynamic` "
                    "does (a long prime in a style of its own: names, layout), then sample from it; "
                    "the run is not changed")
-    _add_dynamic_flags(p)
+    add_options(p, DynamicConfig, prefix="dynamic_")
     p.add_argument("--json", action="store_true", help='print {"samples": [...]} instead of streaming')
 
+
+def _plot(sub) -> None:
     p = sub.add_parser("plot", help="train and validation bits/char curves of one or more runs",
                        description="Plot train and val bits/char against characters seen and wall time; "
                        "several runs are overlaid, labelled from their configs.")
@@ -204,6 +154,8 @@ def build_parser() -> Parser:
     p.add_argument("--out", metavar="FILE.png", help="image to write (default RUN/curves.png)")
     p.add_argument("--labels", nargs="+", metavar="LABEL", help="one label per run")
 
+
+def _report(sub) -> None:
     p = sub.add_parser("report", help="a self-contained HTML report of a run",
                        description="Write RUN/report.html: summary, curves, samples, a surprisal view "
                        "and a neuron view of a passage of text (no network needed to open it).")
@@ -211,14 +163,9 @@ def build_parser() -> Parser:
     p.add_argument("--text", metavar="FILE", help="passage to show (default: the run's validation text)")
     p.add_argument("--chars", type=int, default=2000, help="length of the passage (default 2000)")
     p.add_argument("--out", metavar="FILE.html", help="where to write (default RUN/report.html)")
-    _add_serving_parsers(sub)
-    return parser
 
 
-def _add_serving_parsers(sub) -> None:
-    from ..config import ServeLimits
-
-    limits = ServeLimits()
+def _serve(sub) -> None:
     p = sub.add_parser("serve", help="an HTTP API and a web page for trained runs",
                        description="Serve runs over HTTP: POST /v1/generate (JSON or server-sent "
                        "events), POST /v1/score, GET /v1/models, GET /healthz, and a page at /. "
@@ -228,26 +175,19 @@ def _add_serving_parsers(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any "
                    "other needs --api-key or --allow-public)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
-    p.add_argument("--api-key", default=os.environ.get("NEXTCHAR_API_KEY"), metavar="KEY",
-                   help="require 'Authorization: Bearer KEY' on /v1/ (default: $NEXTCHAR_API_KEY)")
+    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), metavar="KEY",
+                   help=f"require 'Authorization: Bearer KEY' on /v1/ (default: ${API_KEY_ENV})")
     p.add_argument("--allow-public", action="store_true",
                    help="bind a non-loopback --host with no API key")
-    p.add_argument("--max-length", type=int, default=limits.max_length,
-                   help=f"characters generated per sample (default {limits.max_length})")
-    p.add_argument("--max-text", type=int, default=limits.max_text,
-                   help=f"characters of a prime or of a text to score (default {limits.max_text})")
-    p.add_argument("--max-streams", type=int, default=limits.max_streams,
-                   help=f"samples generated at once per model (default {limits.max_streams})")
-    p.add_argument("--max-body", type=int, default=limits.max_body,
-                   help=f"bytes of a request body (default {limits.max_body})")
-    p.add_argument("--request-timeout", type=duration, default=limits.request_timeout,
-                   help=f"a request's longest life: 90s, 5m (default {limits.request_timeout:g}s)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
+    add_options(p, ServeLimits)
+    p.add_argument("--precision", default="auto", choices=WEIGHT_FORMATS,
                    help="weights while stepping, as in `sample`; auto = the fastest for 64 streams")
-    p.add_argument("--checkpoint", default="best", choices=["best", "latest"])
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    _checkpoint_flag(p)
+    _device_flag(p)
     p.add_argument("--quiet", action="store_true", help="no line per request on stderr")
 
+
+def _export(sub) -> None:
     p = sub.add_parser("export", help="write a run's model as an ONNX file",
                        description="Write the model as one ONNX graph: ids (batch, time) and state "
                        "in, logits, state and each character's bits out; one character at a time "
@@ -256,12 +196,4 @@ def _add_serving_parsers(sub) -> None:
     p.add_argument("run", metavar="RUN")
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", required=True, metavar="FILE.onnx")
-    p.add_argument("--checkpoint", default="best", choices=["best", "latest"])
-
-
-TRAIN_OPTION_FLAGS = ("val_frac", "test_frac", "encoding", "errors", "cell", "layers", "hidden", "embed",
-                      "dropout", "locked_dropout", "weight_drop", "embed_drop", "batch_size", "seq_len",
-                      "lr", "schedule", "final_lr_frac", "warmup_steps", "optimizer", "weight_decay",
-                      "grad_clip", "steps", "epochs", "time", "eval_every", "eval_chars", "sample_chars",
-                      "log_every", "seed", "device", "threads", "precision", "compile", "average",
-                      "average_start", "average_decay")
+    _checkpoint_flag(p)
