@@ -62,6 +62,15 @@ def test_sample_streams_and_repeats(trained_run):
     assert greedy == nextchar("sample", run, "--greedy", "--length", 30, "--prime", "line").stdout
 
 
+def test_sample_precision_still_names_the_weight_format(trained_run):
+    """--precision was sample's name for --weights: it still works, and says so in one line."""
+    run, _, _ = trained_run
+    new = nextchar("sample", run, "--length", 30, "--seed", 2, "--weights", "fp32")
+    old = nextchar("sample", run, "--length", 30, "--seed", 2, "--precision", "fp32")
+    assert old.stdout == new.stdout and new.stderr == ""
+    assert old.stderr == "nextchar sample: --precision is deprecated here; it is now --weights fp32\n"
+
+
 def test_unknown_prime_is_a_one_line_error(trained_run):
     run, _, _ = trained_run
     proc = nextchar("sample", run, "--prime", "to be 😀", check=False)

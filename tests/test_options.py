@@ -31,9 +31,9 @@ COMMANDS = {
     "eval": ([(DataConfig, "", ("encoding", "errors")), (DynamicConfig, "dynamic_", None)],
              {"run", "texts", "split", "checkpoint", "device", "precision", "dynamic", "json"}),
     "sample": ([(SampleConfig, "", None), (DynamicConfig, "dynamic_", None)],
-               {"run", "checkpoint", "device", "precision", "adapt", "json"}),
+               {"run", "checkpoint", "device", "weights", "adapt", "json"}),
     "serve": ([(ServeLimits, "", None)],
-              {"runs", "host", "port", "api_key", "allow_public", "precision", "checkpoint",
+              {"runs", "host", "port", "api_key", "allow_public", "weights", "checkpoint",
                "device", "quiet"}),
 }
 
@@ -126,3 +126,17 @@ def test_help_says_the_defaults_of_the_command():
     assert "(default 2m)" in train["checkpoint_every"].help
     assert "(default: 300s)" in flags_of("serve")["request_timeout"].help
     assert "(default 0.1)" in flags_of("sample")["dynamic_lr"].help
+
+
+@pytest.mark.parametrize("command", ["sample", "serve"])
+def test_weights_is_the_sampler_weight_format_and_precision_its_old_name(command, capsys):
+    parser = build_parser()
+    assert parser.parse_args([command, "RUN"]).weights == "auto"
+    assert parser.parse_args([command, "RUN", "--weights", "int8"]).weights == "int8"
+    assert capsys.readouterr().err == ""
+    assert parser.parse_args([command, "RUN", "--precision", "bf16"]).weights == "bf16"
+    err = capsys.readouterr().err
+    assert err == f"nextchar {command}: --precision is deprecated here; it is now --weights bf16\n"
+    assert "--precision" not in subparser(command).format_help()  # the old name is not offered
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, "RUN", "--precision", "fp8"])  # checked as --weights is

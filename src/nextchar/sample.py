@@ -29,9 +29,9 @@ STEPS_PER_CALL = 8  # steps timed together, so one timing is well above the cloc
 def check_sample_precision(precision: str, model: CharRNN) -> None:
     """Refuse a weight format that cannot run here, before any work."""
     if precision not in WEIGHT_FORMATS:
-        raise UserError(f"--precision must be one of {', '.join(WEIGHT_FORMATS)}, got {precision!r}")
+        raise UserError(f"--weights must be one of {', '.join(WEIGHT_FORMATS)}, got {precision!r}")
     if precision == "int8" and not int8_fits(model):
-        raise UserError("--precision int8 needs the CPU and a hidden size (and an embedding size, "
+        raise UserError("--weights int8 needs the CPU and a hidden size (and an embedding size, "
                         "for vocabularies over ~10,000 symbols) that is a multiple of 16; use bf16 or fp32")
 
 

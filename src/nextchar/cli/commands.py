@@ -186,7 +186,7 @@ def cmd_sample(args) -> int:
     try:
         model.generate(args.prime, args.length, temperature=args.temperature, top_k=args.top_k,
                        top_p=args.top_p, greedy=args.greedy, seed=args.seed, unknown=args.unknown,
-                       num_samples=args.num_samples, precision=args.precision, on_text=writer.add,
+                       num_samples=args.num_samples, precision=args.weights, on_text=writer.add,
                        adapt=adapt)
     except KeyboardInterrupt:  # what was drawn before the Ctrl-C is written too
         writer.finish(interrupted=True)
@@ -249,7 +249,7 @@ def cmd_serve(args) -> int:
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")
     serve(args.runs, host=args.host, port=args.port, api_key=args.api_key,
-          allow_public=args.allow_public, limits=limits, precision=args.precision,
+          allow_public=args.allow_public, limits=limits, precision=args.weights,
           checkpoint=args.checkpoint, device=str(resolve_device(args.device)),
           access_log=not args.quiet)
     return EXIT_OK

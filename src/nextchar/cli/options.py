@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from typing import Any
 
 from ..config import is_option, parse_duration
@@ -31,6 +32,21 @@ def steps_or_duration(text: str) -> tuple[str, float]:
 
 
 PARSERS = {"duration": duration, "steps or duration": steps_or_duration}
+
+
+class Renamed(argparse.Action):
+    """A flag's old name: it sets the new flag's value and says so, in one line on stderr.
+    Add it with the new flag's `dest`, after the new flag (whose default stands)."""
+
+    def __init__(self, option_strings, dest, new_name: str, **kwargs):
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                         **kwargs)
+        self.new_name = new_name
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        sys.stderr.write(f"{parser.prog}: {option_string} is deprecated here; it is now "
+                         f"{self.new_name} {values}\n")
+        setattr(namespace, self.dest, values)
 
 
 def flag_fields(cls: type) -> list[dataclasses.Field]:

@@ -26,7 +26,7 @@ from ..config import (
     train_defaults,
 )
 from ..errors import EXIT_USAGE
-from .options import add_options
+from .options import Renamed, add_options
 
 PROG = "nextchar"
 SPLITS = ("val", "test", "train")
@@ -57,6 +57,14 @@ def _checkpoint_flag(p: argparse.ArgumentParser) -> None:
 def _device_flag(p: argparse.ArgumentParser) -> None:
     """Where a reader of a run computes (training's --device is TrainConfig's, default auto)."""
     p.add_argument("--device", default="cpu", choices=DEVICES)
+
+
+def _weights_flag(p: argparse.ArgumentParser, help: str) -> None:
+    """The sampler's weight format, --weights; --precision is its old name here (it means the
+    arithmetic of training and scoring in train and eval)."""
+    p.add_argument("--weights", default="auto", choices=WEIGHT_FORMATS, help=help)
+    p.add_argument("--precision", dest="weights", choices=WEIGHT_FORMATS, action=Renamed,
+                   new_name="--weights")
 
 
 def _hihello(sub) -> None:
@@ -134,10 +142,9 @@ def _sample(sub) -> None:
     add_options(p, SampleConfig)
     _checkpoint_flag(p)
     _device_flag(p)
-    p.add_argument("--precision", default="auto", choices=WEIGHT_FORMATS,
-                   help="weights while stepping: fp32 is exact; int8 (one scale per row) and bf16 "
-                   "read fewer bytes; auto = the fastest for this model and --num-samples, timed "
-                   "here in a fraction of a second and cached")
+    _weights_flag(p, "how the weights are held while stepping: fp32 is exact; int8 (one scale "
+                  "per row) and bf16 read fewer bytes; auto = the fastest for this model and "
+                  "--num-samples, timed here in a fraction of a second and cached (default auto)")
     p.add_argument("--adapt", action="store_true",
                    help="first let a copy of the model learn from the prime as `eval --dynamic` "
                    "does (a long prime in a style of its own: names, layout), then sample from it; "
@@ -180,8 +187,8 @@ def _serve(sub) -> None:
     p.add_argument("--allow-public", action="store_true",
                    help="bind a non-loopback --host with no API key")
     add_options(p, ServeLimits)
-    p.add_argument("--precision", default="auto", choices=WEIGHT_FORMATS,
-                   help="weights while stepping, as in `sample`; auto = the fastest for 64 streams")
+    _weights_flag(p, "how the weights are held while stepping, as in `sample`; auto = the "
+                  "fastest for 64 streams (default auto)")
     _checkpoint_flag(p)
     _device_flag(p)
     p.add_argument("--quiet", action="store_true", help="no line per request on stderr")
