@@ -21,10 +21,11 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from ..api import Model, load
-from ..batching import Batcher, Busy, Job
+from ..batching import Batcher, Busy
 from ..config import DynamicConfig, SampleConfig
 from ..config import ServeLimits as Limits
 from ..errors import UserError
+from ..jobs import Job
 from ..report.analysis import analyse
 from ..runfolder import RunFolder
 from ..sample import Sampler, check_sample_precision, sample_precision
