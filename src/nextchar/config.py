@@ -266,8 +266,8 @@ class SampleConfig:
     top_p: float = option(1.0, "nucleus sampling: the most likely characters that hold this "
                           "much probability; 1 = off")
     greedy: bool = option(False, "always the most likely character")
-    num_samples: int = option(1, "independent samples drawn in parallel")
     seed: int | None = option(None, "same seed, same text", shown="a random one")
+    num_samples: int = option(1, "independent samples drawn in parallel")
     unknown: str = option("error", "prime characters outside the vocabulary: refuse (error) or "
                           "drop (skip)", choices=UNKNOWN_POLICIES)
 

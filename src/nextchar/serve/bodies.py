@@ -4,17 +4,18 @@ with the field to blame, {"error": {"field": ..., "message": ...}}."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 from typing import Any, Literal
 
 import anyio
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..config import UNKNOWN_POLICIES, SampleConfig
+from ..config import SampleConfig, is_option
 from ..config import ServeLimits as Limits
 from ..errors import UserError
 from ..report.analysis import LN2, Analysis
@@ -48,22 +49,24 @@ class ApiError(Exception):
                     headers=self.headers)
 
 
-class GenerateBody(BaseModel):
-    """POST /v1/generate. Types are strict (5.0 is not a length, "5" is not a number); ranges are
-    SampleConfig's (the same as `nextchar sample`'s flags) and the service's Limits."""
+_TYPES = {"str": str, "int": int, "int|None": int | None, "float": float, "bool": bool}
 
-    model_config = ConfigDict(extra="forbid", strict=True)
-    model: str | None = None  # default: the first model served
-    prime: str = ""
-    length: int = 500
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float = 1.0
-    greedy: bool = False
-    seed: int | None = None
-    num_samples: int = 1
-    unknown: Literal[UNKNOWN_POLICIES] = "error"
-    stream: bool = False
+
+def _option_fields(cls: type) -> dict[str, tuple[Any, Any]]:
+    """The option fields of config class `cls` as pydantic fields: name -> (type, default), a
+    field with choices as a Literal of them."""
+    return {f.name: (Literal[f.metadata["choices"]] if f.metadata["choices"]
+                     else _TYPES[f.type.replace(" ", "")], f.default)
+            for f in dataclasses.fields(cls) if is_option(f)}
+
+
+# the model (default: the first served), SampleConfig's options with their names, types and
+# defaults, and stream
+GenerateBody = create_model(
+    "GenerateBody", __config__=ConfigDict(extra="forbid", strict=True),
+    __doc__="POST /v1/generate. Types are strict (5.0 is not a length, \"5\" is not a number); ranges are\n"
+            "SampleConfig's (the same as `nextchar sample`'s flags) and the service's Limits.",
+    model=(str | None, None), **_option_fields(SampleConfig), stream=(bool, False))
 
 
 class ScoreBody(BaseModel):
@@ -153,9 +156,7 @@ def sample_config(body: GenerateBody, vocab: Vocab, limits: Limits) -> SampleCon
     if body.seed is not None and not SEED_RANGE[0] <= body.seed <= SEED_RANGE[1]:
         raise ApiError(422, "seed", f"seed must be between -2**63 and 2**64 - 1, got {body.seed}")
     try:
-        config = SampleConfig(length=body.length, temperature=body.temperature, top_k=body.top_k,
-                              top_p=body.top_p, greedy=body.greedy, num_samples=body.num_samples,
-                              seed=body.seed, prime=body.prime, unknown=body.unknown)
+        config = SampleConfig(**{name: getattr(body, name) for name in _option_fields(SampleConfig)})
     except UserError as exc:
         raise _config_error(exc) from None
     try:
