@@ -1,10 +1,10 @@
 """Sampling speed of `nextchar sample` against a plain nn.LSTM loop, same run.
 
     python bench/sampling.py              # speed, on a random 2x512 LSTM
-    python bench/sampling.py --run RUN    # and what each --precision costs in bits/char on RUN
+    python bench/sampling.py --run RUN    # and what each --weights format costs in bits/char on RUN
 
 A 2x512 LSTM (vocab 65, embedding 64, random weights) is saved as a run folder. Floors: the
-default `--precision auto` >= 0.97x the fastest of fp32, bf16 and int8, for one stream and for 64
+default `--weights auto` >= 0.97x the fastest of fp32, bf16 and int8, for one stream and for 64
 (medians of interleaved rounds, `auto`'s timing cache warmed first, as on any run after the first);
 one stream >= 5,000 chars/s and 64 streams >= 30,000 chars/s in total on the CPU these floors were
 set on; the first character printed within 1.5 s of starting `nextchar sample`. With --run, the last
@@ -136,15 +136,15 @@ def main() -> None:
         latencies = []
         for _ in range(args.rounds):  # interleaved, so drift in machine load hits every format
             for f in formats:
-                latency, cps = cli_stream(run, 20_000, ("--precision", f))
+                latency, cps = cli_stream(run, 20_000, ("--weights", f))
                 one[f].append(cps)
                 if f == "auto":
                     latencies.append(latency)
-                many[f].append(many_streams_cps(run, ("--precision", f)))
+                many[f].append(many_streams_cps(run, ("--weights", f)))
         one, many = ({f: statistics.median(v) for f, v in d.items()} for d in (one, many))
         for label, speeds, floor in (("one stream", one, 5000), ("--num-samples 64, total", many, 30_000)):
             for f in formats[:-1]:
-                report(f"nextchar sample --precision {f}, {label} 2x512", speeds[f], "chars/s",
+                report(f"nextchar sample --weights {f}, {label} 2x512", speeds[f], "chars/s",
                        reference=reference, ref_name="plain loop")
             fastest = max(formats[:-1], key=speeds.get)
             report(f"nextchar sample (default: auto), {label} 2x512", speeds["auto"], "chars/s",

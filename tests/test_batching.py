@@ -6,8 +6,9 @@ import time
 import pytest
 import torch
 
-from nextchar.batching import Batcher, Busy, Job
+from nextchar.batching import Batcher, Busy
 from nextchar.config import ModelConfig, SampleConfig
+from nextchar.jobs import Job
 from nextchar.model import CharRNN
 from nextchar.sample import Sampler, Stream
 from nextchar.stepping import int8_fits

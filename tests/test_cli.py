@@ -62,6 +62,15 @@ def test_sample_streams_and_repeats(trained_run):
     assert greedy == nextchar("sample", run, "--greedy", "--length", 30, "--prime", "line").stdout
 
 
+def test_sample_precision_still_names_the_weight_format(trained_run):
+    """--precision was sample's name for --weights: it still works, and says so in one line."""
+    run, _, _ = trained_run
+    new = nextchar("sample", run, "--length", 30, "--seed", 2, "--weights", "fp32")
+    old = nextchar("sample", run, "--length", 30, "--seed", 2, "--precision", "fp32")
+    assert old.stdout == new.stdout and new.stderr == ""
+    assert old.stderr == "nextchar sample: --precision is deprecated here; it is now --weights fp32\n"
+
+
 def test_unknown_prime_is_a_one_line_error(trained_run):
     run, _, _ = trained_run
     proc = nextchar("sample", run, "--prime", "to be 😀", check=False)
@@ -122,3 +131,20 @@ def test_plot_and_report_commands(trained_run, tmp_path):
     assert 'id="surprisal"' in page and "https://" not in page
     proc = nextchar("plot", tmp_path / "nothing-here", check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+def test_one_version_source(capsys):
+    """`--version` and the package metadata both read nextchar.__version__; no copy elsewhere."""
+    import re
+    from pathlib import Path
+
+    import nextchar
+    from nextchar.cli import main
+
+    with pytest.raises(SystemExit) as ended:
+        main(["--version"])
+    assert ended.value.code == 0 and capsys.readouterr().out == f"nextchar {nextchar.__version__}\n"
+    project = (Path(__file__).parent.parent / "pyproject.toml").read_text()  # (no tomllib in 3.10)
+    assert not re.search(r'^version\s*=\s*"', project, re.MULTILINE)
+    assert re.search(r'^dynamic = \["version"\]', project, re.MULTILINE)
+    assert re.search(r'^version = \{ attr = "nextchar.__version__" \}', project, re.MULTILINE)

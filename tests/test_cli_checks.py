@@ -7,7 +7,8 @@ from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 
-from nextchar.cli import _finite, main
+from nextchar.cli import main
+from nextchar.cli.commands import _finite
 
 TRAIN = ["--hidden", "16", "--layers", "1", "--embed", "8", "--batch-size", "4", "--seq-len", "16",
          "--steps", "3", "--sample-chars", "0", "--quiet"]

@@ -81,7 +81,7 @@ def test_checkpoint_latest_for_eval_and_sample(run):
     texts = {}
     for which in ("best", "latest"):
         code, out, err = cli_output("sample", run, "--checkpoint", which, "--greedy", "--prime",
-                                    "The", "--length", 40, "--precision", "fp32")
+                                    "The", "--length", 40, "--weights", "fp32")
         assert code == 0, err
         texts[which] = out.rstrip("\n")
         model, vocab = load_model(run, which)[:2]

@@ -90,7 +90,7 @@ def test_small_chunks_give_the_same_tokens(tmp_path, monkeypatch):
 
     chunks = list(corpus.iter_chunks(path, chunk_bytes=7))
     assert "".join(chunks) == text
-    monkeypatch.setattr("nextchar.data.iter_chunks",
+    monkeypatch.setattr("nextchar.encode.iter_chunks",
                         lambda p, e, r: corpus.iter_chunks(p, e, r, chunk_bytes=7))
     small = np.array(load_prepared(prepare([str(path)], tmp_path / "d2")).tokens)
     assert np.array_equal(whole, small)

@@ -134,7 +134,7 @@ def test_sample_adapt_learns_from_the_prime_and_refuses_without_one(tmp_path):
     assert nextchar("train", tmp_path / "t.txt", "--out", run, *TINY_TRAIN_FLAGS).returncode == 0
     digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir() if p.is_file()}
     prime = "7: a lazy fox jumps over the quick brown dog.\n" * 20
-    common = ["--prime", prime, "--length", "200", "--seed", "3", "--precision", "fp32"]
+    common = ["--prime", prime, "--length", "200", "--seed", "3", "--weights", "fp32"]
     plain = nextchar("sample", run, *common)
     adapted = nextchar("sample", run, *common, "--adapt", "--dynamic-lr", "1")
     assert plain.returncode == adapted.returncode == 0, adapted.stderr

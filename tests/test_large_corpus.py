@@ -13,7 +13,7 @@ import pytest
 
 import nextchar
 import nextchar.corpus as corpus
-import nextchar.data as data
+import nextchar.encode as encode
 from nextchar.config import DataConfig
 from nextchar.data import load_prepared, prepare, split_bounds
 from nextchar.errors import UserError
@@ -30,9 +30,9 @@ def mixed_text(lines: int = 400) -> str:
 
 def prepared_tokens(path, out, chunk_bytes: int, monkeypatch, fast: bool = True) -> tuple[list, np.ndarray]:
     """Prepare `path` with both passes reading `chunk_bytes` at a time; (symbols, tokens)."""
-    monkeypatch.setattr(data, "iter_bytes", lambda p: corpus.iter_bytes(p, chunk_bytes))
-    monkeypatch.setattr(data, "iter_chunks", lambda p, e, r: corpus.iter_chunks(p, e, r, chunk_bytes))
-    monkeypatch.setattr(data, "is_utf8", lambda encoding: fast)
+    monkeypatch.setattr(encode, "iter_bytes", lambda p: corpus.iter_bytes(p, chunk_bytes))
+    monkeypatch.setattr(encode, "iter_chunks", lambda p, e, r: corpus.iter_chunks(p, e, r, chunk_bytes))
+    monkeypatch.setattr(encode, "is_utf8", lambda encoding: fast)
     loaded = load_prepared(prepare([str(path)], out))
     return loaded.vocab.symbols, np.array(loaded.tokens)
 

@@ -174,7 +174,7 @@ def test_auto_precision_by_batch_and_shape(sampler, monkeypatch, fresh_cache):
     assert timed == [(1, ("fp32", "bf16", "int8")), (8, ("fp32", "bf16", "int8")), (1, ("fp32", "bf16"))]
     with pytest.raises(UserError, match="multiple of 16"):
         sample_precision("int8", odd, 1)
-    with pytest.raises(UserError, match="--precision"):
+    with pytest.raises(UserError, match="--weights"):
         Sampler(model, sampler.vocab, "fp8")
 
 

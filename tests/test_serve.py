@@ -176,7 +176,7 @@ def test_a_lone_seeded_request_is_nextchar_sample(client, run):
     body = {"prime": "the ", "length": 120, "seed": 1234, "temperature": 0.8}
     answer = client.post("/v1/generate", json=body).json()
     expected = json.loads(cli_sample(run, "--prime", "the ", "--length", 120, "--seed", 1234,
-                                     "--temperature", 0.8, "--precision", "fp32", "--json"))
+                                     "--temperature", 0.8, "--weights", "fp32", "--json"))
     assert answer == {"model": "tiny", "seed": 1234, "prime": "the ", "samples": expected["samples"]}
     streamed = stream(client, body)
     assert [name for name, _ in streamed][0] == "start" and streamed[-1] == ("done", {"chars": 120})
@@ -188,7 +188,7 @@ def test_a_lone_seeded_request_is_nextchar_sample(client, run):
     again = client.post("/v1/generate", json={**body, "seed": first["seed"]}).json()
     assert again["samples"] == first["samples"] and len(first["samples"]) == 3
     printed = cli_sample(run, "--length", 50, "--num-samples", 3, "--top-k", 5, "--top-p", 0.9,
-                         "--seed", first["seed"], "--precision", "fp32")
+                         "--seed", first["seed"], "--weights", "fp32")
     assert printed == "\n\n".join(first["samples"]) + "\n"
 
 
@@ -431,7 +431,7 @@ def test_serve_command_end_to_end(run, tmp_path):
     """The real command: it binds, says where, answers, and stops on Ctrl-C."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "NEXTCHAR_API_KEY": "k"}
     proc = subprocess.Popen([sys.executable, "-m", "nextchar", "serve", f"shakespeare={run}", "--port", "0",
-                             "--precision", "fp32", "--quiet"], env=env, stderr=subprocess.PIPE, text=True)
+                             "--weights", "fp32", "--quiet"], env=env, stderr=subprocess.PIPE, text=True)
     try:
         lines = []
         while not any(" at http://" in line for line in lines):
@@ -444,7 +444,7 @@ def test_serve_command_end_to_end(run, tmp_path):
                             headers=key, timeout=30).json()
         assert answer["model"] == "shakespeare"
         assert answer["samples"] == [cli_sample(run, "--prime", "the ", "--length", 30, "--seed", 3,
-                                                "--precision", "fp32").rstrip("\n")]
+                                                "--weights", "fp32").rstrip("\n")]
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 130  # stopped gracefully, by Ctrl-C: as `train` does
         rest = proc.stderr.read()

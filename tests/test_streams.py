@@ -106,16 +106,16 @@ def test_ctrl_c_keeps_what_was_drawn_in_every_mode(run, mode):
 
 def test_a_seed_fixes_each_sample_through_the_cli(run):
     three = nextchar("sample", run, "--length", "150", "--seed", "9", "--num-samples", "3",
-                     "--precision", "fp32", "--json")
+                     "--weights", "fp32", "--json")
     samples = json.loads(three.stdout)["samples"]
     assert len(set(samples)) == 3
     for count in (1, 2):
         fewer = nextchar("sample", run, "--length", "150", "--seed", "9", "--num-samples", count,
-                         "--precision", "fp32", "--json")
+                         "--weights", "fp32", "--json")
         assert json.loads(fewer.stdout)["samples"] == samples[:count]
-    plain = nextchar("sample", run, "--length", "150", "--seed", "9", "--precision", "fp32")
+    plain = nextchar("sample", run, "--length", "150", "--seed", "9", "--weights", "fp32")
     assert plain.stdout == samples[0] + "\n"  # streamed text equals the JSON text
-    shorter = nextchar("sample", run, "--length", "60", "--seed", "9", "--precision", "fp32")
+    shorter = nextchar("sample", run, "--length", "60", "--seed", "9", "--weights", "fp32")
     assert samples[0].startswith(shorter.stdout[:-1])
 
 

@@ -41,7 +41,8 @@ class Model:
                  on_text: Callable[[int, str], None] | None = None,
                  adapt: DynamicConfig | None = None) -> str | list[str]:
         """prime + `length` sampled characters (a list of texts when num_samples > 1).
-        precision: the weights while stepping, auto | fp32 (exact) | bf16 | int8, as `nextchar sample`.
+        precision: the weights while stepping, auto | fp32 (exact) | bf16 | int8, as `nextchar
+        sample --weights`.
         on_text(sample, text): called with each sample's prime, then each character as it is
         drawn, to stream them; nothing is then kept, and the texts returned are empty.
         adapt: first let a copy of the model learn from the prime as dynamic evaluation does

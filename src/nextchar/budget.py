@@ -29,7 +29,7 @@ import torch
 
 from . import devices
 from .autotune import Choice
-from .config import ModelConfig
+from .config import ModelConfig, TrainConfig, train_defaults
 from .model import parameter_shapes
 
 WIDTHS = (128, 192, 256, 320, 384, 448, 512, 640, 768, 1024, 1280, 1536, 2048)
@@ -42,9 +42,11 @@ REGULARISED = {"dropout": 0.3, "weight_decay": 0.2}  # the 10-minute sweep's bes
 EVAL_SHARE = 0.1  # of a run's wall time that evaluation may take
 EVALUATIONS = 12  # about ten during a run, the final one and the test split
 EVAL_CHARS = (20_000, 2_000_000)  # the fewest and most characters one evaluation scores
-FIXED_DEFAULTS = {"hidden": 384, "lr": 3e-3}  # --steps / --epochs runs: machine-independent
-RUN_DEFAULTS = {"cell": "lstm", "layers": 2, "embed": 64, "batch_size": 32, "seq_len": 64,
-                **FIXED_DEFAULTS}  # of `nextchar train`, before the rule chooses
+# of `nextchar train`, before the rule chooses (declared on the options in config.py); the
+# rule replaces the first two for a --time run, and --steps / --epochs runs keep them, so that a
+# step count means the same model on every machine
+FIXED_DEFAULTS = {"hidden": train_defaults(ModelConfig)["hidden"], "lr": TrainConfig.lr}
+RUN_DEFAULTS = {**train_defaults(ModelConfig, TrainConfig), **FIXED_DEFAULTS}
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,9 @@
 """Configuration as data: one frozen dataclass per concern, JSON round trip, unknown keys rejected.
 
+Each option is declared here once, as a field made by `option(...)`: its type, default, help
+line and choices. The command line's flags are made from these fields (nextchar.cli.options),
+and the same checks run for the CLI, the Python API and config.json.
+
 Standard library only, so `nextchar --help` stays fast.
 """
 
@@ -17,14 +21,54 @@ from typing import Any, TypeVar
 from .errors import UserError
 
 FORMAT_VERSION = 1  # of the run folder; a folder with a larger number is refused
+# the choice lists, each declared once: config checks, CLI flags and the library read these
 CELLS = ("lstm", "gru", "rnn", "rnn-relu")
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
 OPTIMIZERS = ("adamw", "adam")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")  # the arithmetic of training and scoring (autocast)
+WEIGHT_FORMATS = ("auto", "fp32", "bf16", "int8")  # how the sampler holds the weights
 AVERAGES = ("none", "ema", "swa")
+ERRORS_POLICIES = ("strict", "replace")  # undecodable bytes: refuse the file, or U+FFFD
+UNKNOWN_POLICIES = ("error", "skip")  # characters outside the vocabulary: refuse, or drop
+CHECKPOINTS = ("best", "latest")  # the weights a reader loads from a run folder
+LESSON_CELLS = ("rnn", "lstm", "gru")  # the lesson's cells (nextchar hihello)
+FEEDS = ("char", "sequence")  # the lesson: one character per call, or the whole sequence
+API_KEY_ENV = "NEXTCHAR_API_KEY"  # `nextchar serve`'s key when --api-key is not given
+DEFAULT_TIME = 180.0  # seconds of a `nextchar train` given no stopping point
 
 C = TypeVar("C")
+
+
+def option(default: Any, help: str, *, choices: tuple[str, ...] = (), metavar: str | None = None,
+           parse: str | None = None, train: Any = dataclasses.MISSING, shown: str | None = None,
+           steps_field: str | None = None) -> Any:
+    """A config field that is also a flag: `--field-name`, made by nextchar.cli.options.
+
+    help: what it does, one line; choices: the values it takes (checked here for every caller);
+    parse: how the flag reads a value other than by its type, "duration" (90s, 3m, 1.5h) or
+    "steps or duration" (500 steps or 10m; `steps_field` holds the steps);
+    train: `nextchar train`'s default where it is not the library's;
+    shown: the default in --help where the value would not say what it means ("" shows none;
+    "{default}" stands for the value)."""
+    return dataclasses.field(default=default, metadata={
+        "flag": True, "help": help, "choices": choices, "metavar": metavar, "parse": parse,
+        "train": train, "shown": shown, "steps_field": steps_field})
+
+
+def internal(default: Any) -> Any:
+    """A config field that no flag sets: filled in from the data, or a safety limit."""
+    return dataclasses.field(default=default, metadata={"flag": False})
+
+
+def is_option(f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get("flag"))
+
+
+def train_defaults(*classes: type) -> dict[str, Any]:
+    """`nextchar train`'s defaults that differ from the library's (an option's `train=`)."""
+    return {f.name: f.metadata["train"] for cls in classes for f in dataclasses.fields(cls)
+            if is_option(f) and f.metadata["train"] is not dataclasses.MISSING}
 
 
 def _require(ok: bool, message: str) -> None:
@@ -34,6 +78,13 @@ def _require(ok: bool, message: str) -> None:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def one_of(choices: tuple[str, ...]) -> str:
+    """'strict or replace' / 'one of auto, cpu, cuda, mps', for messages."""
+    if len(choices) == 2:
+        return " or ".join(choices)
+    return "one of " + ", ".join(choices)
 
 
 def _is_bool(value: Any) -> bool:
@@ -58,10 +109,11 @@ def _as_float(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _check_types(config: Any) -> None:
+def _check_types(config: Any, prefix: str = "") -> None:
     """Every field of a config dataclass has its declared type, so the CLI, the Python API and
     config.json all pass the same checks: numpy integers become ints, an int becomes a float where
-    a float is due; bools are not numbers, floats are not ints, and strings are not numbers."""
+    a float is due; bools are not numbers, floats are not ints, and strings are not numbers. A
+    field with choices holds one of them. `prefix`: of the flags' names (dynamic_ for --dynamic-lr)."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         kind = f.type.replace(" ", "")
@@ -76,7 +128,10 @@ def _check_types(config: Any) -> None:
         else:  # str
             number, expected = (value if isinstance(value, str) else None), "a string"
         if number is None:
-            raise UserError(f"{_flag(f.name)} must be {expected}, got {value!r}")
+            raise UserError(f"{_flag(prefix + f.name)} must be {expected}, got {value!r}")
+        choices = f.metadata.get("choices")
+        if choices and number not in choices:
+            raise UserError(f"{_flag(prefix + f.name)} must be {one_of(choices)}, got {value!r}")
         object.__setattr__(config, f.name, number)
 
 
@@ -84,10 +139,11 @@ def _check_types(config: Any) -> None:
 class DataConfig:
     """How text becomes token splits."""
 
-    val_frac: float = 0.05
-    test_frac: float = 0.05
-    encoding: str = "utf-8"
-    errors: str = "strict"  # or "replace": undecodable bytes become U+FFFD
+    val_frac: float = option(0.05, "fraction of the text for validation")
+    test_frac: float = option(0.05, "fraction of the text for the test split")
+    encoding: str = option("utf-8", "text encoding of the input files")
+    errors: str = option("strict", "undecodable bytes: strict refuses the file, replace "
+                         "substitutes U+FFFD", choices=ERRORS_POLICIES)
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -95,27 +151,28 @@ class DataConfig:
         _require(0 <= self.test_frac < 1, f"--test-frac must be in [0, 1), got {self.test_frac}")
         _require(self.val_frac + self.test_frac < 0.9,
                  "--val-frac plus --test-frac must leave at least 10% of the text for training")
-        _require(self.errors in ("strict", "replace"),
-                 f"--errors must be strict or replace, got {self.errors!r}")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """The network: input (embedding or one-hot) -> stacked recurrent cell -> linear head."""
 
-    vocab_size: int = 0  # filled in from the data
-    cell: str = "lstm"
-    embed: int = 0  # 0 = one-hot input, as in the lesson
-    hidden: int = 256
-    layers: int = 2
-    dropout: float = 0.0  # on each recurrent layer's output (between layers and before the head)
-    locked_dropout: bool = False  # dropout's mask shared by every time step of a window
-    weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden matrices, one mask per window
-    embed_drop: float = 0.0  # whole rows of the embedding table (characters) dropped per window
+    vocab_size: int = internal(0)  # filled in from the data
+    cell: str = option("lstm", "the recurrent cell", choices=CELLS)
+    embed: int = option(0, "embedding size; 0 = one-hot input, as in the lesson", train=64)
+    hidden: int = option(256, "hidden units per layer", train=384)
+    layers: int = option(2, "recurrent layers")
+    dropout: float = option(0.0, "dropout on each recurrent layer's output (between layers, "
+                            "before the head)")
+    locked_dropout: bool = option(False, "--dropout's mask the same at every time step of a "
+                                  "window (variational dropout)")
+    weight_drop: float = option(0.0, "DropConnect: drop this fraction of the hidden-to-hidden "
+                                "weights, one mask per window", metavar="P")
+    embed_drop: float = option(0.0, "drop this fraction of the characters (whole rows of the "
+                               "embedding table), one mask per window", metavar="P")
 
     def __post_init__(self) -> None:
         _check_types(self)
-        _require(self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
         _require(self.hidden >= 1, f"--hidden must be at least 1, got {self.hidden}")
         _require(self.layers >= 1, f"--layers must be at least 1, got {self.layers}")
         _require(self.embed >= 0, f"--embed must be 0 (one-hot) or positive, got {self.embed}")
@@ -129,33 +186,47 @@ class ModelConfig:
 class TrainConfig:
     """The optimisation: batching, schedule, stopping, evaluation and checkpoint cadence."""
 
-    batch_size: int = 32  # B parallel streams
-    seq_len: int = 64  # T characters per window (truncated BPTT length)
-    lr: float = 3e-3
-    final_lr_frac: float = 0.05  # the schedule decays to lr * final_lr_frac
-    schedule: str = "wsd"  # warmup, stable, then decay over the last 20% (schedule.py, BENCHMARKS.md)
-    warmup_steps: int = 50
-    optimizer: str = "adamw"
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
-    steps: int = 0  # stop after this many steps (0 = not set)
-    epochs: float = 0.0  # stop after this many passes over the training split (0 = not set)
-    time: float = 0.0  # stop after this many seconds of wall clock (0 = not set)
-    eval_every: int = 0  # steps between evaluations; 0 = about ten per run (at most one per 10 s)
-    checkpoint_every: float = 120.0  # seconds between resumable checkpoints (besides evaluations)
-    checkpoint_every_steps: int = 0  # or steps, when set
-    eval_chars: int = 2_000_000  # cap on characters scored per evaluation (0 = the whole split)
-    sample_chars: int = 200  # length of the sample printed at each evaluation
-    log_every: int = 10  # steps between metrics.jsonl lines
-    max_bad_steps: int = 5  # consecutive non-finite steps before giving up
-    seed: int = 1337
-    device: str = "auto"
-    threads: int = 0  # torch intra-op threads (0 = PyTorch's default)
-    compile: bool = False  # torch.compile the model
-    precision: str = "auto"  # fp32 | bf16 (autocast; weights stay fp32) | auto: bf16 where the hardware has it
-    average: str = "none"  # evaluate and keep averaged weights: ema | swa | none (averaging.py)
-    average_start: float = 0.5  # fraction of the run (as the schedule counts it) before averaging starts
-    average_decay: float = 0.999  # EMA: a step's weight shrinks by this with every later step
+    batch_size: int = option(32, "parallel streams B")
+    seq_len: int = option(64, "window length T (truncated BPTT)")
+    lr: float = option(3e-3, "peak learning rate")
+    final_lr_frac: float = option(0.05, "the schedule ends at lr x this")
+    # wsd: warmup, stable, then decay over the last 20% (schedule.py, BENCHMARKS.md)
+    schedule: str = option("wsd", "after warmup: wsd (full lr, then linear decay over the last "
+                           "20%), cosine, linear or constant", choices=SCHEDULES)
+    warmup_steps: int = option(50, "steps of linear warmup")
+    optimizer: str = option("adamw", "the optimizer", choices=OPTIMIZERS)
+    weight_decay: float = option(0.0, "weight decay of the matrices (not of biases or the "
+                                "embedding table)")
+    grad_clip: float = option(1.0, "max global gradient norm; 0 = off")
+    steps: int = option(0, "stop after N steps", shown="")  # 0 = not set
+    epochs: float = option(0.0, "stop after N passes over the training split", shown="")
+    time: float = option(0.0, "stop after a wall-clock budget: 90s, 3m, 1h", parse="duration",
+                         shown=f"{DEFAULT_TIME / 60:g}m when no stop is given")
+    eval_every: int = option(0, "steps between evaluations", shown="about 10 per run, at most "
+                             "one per 10 s")  # 0 = that
+    checkpoint_every: float = option(120.0, "resumable checkpoint every N steps or a duration "
+                                     "such as 10m (besides evaluations)",
+                                     parse="steps or duration", steps_field="checkpoint_every_steps")
+    checkpoint_every_steps: int = internal(0)  # --checkpoint-every N, when given in steps
+    eval_chars: int = option(2_000_000, "score at most the first N chars of the val (and test) "
+                             "split per evaluation; 0 = the whole split",
+                             shown="what a tenth of the run's time scores, at most {default:,}")
+    sample_chars: int = option(200, "length of the sample shown at each evaluation")
+    log_every: int = option(10, "steps between metrics.jsonl lines")
+    max_bad_steps: int = internal(5)  # consecutive non-finite steps before giving up
+    seed: int = option(1337, "the run's random seed (initial weights, dropout masks, samples)")
+    device: str = option("auto", "where to train", choices=DEVICES)
+    threads: int = option(0, "CPU threads for PyTorch", shown="its own choice")
+    compile: bool = option(False, "torch.compile the model (pays off on GPUs, for long runs)")
+    precision: str = option("auto", "bf16 autocast (weights stay fp32); auto = the faster of the "
+                            "two, timed here on the run's shapes in about a second and cached",
+                            choices=PRECISIONS)
+    average: str = option("none", "evaluate, keep and sample averaged weights: ema (moving "
+                          "average), swa (plain mean) or none", choices=AVERAGES)  # averaging.py
+    average_start: float = option(0.5, "the share of the run (as the schedule counts it) after "
+                                  "which averaging starts", metavar="FRACTION")
+    average_decay: float = option(0.999, "ema: a step's weight shrinks by D with every later "
+                                  "step, so about 1/(1-D) steps count", metavar="D")
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -164,11 +235,7 @@ class TrainConfig:
         _require(self.lr > 0 and math.isfinite(self.lr), f"--lr must be positive, got {self.lr}")
         _require(0 <= self.final_lr_frac <= 1,
                  f"--final-lr-frac must be in [0, 1], got {self.final_lr_frac}")
-        _require(self.schedule in SCHEDULES,
-                 f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         _require(self.warmup_steps >= 0, f"--warmup-steps must not be negative, got {self.warmup_steps}")
-        _require(self.optimizer in OPTIMIZERS,
-                 f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         _require(self.weight_decay >= 0, f"--weight-decay must not be negative, got {self.weight_decay}")
         _require(self.grad_clip >= 0, f"--grad-clip must not be negative, got {self.grad_clip}")
         _require(self.steps >= 0, f"--steps must be positive, got {self.steps}")
@@ -181,13 +248,7 @@ class TrainConfig:
         _require(self.sample_chars >= 0, f"--sample-chars must not be negative, got {self.sample_chars}")
         _require(self.log_every >= 1, f"--log-every must be at least 1, got {self.log_every}")
         _require(self.max_bad_steps >= 1, f"max_bad_steps must be at least 1, got {self.max_bad_steps}")
-        _require(self.device in DEVICES,
-                 f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        _require(self.precision in PRECISIONS,
-                 f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _require(self.threads >= 0, f"--threads must not be negative, got {self.threads}")
-        _require(self.average in AVERAGES,
-                 f"--average must be one of {', '.join(AVERAGES)}, got {self.average!r}")
         _require(0 <= self.average_start < 1,
                  f"--average-start must be a fraction of the run in [0, 1), got {self.average_start}")
         _require(0 < self.average_decay < 1,
@@ -198,15 +259,17 @@ class TrainConfig:
 class SampleConfig:
     """How characters are drawn from the model."""
 
-    length: int = 500
-    temperature: float = 1.0
-    top_k: int | None = None  # None = off
-    top_p: float = 1.0  # 1 = off
-    greedy: bool = False
-    num_samples: int = 1
-    seed: int | None = None
-    prime: str = ""
-    unknown: str = "error"  # what to do with prime characters outside the vocabulary: error | skip
+    prime: str = option("", "text to start from (printed first)", shown="")
+    length: int = option(500, "characters to generate")
+    temperature: float = option(1.0, "divides the logits: below 1 surer, above 1 wilder")
+    top_k: int | None = option(None, "sample from the K most likely", shown="all")  # None = off
+    top_p: float = option(1.0, "nucleus sampling: the most likely characters that hold this "
+                          "much probability; 1 = off")
+    greedy: bool = option(False, "always the most likely character")
+    seed: int | None = option(None, "same seed, same text", shown="a random one")
+    num_samples: int = option(1, "independent samples drawn in parallel")
+    unknown: str = option("error", "prime characters outside the vocabulary: refuse (error) or "
+                          "drop (skip)", choices=UNKNOWN_POLICIES)
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -217,21 +280,21 @@ class SampleConfig:
                  f"--top-k must be at least 1 (leave it out for no top-k), got {self.top_k}")
         _require(0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}")
         _require(self.num_samples >= 1, f"--num-samples must be at least 1, got {self.num_samples}")
-        _require(self.unknown in ("error", "skip"),
-                 f"--unknown must be error or skip, got {self.unknown!r}")
 
 
 @dataclass(frozen=True)
 class DynamicConfig:
-    """Dynamic evaluation (nextchar.dynamic). The defaults are the best of a sweep on validation
-    text (BENCHMARKS.md, "Dynamic evaluation")."""
+    """Dynamic evaluation (nextchar.dynamic), flags --dynamic-lr, --dynamic-decay and
+    --dynamic-window. The defaults are the best of a sweep on validation text (BENCHMARKS.md,
+    "Dynamic evaluation")."""
 
-    lr: float = 0.1  # SGD step on each window's mean loss, in nats
-    decay: float = 0.001  # pull towards the trained weights per window
-    window: int = 32  # characters scored, then learned from, per step
+    lr: float = option(0.1, "dynamic evaluation's step size (SGD on each window's mean loss, "
+                       "in nats)")
+    decay: float = option(0.001, "pull towards the trained weights per step")
+    window: int = option(32, "characters scored, then learned from, per step")
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        _check_types(self, "dynamic_")
         _require(self.lr >= 0 and math.isfinite(self.lr),
                  f"--dynamic-lr must be a finite number >= 0, got {self.lr}")
         _require(0 <= self.decay <= 1, f"--dynamic-decay must be in [0, 1], got {self.decay}")
@@ -242,11 +305,13 @@ class DynamicConfig:
 class ServeLimits:
     """What one request to `nextchar serve` may ask for (docs/serving.md, "Limits")."""
 
-    max_length: int = 5000  # characters generated per sample
-    max_text: int = 20_000  # characters of a prime, or of a text to score
-    max_streams: int = 128  # samples generated at once per model, over all requests
-    max_body: int = 1 << 20  # bytes of a request body
-    request_timeout: float = 300.0  # seconds from a request's arrival to its last character
+    max_length: int = option(5000, "characters generated per sample")
+    max_text: int = option(20_000, "characters of a prime or of a text to score")
+    max_streams: int = option(128, "samples generated at once per model, over all requests")
+    max_body: int = option(1 << 20, "bytes of a request body")
+    request_timeout: float = option(300.0, "a request's longest life, from its arrival to its "
+                                    "last character: 90s, 5m", parse="duration",
+                                    shown="{default:g}s")
 
     def __post_init__(self) -> None:
         _check_types(self)

@@ -5,8 +5,8 @@ A prepared data folder holds:
     vocab.json   the symbols (sorted by code point)
     data.json    dtype, length, split offsets and the source files
 
-Preparation streams through the files twice (symbols, then ids) in chunks, so its memory does
-not grow with the corpus. Training reads windows straight from the memory map.
+Preparation streams through the files twice (symbols, then ids) in chunks (encode.py), so its
+memory does not grow with the corpus. Training reads windows straight from the memory map.
 
 Streams (B = 3 here) cut the training split into contiguous pieces, each read in windows of T;
 the hidden state of row b carries from window w to w + 1, so the model sees context beyond T:
@@ -21,35 +21,25 @@ in length by at most one, and positions past a stream's end are padded with IGNO
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import hashlib
 import json
 import os
-import queue
 import shutil
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .config import DataConfig, RunConfig
-from .corpus import discover, is_utf8, iter_bytes, iter_chunks
+from .corpus import discover
+from .encode import dtype_for, symbols_of, write_ids
 from .errors import UserError
 from .folderlock import LOCK, acquire
-from .vocab import Vocab, code_points, describe_chars
+from .vocab import Vocab, describe_chars
 
 IGNORE = -100  # target id that the loss skips (torch's CrossEntropyLoss default ignore_index)
 DATA_FORMAT = 1
-_BMP = 0x10000
-
-
-def dtype_for(vocab_size: int) -> np.dtype:
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if vocab_size <= np.iinfo(dtype).max + 1:
-            return np.dtype(dtype)
-    raise UserError(f"vocabulary of {vocab_size} symbols is too large")
 
 
 def split_bounds(length: int, val_frac: float, test_frac: float) -> dict[str, tuple[int, int]]:
@@ -59,150 +49,6 @@ def split_bounds(length: int, val_frac: float, test_frac: float) -> dict[str, tu
     train_end = length - n_val - n_test
     val_end = length - n_test
     return {"train": (0, train_end), "val": (train_end, val_end), "test": (val_end, length)}
-
-
-_ASCII = bytes(range(0x80))
-_NOT_ASCII = bytes(range(0x80, 0x100))
-
-
-class _Symbols:
-    """The distinct code points seen so far, and how many characters held them."""
-
-    def __init__(self) -> None:
-        self.ascii = bytearray()  # distinct ASCII bytes
-        self.bmp = np.zeros(_BMP, dtype=bool)
-        self.astral: set[int] = set()
-        self.total = 0
-
-    def add_ascii(self, raw: bytes) -> None:
-        """Only the ASCII bytes of `raw` are looked at (C-speed bytes.translate, no decoding)."""
-        rest = raw.translate(None, bytes(self.ascii) + _NOT_ASCII)  # ASCII bytes not seen yet
-        while rest:
-            new = bytes(sorted(set(rest[:1 << 16])))
-            self.ascii += new
-            rest = rest.translate(None, new)
-
-    def add_points(self, points: np.ndarray) -> None:
-        small = points[points < _BMP]
-        self.bmp[np.unique(small) if len(small) < 1 << 16 else np.flatnonzero(np.bincount(small))] = True
-        if len(small) != len(points):
-            self.astral.update(np.unique(points[points >= _BMP]).tolist())
-
-    def add_text(self, text: str) -> None:
-        self.total += len(text)
-        if text.isascii():  # O(1) in CPython
-            self.add_ascii(text.encode("ascii"))
-        else:
-            self.add_points(code_points(text))
-
-    def add_utf8(self, path: Path) -> None:
-        """Symbols of a UTF-8 file without decoding its ASCII bytes: only the multi-byte
-        sequences (the bytes >= 0x80, which stay valid UTF-8 once the ASCII bytes between them are
-        taken out) are decoded. Bad bytes are not reported here: the second, strict pass does that
-        with their offsets."""
-        try:
-            with open(path, "rb") as f:
-                bom = f.read(3) == codecs.BOM_UTF8
-        except OSError as exc:
-            raise UserError(f"cannot read {path}: {exc.strerror}") from None
-        decoder = codecs.getincrementaldecoder("utf-8-sig" if bom else "utf-8")("replace")
-        for raw in iter_bytes(path):
-            wide = raw.translate(None, _ASCII)
-            self.total += len(raw) - len(wide)
-            self.add_ascii(raw)
-            if wide:
-                text = decoder.decode(wide)
-                self.total += len(text)
-                self.add_points(code_points(text))
-        text = decoder.decode(b"", final=True)
-        self.total += len(text)
-        self.add_points(code_points(text))
-
-    def symbols(self) -> list[str]:
-        self.bmp[list(self.ascii)] = True
-        return [chr(p) for p in np.flatnonzero(self.bmp).tolist() + sorted(self.astral)]
-
-
-def _symbols_of(paths: list[Path], config: DataConfig) -> tuple[list[str], int]:
-    """Distinct characters of all files (sorted by code point) and their total count, one chunk
-    at a time."""
-    seen = _Symbols()
-    fast = is_utf8(config.encoding) and config.errors == "strict"
-    for path in paths:
-        if fast:
-            seen.add_utf8(path)
-        else:
-            for chunk in iter_chunks(path, config.encoding, config.errors):
-                seen.add_text(chunk)
-    return seen.symbols(), seen.total
-
-
-class _Encoder:
-    """Text -> ids of `dtype` through one code point -> id table; None when a character is
-    not in the vocabulary."""
-
-    def __init__(self, vocab: Vocab, dtype: np.dtype):
-        self.dtype = dtype
-        points = np.array([ord(s) for s in vocab.symbols], dtype=np.int64)
-        self.missing = len(vocab)  # the table's value for code points outside the vocabulary
-        self.table = np.full(int(points.max()) + 1, self.missing, dtype=dtype_for(len(vocab) + 1))
-        self.table[points] = np.arange(len(vocab))
-        ascii_ids = {p: i for i, p in enumerate(points.tolist()) if p < 0x80}
-        self.ascii_known = bytes(sorted(ascii_ids))
-        self.ascii_table = None  # bytes.translate table: ASCII byte -> its id, when all ids fit a byte
-        if all(i < 0x100 for i in ascii_ids.values()):
-            self.ascii_table = bytes(ascii_ids.get(b, 0) for b in range(0x100))
-
-    def __call__(self, text: str) -> np.ndarray | None:
-        if text.isascii() and self.ascii_table is not None:  # a C-speed byte translation
-            raw = text.encode("ascii")
-            if raw.translate(None, self.ascii_known):
-                return None
-            ids = np.frombuffer(raw.translate(self.ascii_table), dtype=np.uint8)
-            return ids.astype(self.dtype, copy=False)
-        points = code_points(text)
-        if len(points) and int(points.max()) >= len(self.table):
-            return None
-        ids = self.table[points]
-        if (ids == self.missing).any():
-            return None
-        return ids.astype(self.dtype, copy=False)
-
-
-class _BackgroundWriter:
-    """Writes arrays to an open file from a second thread, so that encoding the next chunk
-    overlaps the disk (file writes release the GIL). At most `depth` chunks wait in memory."""
-
-    def __init__(self, f, depth: int = 2):
-        self.f = f
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
-        self.error: OSError | None = None
-        self.digest = hashlib.blake2b(digest_size=16)  # of the ids, as written (releases the GIL)
-        self.thread = threading.Thread(target=self._run, name="nextchar-prepare-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while (ids := self.queue.get()) is not None:
-            if self.error is None:
-                try:
-                    self.digest.update(memoryview(ids))
-                    self.f.write(memoryview(ids))
-                except OSError as exc:
-                    self.error = exc
-
-    def _check(self) -> None:
-        if self.error is not None:
-            raise UserError(f"cannot write {self.f.name}: {self.error.strerror or self.error}")
-
-    def write(self, ids: np.ndarray) -> None:
-        self._check()
-        self.queue.put(ids)
-
-    def close(self) -> None:
-        """Wait for every write; a failed one raises UserError."""
-        self.queue.put(None)
-        self.thread.join()
-        self._check()
 
 
 PREPARED_MARK = "nextchar prepared data"  # in data.json: what proves a folder is ours to replace
@@ -290,7 +136,7 @@ def prepare(inputs, out: str | os.PathLike, config: DataConfig | None = None,
 
 def _prepare_into(out: Path, paths: list[Path], config: DataConfig, vocab: Vocab | None) -> None:
     if vocab is None:
-        symbols, total = _symbols_of(paths, config)
+        symbols, total = symbols_of(paths, config)
         if total == 0:
             raise UserError(f"the input is empty: {', '.join(map(str, paths))}")
         if len(symbols) < 2:
@@ -298,34 +144,16 @@ def _prepare_into(out: Path, paths: list[Path], config: DataConfig, vocab: Vocab
                             f"a model needs at least two to predict anything")
         vocab = Vocab(symbols)
     dtype = dtype_for(len(vocab))
-    encode = _Encoder(vocab, dtype)
 
     def write(folder: Path) -> None:
-        length = 0
-        sources = []
         with open(folder / "tokens.bin", "wb") as f:
-            writer = _BackgroundWriter(f)
-            try:
-                for path in paths:
-                    chars = 0
-                    for chunk in iter_chunks(path, config.encoding, config.errors):
-                        ids = encode(chunk)
-                        if ids is None:
-                            unknown = vocab.unknown_chars(chunk)
-                            raise UserError(f"{path}: characters not in the vocabulary: "
-                                            f"{describe_chars(unknown)}")
-                        writer.write(ids)
-                        chars += len(ids)
-                    sources.append({"path": str(path), "chars": chars})
-                    length += chars
-            finally:
-                writer.close()
+            length, sources, digest = write_ids(paths, vocab, dtype, config, f)
             f.flush()
             os.fsync(f.fileno())
         if length == 0:
             raise UserError(f"the input is empty: {', '.join(map(str, paths))}")
         meta = {"nextchar": PREPARED_MARK, "format": DATA_FORMAT, "dtype": dtype.name, "length": length,
-                "fingerprint": fingerprint(length, dtype.name, vocab, writer.digest.hexdigest()),
+                "fingerprint": fingerprint(length, dtype.name, vocab, digest),
                 "splits": split_bounds(length, config.val_frac, config.test_frac),
                 "sources": sources, "encoding": config.encoding, "errors": config.errors}
         (folder / "data.json").write_text(json.dumps(meta, indent=2))

@@ -52,77 +52,34 @@ def _blocks(array: np.ndarray, cell: str) -> np.ndarray:
     return np.concatenate([np.split(array, len(order))[i] for i in order])
 
 
+class _Graph:
+    """The nodes and initializers of an ONNX graph as it is built."""
+
+    def __init__(self) -> None:
+        self.initializers: list = []
+        self.nodes: list = []
+
+    def const(self, name: str, array) -> str:
+        self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def op(self, kind: str, inputs: list[str], outputs: list[str], **attributes) -> list[str]:
+        self.nodes.append(helper.make_node(kind, inputs, outputs, **attributes))
+        return outputs
+
+
 def build_onnx(module: CharRNN, vocab: Vocab, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
     """The ModelProto for `module` (see the module docstring)."""
     cfg = module.config
-    L, H, V, cell = cfg.layers, cfg.hidden, cfg.vocab_size, cfg.cell
     weights = {k: v.detach().float().cpu().numpy() for k, v in module.state_dict().items()}
-    initializers, nodes = [], []
-
-    def const(name: str, array) -> str:
-        initializers.append(numpy_helper.from_array(np.asarray(array), name))
-        return name
-
-    def op(kind: str, inputs: list[str], outputs: list[str], **attributes) -> list[str]:
-        nodes.append(helper.make_node(kind, inputs, outputs, **attributes))
-        return outputs
-
-    const("axis0", np.array([0], np.int64))
-    const("axis1", np.array([1], np.int64))
-    const("axis2", np.array([2], np.int64))
-    # the input, time-major for the recurrent operators (ONNX Runtime has no batch-major LSTM)
-    op("Transpose", ["ids"], ["ids_tb"], perm=[1, 0])  # (T, B)
-    if module.embed is not None:
-        x = op("Gather", [const("embed", weights["embed.weight"]), "ids_tb"], ["x0"])[0]  # (T, B, E)
-    else:
-        x = op("OneHot", ["ids_tb", const("vocab_size", np.array(V, np.int64)),
-                          const("one_hot_values", np.array([0.0, 1.0], np.float32))], ["x0"])[0]  # (T, B, V)
-    finals_h, finals_c = [], []
-    for k in range(L):
-        w = _blocks(weights[f"rnn.weight_ih_l{k}"], cell)[None]  # (1, G*H, in)
-        r = _blocks(weights[f"rnn.weight_hh_l{k}"], cell)[None]  # (1, G*H, H)
-        b = np.concatenate([_blocks(weights[f"rnn.bias_ih_l{k}"], cell),
-                            _blocks(weights[f"rnn.bias_hh_l{k}"], cell)])[None]  # (1, 2*G*H)
-        start, end = const(f"layer{k}", np.array([k], np.int64)), const(f"layer{k}_end", np.array([k + 1], np.int64))
-        state = [op("Slice", ["h", start, end, "axis0"], [f"h{k}"])[0]]  # (1, B, H)
-        if cell == "lstm":
-            state.append(op("Slice", ["c", start, end, "axis0"], [f"c{k}"])[0])
-        attributes = {"hidden_size": H}
-        if cell == "gru":
-            attributes["linear_before_reset"] = 1
-        if cell in ("rnn", "rnn-relu"):
-            attributes["activations"] = ["Relu" if cell == "rnn-relu" else "Tanh"]
-        outputs = [f"y{k}", f"h{k}_out"] + ([f"c{k}_out"] if cell == "lstm" else [])
-        op(OPERATOR[cell], [x, const(f"W{k}", w), const(f"R{k}", r), const(f"B{k}", b), ""] + state,
-           outputs, **attributes)
-        x = op("Squeeze", [f"y{k}", "axis1"], [f"x{k + 1}"])[0]  # (T, 1, B, H) -> (T, B, H)
-        finals_h.append(f"h{k}_out")
-        if cell == "lstm":
-            finals_c.append(f"c{k}_out")
-    op("Concat", finals_h, ["h_out"], axis=0)  # (L, B, H)
-    if cell == "lstm":
-        op("Concat", finals_c, ["c_out"], axis=0)
-    op("Transpose", [x], ["top"], perm=[1, 0, 2])  # (B, T, H)
-    op("MatMul", ["top", const("head_t", np.ascontiguousarray(weights["head.weight"].T))], ["scores"])
-    op("Add", ["scores", const("head_bias", weights["head.bias"])], ["logits"])  # (B, T, V)
-    # the scorer: bits of ids[:, 1:] under the logits before each
-    op("Slice", ["logits", const("zero", np.array([0], np.int64)), const("minus_one", np.array([-1], np.int64)),
-                 "axis1"], ["before"])  # (B, T-1, V)
-    op("LogSoftmax", ["before"], ["log_probs"], axis=-1)
-    op("Slice", ["ids", "axis1", const("end", np.array([np.iinfo(np.int64).max], np.int64)), "axis1"], ["targets"])
-    op("Unsqueeze", ["targets", "axis2"], ["targets3"])  # (B, T-1, 1)
-    op("GatherElements", ["log_probs", "targets3"], ["picked"], axis=2)
-    op("Squeeze", ["picked", "axis2"], ["nats"])
-    op("Mul", ["nats", const("minus_bits_per_nat", np.array(-1.0 / math.log(2.0), np.float32))], ["bits"])
-
-    state = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [L, "batch", H])  # noqa: E731
-    inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "time"]), state("h")]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "time", V]), state("h_out")]
-    if cell == "lstm":
-        inputs.append(state("c"))
-        outputs.append(state("c_out"))
-    outputs.append(helper.make_tensor_value_info("bits", TensorProto.FLOAT, ["batch", None]))
-    graph = helper.make_graph(nodes, f"nextchar_{cell}", inputs, outputs, initializers,
+    g = _Graph()
+    g.const("axis0", np.array([0], np.int64))
+    g.const("axis1", np.array([1], np.int64))
+    g.const("axis2", np.array([2], np.int64))
+    x = _input(g, weights, module.embed is not None, cfg.vocab_size)
+    top = _recurrent_layers(g, weights, x, cfg.cell, cfg.layers, cfg.hidden)
+    _head_and_bits(g, weights, top)
+    graph = helper.make_graph(g.nodes, f"nextchar_{cfg.cell}", *_signature(cfg), g.initializers,
                               doc_string="ids (batch, time) and state in; logits, state and bits out")
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="nextchar", doc_string="a nextchar character model")
@@ -132,6 +89,78 @@ def build_onnx(module: CharRNN, vocab: Vocab, metadata: dict[str, str] | None = 
     helper.set_model_props(model, entries)
     onnx.checker.check_model(model)
     return model
+
+
+def _input(g: _Graph, weights: dict[str, np.ndarray], embedded: bool, V: int) -> str:
+    """ids (B, T) -> the first layer's input, time-major for the recurrent operators (ONNX
+    Runtime has no batch-major LSTM): (T, B, E) embedded or (T, B, V) one-hot."""
+    g.op("Transpose", ["ids"], ["ids_tb"], perm=[1, 0])  # (T, B)
+    if embedded:
+        return g.op("Gather", [g.const("embed", weights["embed.weight"]), "ids_tb"], ["x0"])[0]
+    return g.op("OneHot", ["ids_tb", g.const("vocab_size", np.array(V, np.int64)),
+                           g.const("one_hot_values", np.array([0.0, 1.0], np.float32))], ["x0"])[0]
+
+
+def _recurrent_layers(g: _Graph, weights: dict[str, np.ndarray], x: str, cell: str, L: int,
+                      H: int) -> str:
+    """One ONNX LSTM / GRU / RNN operator per layer, each reading its slice of the state in and
+    giving its final state to h_out (and c_out) -> the top layer's output, (B, T, H)."""
+    finals_h, finals_c = [], []
+    for k in range(L):
+        w = _blocks(weights[f"rnn.weight_ih_l{k}"], cell)[None]  # (1, G*H, in)
+        r = _blocks(weights[f"rnn.weight_hh_l{k}"], cell)[None]  # (1, G*H, H)
+        b = np.concatenate([_blocks(weights[f"rnn.bias_ih_l{k}"], cell),
+                            _blocks(weights[f"rnn.bias_hh_l{k}"], cell)])[None]  # (1, 2*G*H)
+        start = g.const(f"layer{k}", np.array([k], np.int64))
+        end = g.const(f"layer{k}_end", np.array([k + 1], np.int64))
+        state = [g.op("Slice", ["h", start, end, "axis0"], [f"h{k}"])[0]]  # (1, B, H)
+        if cell == "lstm":
+            state.append(g.op("Slice", ["c", start, end, "axis0"], [f"c{k}"])[0])
+        attributes = {"hidden_size": H}
+        if cell == "gru":
+            attributes["linear_before_reset"] = 1
+        if cell in ("rnn", "rnn-relu"):
+            attributes["activations"] = ["Relu" if cell == "rnn-relu" else "Tanh"]
+        outputs = [f"y{k}", f"h{k}_out"] + ([f"c{k}_out"] if cell == "lstm" else [])
+        g.op(OPERATOR[cell], [x, g.const(f"W{k}", w), g.const(f"R{k}", r), g.const(f"B{k}", b), ""]
+             + state, outputs, **attributes)
+        x = g.op("Squeeze", [f"y{k}", "axis1"], [f"x{k + 1}"])[0]  # (T, 1, B, H) -> (T, B, H)
+        finals_h.append(f"h{k}_out")
+        if cell == "lstm":
+            finals_c.append(f"c{k}_out")
+    g.op("Concat", finals_h, ["h_out"], axis=0)  # (L, B, H)
+    if cell == "lstm":
+        g.op("Concat", finals_c, ["c_out"], axis=0)
+    return g.op("Transpose", [x], ["top"], perm=[1, 0, 2])[0]  # (B, T, H)
+
+
+def _head_and_bits(g: _Graph, weights: dict[str, np.ndarray], top: str) -> None:
+    """The linear head -> logits (B, T, V), and the scorer: the bits of ids[:, 1:] under the
+    logits before each -> bits (B, T-1)."""
+    g.op("MatMul", [top, g.const("head_t", np.ascontiguousarray(weights["head.weight"].T))], ["scores"])
+    g.op("Add", ["scores", g.const("head_bias", weights["head.bias"])], ["logits"])  # (B, T, V)
+    g.op("Slice", ["logits", g.const("zero", np.array([0], np.int64)),
+                   g.const("minus_one", np.array([-1], np.int64)), "axis1"], ["before"])  # (B, T-1, V)
+    g.op("LogSoftmax", ["before"], ["log_probs"], axis=-1)
+    g.op("Slice", ["ids", "axis1", g.const("end", np.array([np.iinfo(np.int64).max], np.int64)),
+                   "axis1"], ["targets"])
+    g.op("Unsqueeze", ["targets", "axis2"], ["targets3"])  # (B, T-1, 1)
+    g.op("GatherElements", ["log_probs", "targets3"], ["picked"], axis=2)
+    g.op("Squeeze", ["picked", "axis2"], ["nats"])
+    g.op("Mul", ["nats", g.const("minus_bits_per_nat", np.array(-1.0 / math.log(2.0), np.float32))], ["bits"])
+
+
+def _signature(cfg) -> tuple[list, list]:
+    """The graph's inputs and outputs, with batch and time dynamic."""
+    L, H, V = cfg.layers, cfg.hidden, cfg.vocab_size
+    state = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [L, "batch", H])  # noqa: E731
+    inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "time"]), state("h")]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "time", V]), state("h_out")]
+    if cfg.cell == "lstm":
+        inputs.append(state("c"))
+        outputs.append(state("c_out"))
+    outputs.append(helper.make_tensor_value_info("bits", TensorProto.FLOAT, ["batch", None]))
+    return inputs, outputs
 
 
 def export_onnx(run: str | os.PathLike, out: str | os.PathLike, which: str = "best") -> tuple[Path, int]:

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .config import FEEDS, LESSON_CELLS
 from .errors import UserError
 from .vocab import Vocab
 
-LESSON_CELLS = ("rnn", "lstm", "gru")
-FEEDS = ("char", "sequence")
 DEFAULT_EMBED_HIDDEN = 8  # hidden width when --embed is set and --hidden is not
 
 # An LSTM carries (h, c); RNN and GRU carry h alone. Each tensor is (layers=1, B, H).

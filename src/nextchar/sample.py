@@ -16,23 +16,22 @@ from collections.abc import Callable
 import torch
 
 from . import autotune
-from .config import SampleConfig
+from .config import WEIGHT_FORMATS, SampleConfig
 from .errors import UserError
 from .model import CharRNN, Hidden
 from .stepping import StepModel, int8_fits
 from .vocab import Vocab
 
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
 TIMING_S = 0.1  # seconds of timing per `auto` decision (one per model shape and batch size)
 STEPS_PER_CALL = 8  # steps timed together, so one timing is well above the clock's resolution
 
 
 def check_sample_precision(precision: str, model: CharRNN) -> None:
     """Refuse a weight format that cannot run here, before any work."""
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision not in WEIGHT_FORMATS:
+        raise UserError(f"--weights must be one of {', '.join(WEIGHT_FORMATS)}, got {precision!r}")
     if precision == "int8" and not int8_fits(model):
-        raise UserError("--precision int8 needs the CPU and a hidden size (and an embedding size, "
+        raise UserError("--weights int8 needs the CPU and a hidden size (and an embedding size, "
                         "for vocabularies over ~10,000 symbols) that is a multiple of 16; use bf16 or fp32")
 
 

@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .config import UNKNOWN_POLICIES
 from .errors import UserError
 
 if TYPE_CHECKING:
     import torch
-
-UNKNOWN_POLICIES = ("error", "skip")
 
 
 def code_points(text: str) -> np.ndarray:
