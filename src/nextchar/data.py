@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import is_temp, temp_path
 from .config import DataConfig, RunConfig
 from .corpus import discover, is_utf8, iter_bytes, iter_chunks
 from .errors import UserError
@@ -216,7 +217,7 @@ def _ours_or_empty(folder: Path) -> str | None:
         return None
     if not folder.is_dir():
         return "a file"
-    names = [p.name for p in folder.iterdir() if p.name != LOCK and ".tmp-" not in p.name]
+    names = [p.name for p in folder.iterdir() if p.name != LOCK and not is_temp(p.name)]
     if not names:
         return None
     try:
@@ -333,7 +334,7 @@ def _prepare_into(out: Path, paths: list[Path], config: DataConfig, vocab: Vocab
 
     # built beside the old files, then moved over them: data.json goes first and comes back last,
     # so a reader sees the old data, no data, or the new data
-    build = out / f".build.tmp-{os.getpid()}"
+    build = temp_path(out / "build")
     shutil.rmtree(build, ignore_errors=True)
     build.mkdir()
     try:

@@ -16,8 +16,8 @@
 
 Checkpoints are safetensors (never pickle) with a JSON `nextchar` metadata entry and a checksum
 of the tensor bytes, so a damaged file is refused rather than loaded. Every file is written to a
-temporary name, fsynced and renamed over the old one: a crash at any moment leaves the previous
-complete file in place.
+temporary name, fsynced and renamed over the old one (atomic.py): a crash at any moment leaves the
+previous complete file in place.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from .atomic import CheckpointWriteError, atomic_write, is_temp, remove_temps
 from .config import RunConfig
 from .data import TokenData, is_prepared, load_prepared, overlaps
 from .errors import UserError
@@ -55,69 +54,6 @@ MACHINE = "machine.json"  # the machine and the choices `auto` made on it
 
 class DataChanged(UserError):
     """The run's prepared data is no longer the data it trained on."""
-
-
-class CheckpointWriteError(UserError):
-    """Saving failed (disk full, permissions): the previous checkpoint is intact."""
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-# Steps of an atomic write, in order, where NEXTCHAR_FAULT can stop the process (see _fault).
-FAULT_POINTS = ("partial", "written", "synced", "renamed", "done")
-_writes: dict[str, int] = {}  # atomic writes of each file name by this process
-
-
-def _fault(point: str, path: Path, file=None) -> None:
-    """Test hook: NEXTCHAR_FAULT=POINT:NAME:N kills this process (SIGKILL, as a crash) at POINT of
-    its N-th atomic write of a file named NAME, so tests can stop a write at each of its steps."""
-    spec = os.environ.get("NEXTCHAR_FAULT")
-    if spec and spec == f"{point}:{path.name}:{_writes.get(path.name, 0)}":
-        if file is not None:
-            file.flush()  # what was written so far is in the file, as in a crash
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
-    path = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _writes[path.name] = _writes.get(path.name, 0) + 1
-    try:
-        with open(tmp, "wb") as f:
-            view, half = memoryview(payload), len(payload) // 2
-            f.write(view[:half])
-            _fault("partial", path, f)
-            f.write(view[half:])
-            f.flush()
-            _fault("written", path)
-            os.fsync(f.fileno())
-        _fault("synced", path)
-        os.replace(tmp, path)
-    except BaseException as exc:  # disk full, or a second Ctrl-C: leave no partial file behind
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        if not isinstance(exc, OSError):
-            raise
-        raise CheckpointWriteError(f"could not write {path}: {exc.strerror or exc}; "
-                                   f"the previous file is unchanged") from None
-    _fault("renamed", path)
-    _fsync_dir(path.parent)
-    _fault("done", path)
 
 
 def check_output_file(path: str | os.PathLike, flag: str) -> None:
@@ -240,7 +176,7 @@ class RunFolder:
             raise UserError(f"--out {self.path} exists and is not a directory")
         if not self.path.exists():
             return
-        if not [p for p in self.path.iterdir() if p.name != LOCK and ".tmp-" not in p.name]:
+        if not [p for p in self.path.iterdir() if p.name != LOCK and not is_temp(p.name)]:
             return
         if not self.is_run():
             raise UserError(f"--out {self.path} is not empty and holds no nextchar run; nextchar "
@@ -318,17 +254,8 @@ class RunFolder:
                                        f"{exc.strerror or exc}") from None
 
     def remove_stray_temps(self) -> list[Path]:
-        """Delete the temporary files of writes that a crash cut short (.NAME.tmp-PID); returns them."""
-        stray = sorted(self.path.glob(".*.tmp-*"))
-        for p in stray:
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                try:
-                    p.unlink()
-                except OSError:
-                    pass
-        return stray
+        """Delete the temporary files of writes that a crash cut short (see atomic.py); returns them."""
+        return remove_temps(self.path)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         try:

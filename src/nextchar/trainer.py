@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import autotune, budget, devices, distributed
+from .atomic import atomic_write, temp_path
 from .autotune import Choice
 from .averaging import WeightAverage
 from .config import (
@@ -51,7 +52,6 @@ from .runfolder import (
     METRICS,
     SOURCE,
     RunFolder,
-    atomic_write,
     load_checkpoint,
     prefixed,
     save_checkpoint,
@@ -786,7 +786,7 @@ def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = 
         lock = folder.lock("training")  # before anything in the folder is cleared or written
     with lock:
         if dist.is_main:
-            staged = folder.file(f".{DATA}.tmp-{os.getpid()}")  # the new data, until it checks out
+            staged = temp_path(folder.file(DATA))  # the new data, until it checks out
             try:
                 folder.check_new(inputs, force)  # again: no other writer can change it now
                 if not external:
