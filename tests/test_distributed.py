@@ -25,12 +25,13 @@ import nextchar.trainer as trainer
 import plain_loop
 import test_trainer
 from clock import install as virtual_clock
+from nextchar.checkpoint import load_checkpoint, prefixed, save_checkpoint
 from nextchar.cli import build_parser
 from nextchar.config import SampleConfig
 from nextchar.data import load_prepared
 from nextchar.errors import Diverged
 from nextchar.model import CharRNN
-from nextchar.runfolder import RunFolder, load_checkpoint, load_model, prefixed, save_checkpoint
+from nextchar.runfolder import RunFolder, load_model
 from nextchar.sample import Sampler
 from processes import wait_until
 

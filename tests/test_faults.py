@@ -15,15 +15,17 @@ import torch
 
 import nextchar
 import nextchar.atomic as atomic
+import nextchar.checkpoint
 import nextchar.data
 import nextchar.runfolder as runfolder
 import nextchar.trainer
 from clock import install as virtual_clock
 from conftest import TINY
 from nextchar.atomic import CheckpointWriteError
+from nextchar.checkpoint import load_checkpoint
 from nextchar.cli import main
 from nextchar.errors import Diverged
-from nextchar.runfolder import load_checkpoint, load_model
+from nextchar.runfolder import load_model
 from processes import cli, wait_until
 
 TRAIN = ["--hidden", "32", "--layers", "1", "--embed", "16", "--batch-size", "4", "--seq-len", "16",
@@ -201,7 +203,7 @@ def test_a_write_is_synced_before_its_rename_and_the_folder_after(tmp_path, monk
     monkeypatch.setattr(atomic.os, "replace", replace)
     folder = tmp_path.resolve()
     target = folder / "latest.safetensors"
-    runfolder.save_checkpoint(target, {"w": torch.ones(3)}, {"step": 1})
+    nextchar.checkpoint.save_checkpoint(target, {"w": torch.ones(3)}, {"step": 1})
     temporary = str(folder / f".latest.safetensors.tmp-{os.getpid()}")
     assert calls == [("fsync", temporary), ("rename", temporary, str(target)), ("fsync", str(folder))]
     assert load_checkpoint(target)[1]["step"] == 1
@@ -379,14 +381,14 @@ def test_default_checkpoint_cadence_bounds_lost_work(tmp_path, monkeypatch):
     time between resumable checkpoints (from the start to the first too) is 2 minutes and a step."""
     clock = virtual_clock(10.0, monkeypatch)
     saved = []
-    real_save = nextchar.trainer.save_checkpoint
+    real_save = nextchar.checkpoint.save_checkpoint
 
     def save_checkpoint(path, tensors, meta):
         if Path(path).name == "latest.safetensors":
             saved.append(clock.now)
         return real_save(path, tensors, meta)
 
-    monkeypatch.setattr(nextchar.trainer, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(nextchar.checkpoint, "save_checkpoint", save_checkpoint)
     run = nextchar.train(text=TEXT, out=tmp_path / "run", steps=60, eval_every=1000,
                          precision="fp32", **TINY)
     assert run.steps == 60 and saved[-1] == 600.0
@@ -402,13 +404,13 @@ def test_checkpoints_between_evaluations(tmp_path, monkeypatch, every):
     (times that binary floating point holds exactly)."""
     virtual_clock(0.25, monkeypatch)
     saved = []
-    real_save = nextchar.trainer.save_checkpoint
+    real_save = nextchar.checkpoint.save_checkpoint
 
     def save_checkpoint(path, tensors, meta):
         saved.append((Path(path).name, meta["step"]))
         return real_save(path, tensors, meta)
 
-    monkeypatch.setattr(nextchar.trainer, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(nextchar.checkpoint, "save_checkpoint", save_checkpoint)
     nextchar.train(text=TEXT, out=tmp_path / "run", steps=30, eval_every=1000, precision="fp32",
                    **TINY, **every)
     steps = [step for name, step in saved if name == "latest.safetensors"]

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 import nextchar
 from conftest import TINY
+from nextchar.checkpoint import load_checkpoint
 from nextchar.errors import UserError
-from nextchar.runfolder import load_checkpoint, load_model
+from nextchar.runfolder import load_model
 
 LINE = "The quick brown fox jumps over the lazy dog; naïve café — déjà vu.\n"
 TEXT = "".join(f"{i}: {LINE}" for i in range(90))

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import TINY
+from nextchar.checkpoint import load_checkpoint, vocab_digest
 from nextchar.data import load_prepared
-from nextchar.runfolder import RunFolder, load_checkpoint, vocab_digest
+from nextchar.runfolder import RunFolder
 from nextchar.vocab import Vocab
 from processes import TINY_TEXT, TINY_TRAIN_FLAGS, cli
 

@@ -30,6 +30,16 @@ from . import autotune, budget, devices, distributed
 from .atomic import atomic_write, temp_path
 from .autotune import Choice
 from .averaging import WeightAverage
+from .checkpoint import (
+    LoopState,
+    ResumePoint,
+    build_model,
+    load_resume,
+    read_weights,
+    save_resume,
+    save_weights,
+    vocab_digest,
+)
 from .config import (
     DataConfig,
     ModelConfig,
@@ -52,10 +62,6 @@ from .runfolder import (
     METRICS,
     SOURCE,
     RunFolder,
-    load_checkpoint,
-    prefixed,
-    save_checkpoint,
-    vocab_digest,
 )
 from .sample import Sampler
 from .schedule import lr_factor
@@ -98,24 +104,6 @@ def _zero_unless(finite: torch.Tensor, hidden):
     if isinstance(hidden, tuple):
         return tuple(torch.where(finite, h, 0.0) for h in hidden)
     return torch.where(finite, hidden, 0.0)
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
-    state = optimizer.state_dict()
-    tensors = {}
-    for index, entries in state["state"].items():
-        for key, value in entries.items():
-            tensors[f"optim.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    return tensors, state["param_groups"]
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                    groups: list) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in prefixed(tensors, "optim").items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 class Trainer:
@@ -165,13 +153,7 @@ class Trainer:
         self.budget = tc.time
         if not self.total_steps and not self.budget:
             raise UserError("give a stopping point: --steps, --epochs or --time")
-        self.step = 0
-        self.chars_seen = 0
-        self.elapsed_before = 0.0
-        self.best_val = math.inf
-        self.best_result: EvalResult | None = None
-        self.next_eval_time = self._eval_interval_s()
-        self.last_eval_step = -1
+        self.loop = LoopState()
         self.hidden = None
         self.eval_cost = 0.0
         self.save_cost = 0.0
@@ -179,6 +161,8 @@ class Trainer:
         self.last_sample = ""
         if resume:
             self._restore()
+        if not math.isfinite(self.loop.next_eval_time):  # a new run, or one that had no --time
+            self.loop.next_eval_time = self._eval_interval_s()
 
     # ---- cadence -------------------------------------------------------------------------
 
@@ -195,7 +179,7 @@ class Trainer:
     def _progress(self, elapsed: float) -> float:
         fractions = []
         if self.total_steps:
-            fractions.append(self.step / self.total_steps)
+            fractions.append(self.loop.step / self.total_steps)
         if self.budget:
             fractions.append(elapsed / max(1e-9, self.budget - self._reserve()))
         return max(fractions)
@@ -206,16 +190,17 @@ class Trainer:
 
     # ---- state ---------------------------------------------------------------------------
 
-    def _hidden_tensors(self) -> dict[str, torch.Tensor]:
+    def _hidden_tensors(self) -> tuple[torch.Tensor, ...]:
+        """The carried state of every rank's rows, (h,) or (h, c); () when there is none."""
         if self.hidden is None:
-            return {}
+            return ()
         parts = self.hidden if isinstance(self.hidden, tuple) else (self.hidden,)
-        return {f"hidden.{k}": self.dist.gather_rows(t) for k, t in zip("hc", parts)}
+        return tuple(self.dist.gather_rows(t) for t in parts)
 
     def _check_weights(self) -> None:
         """Every rank, before weights are evaluated or saved: non-finite ones never replace good ones."""
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            raise Diverged(f"training diverged: the weights became non-finite by step {self.step}; the "
+            raise Diverged(f"training diverged: the weights became non-finite by step {self.loop.step}; the "
                            f"last good checkpoint is kept in {self.folder.path}; resume with a lower "
                            f"learning rate, e.g. nextchar train --resume {self.folder.path} "
                            f"--lr {self.config.train.lr / 3:.2g}")
@@ -227,82 +212,60 @@ class Trainer:
             return self.average.module
         return self.model
 
-    def _average_record(self) -> dict[str, Any] | None:
-        if self.average is None:
-            return None
-        return {"kind": self.average.kind, "count": self.average.count}
-
     def _save_latest(self, elapsed: float) -> None:
         self._check_weights()
         hidden = self._hidden_tensors()  # collective: every rank takes part
         if not self.dist.is_main:
             return
         started = time.perf_counter()
-        optim_tensors, groups = _optimizer_tensors(self.optimizer)
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        tensors.update(optim_tensors)
-        tensors.update(hidden)
-        if self.average is not None:
-            tensors.update({f"average.{k}": v for k, v in self.average.tensors().items()})
-        tensors["rng.cpu"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        meta = {"kind": "resume", "step": self.step, "elapsed": elapsed, "chars_seen": self.chars_seen,
-                "best_val": self.best_val if math.isfinite(self.best_val) else None,
-                "best_result": self.best_result.to_dict() if self.best_result else None,
-                "next_eval_time": self.next_eval_time if math.isfinite(self.next_eval_time) else None,
-                "last_eval_step": self.last_eval_step, "param_groups": groups,
-                "average": self._average_record(),
-                "world_size": self.dist.world, "batch_size": self.config.train.batch_size,
-                "vocab": vocab_digest(self.data.vocab)}
-        save_checkpoint(self.folder.file(LATEST), tensors, meta)
+        self.loop.elapsed = elapsed
+        average = self.average
+        save_resume(self.folder.file(LATEST), ResumePoint(
+            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), loop=self.loop,
+            rng_cpu=torch.get_rng_state(),
+            rng_cuda=torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            hidden=hidden, average=average.tensors() if average is not None else {},
+            average_kind=average.kind if average is not None else None,
+            average_count=average.count if average is not None else 0,
+            world_size=self.dist.world, batch_size=self.config.train.batch_size,
+            vocab=vocab_digest(self.data.vocab)))
         self.save_cost = time.perf_counter() - started
 
     def _save_best(self, result: EvalResult) -> None:
-        tensors = {f"model.{k}": v for k, v in self._weights_in_use().state_dict().items()}
-        save_checkpoint(self.folder.file(BEST), tensors,
-                        {"kind": "weights", "step": self.step, "val": result.to_dict(),
-                         "vocab": vocab_digest(self.data.vocab), "average": self._average_record()})
+        average = self.average
+        save_weights(self.folder.file(BEST), self._weights_in_use().state_dict(), step=self.loop.step,
+                     val=result, vocab=vocab_digest(self.data.vocab),
+                     average_kind=average.kind if average is not None else None,
+                     average_count=average.count if average is not None else 0)
 
     def _restore(self) -> None:
-        tensors, meta = load_checkpoint(self.folder.file(LATEST))
-        if meta.get("kind") != "resume":
-            raise UserError(f"{self.folder.file(LATEST)} is not a resumable checkpoint")
-        if meta.get("vocab", vocab_digest(self.data.vocab)) != vocab_digest(self.data.vocab):
+        point = load_resume(self.folder.file(LATEST))
+        if point.vocab not in (None, vocab_digest(self.data.vocab)):
             raise UserError(f"{self.folder.file(LATEST)} was trained with another vocabulary "
                             f"than the run's data")
-        if meta.get("batch_size") != self.config.train.batch_size:
+        if point.batch_size != self.config.train.batch_size:
             raise UserError("--batch-size differs from the run being resumed; keep it the same")
         try:
-            self.model.load_state_dict(prefixed(tensors, "model"))
-            _load_optimizer(self.optimizer, tensors, meta["param_groups"])
-            saved = meta.get("average") or {}
-            if self.average is not None and saved.get("kind") == self.average.kind:
-                self.average.load(prefixed(tensors, "average"), int(saved["count"]))
+            self.model.load_state_dict(point.model)
+            self.optimizer.load_state_dict(point.optimizer)
+            if self.average is not None and point.average_kind == self.average.kind:
+                self.average.load(point.average, point.average_count)
             # else: averaging turned on (or changed) by this resume starts afresh
         except (RuntimeError, ValueError, KeyError) as exc:
             raise UserError(f"{self.folder.file(LATEST)} does not match this run's model ({exc})") from None
         # a resumed run may change --lr or --weight-decay; group 0 holds the decayed matrices
         for k, group in enumerate(self.optimizer.param_groups):
             group["weight_decay"] = self.config.train.weight_decay if k == 0 else 0.0
-        self.step = int(meta["step"])
-        self.chars_seen = int(meta.get("chars_seen", 0))
-        self.elapsed_before = float(meta["elapsed"])
-        self.best_val = meta["best_val"] if meta.get("best_val") is not None else math.inf
-        if meta.get("best_result"):
-            self.best_result = EvalResult(**meta["best_result"])
-        nxt = meta.get("next_eval_time")
-        self.next_eval_time = nxt if nxt is not None else self._eval_interval_s()
-        self.last_eval_step = int(meta.get("last_eval_step", -1))
-        if "hidden.h" in tensors:
+        self.loop = point.loop
+        if point.hidden:
             rows = self.dist.rows(self.config.train.batch_size)
-            parts = [tensors[f"hidden.{k}"][:, rows].to(self.device) for k in "hc" if f"hidden.{k}" in tensors]
-            self.hidden = tuple(parts) if len(parts) == 2 else parts[0]
-        torch.set_rng_state(tensors["rng.cpu"])
-        if self.device.type == "cuda" and "rng.cuda" in tensors:
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+            parts = tuple(t[:, rows].to(self.device) for t in point.hidden)
+            self.hidden = parts if len(parts) == 2 else parts[0]
+        torch.set_rng_state(point.rng_cpu)
+        if self.device.type == "cuda" and point.rng_cuda is not None:
+            torch.cuda.set_rng_state(point.rng_cuda, self.device)
         # metrics logged after this checkpoint belong to a future that did not happen
-        records = [r for r in self.folder.read_metrics() if r.get("step", 0) <= self.step]
+        records = [r for r in self.folder.read_metrics() if r.get("step", 0) <= self.loop.step]
         if self.dist.is_main:
             atomic_write(self.folder.file(METRICS), "".join(json.dumps(r) + "\n" for r in records))
 
@@ -331,23 +294,23 @@ class Trainer:
             result = score_ids(self._weights_in_use(), self.val_ids, device=self.device,
                                precision=self.eval_precision)
             self.model.train()
-            if result.nats_per_char < self.best_val:
-                self.best_val = result.nats_per_char
-                self.best_result = result
+            if result.nats_per_char < self.loop.best_val:
+                self.loop.best_val = result.nats_per_char
+                self.loop.best_result = result
                 self._save_best(result)
         else:  # no validation text: the latest weights are the best we know
             self._save_best(EvalResult(0, math.nan, math.nan, math.nan, math.nan))
-        sample = self._sample(self.config.train.sample_chars, self.config.train.seed + self.step)
+        sample = self._sample(self.config.train.sample_chars, self.config.train.seed + self.loop.step)
         self.last_sample = sample
         self.eval_cost = time.perf_counter() - started
-        record = {"kind": "eval", "step": self.step, "chars": self.chars_seen, "time": round(elapsed, 3),
+        record = {"kind": "eval", "step": self.loop.step, "chars": self.loop.chars_seen, "time": round(elapsed, 3),
                   "sample": sample}
         if self.average is not None:  # the steps averaged into the weights scored (0: none yet)
             record["averaged_steps"] = self.average.count
         if result:
             record.update(val_loss=result.nats_per_char, val_bpc=result.bits_per_char,
                           val_accuracy=result.accuracy)
-            self._say(f"step {self.step:>6} | val {result.nats_per_char:.4f} nats/char, "
+            self._say(f"step {self.loop.step:>6} | val {result.nats_per_char:.4f} nats/char, "
                       f"{result.bits_per_char:.4f} bits/char | {elapsed:.0f}s", bar)
         if sample:
             self._say("  sample: " + sample.replace("\n", "\n          "), bar)
@@ -392,9 +355,9 @@ class Trainer:
         from tqdm import tqdm
 
         if self.total_steps and not self.budget:
-            return tqdm(total=self.total_steps, initial=self.step, file=self.log, unit="step",
+            return tqdm(total=self.total_steps, initial=self.loop.step, file=self.log, unit="step",
                         dynamic_ncols=True, leave=True)
-        return tqdm(total=int(self.budget), initial=int(self.elapsed_before), file=self.log, unit="s",
+        return tqdm(total=int(self.budget), initial=int(self.loop.elapsed), file=self.log, unit="s",
                     dynamic_ncols=True, leave=True,
                     bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]")
 
@@ -415,9 +378,9 @@ class Trainer:
         counts[1:] = torch.tensor([run, 0])
         if skipped:
             if self.dist.is_main:
-                self.folder.append_metrics({"kind": "skipped", "step": self.step, "count": skipped,
+                self.folder.append_metrics({"kind": "skipped", "step": self.loop.step, "count": skipped,
                                             "reason": "non-finite loss or gradient"})
-            self._say(f"step {self.step}: {skipped} step(s) with a non-finite loss or gradient "
+            self._say(f"step {self.loop.step}: {skipped} step(s) with a non-finite loss or gradient "
                       f"skipped since the last log line", bar)
         if longest >= self.config.train.max_bad_steps:
             self._diverged(longest)
@@ -425,7 +388,7 @@ class Trainer:
     def _diverged(self, bad_in_row: int):
         tc = self.config.train
         raise Diverged(f"training diverged: {bad_in_row} non-finite steps in a row at step "
-                       f"{self.step}; the last good checkpoint is kept in {self.folder.path}; "
+                       f"{self.loop.step}; the last good checkpoint is kept in {self.folder.path}; "
                        f"resume with a lower learning rate, e.g. nextchar train --resume "
                        f"{self.folder.path} --lr {tc.lr / 3:.2g}")
 
@@ -443,7 +406,7 @@ class Trainer:
         world = self.dist.world
         windows = len(self.streams)
         eval_every = self._eval_every_steps()
-        clock0 = time.perf_counter() - self.elapsed_before
+        clock0 = time.perf_counter() - self.loop.elapsed
         last_ckpt_time = time.perf_counter()
         bar = self._make_bar()
         defer = self.defer_checks
@@ -454,7 +417,7 @@ class Trainer:
         log_chars = 0
         bad_in_row = 0
         stop_reason = ""
-        if self.step == 0 and self.dist.is_main and not self.quiet:
+        if self.loop.step == 0 and self.dist.is_main and not self.quiet:
             self._say(f"training {self.config.model.cell} {self.config.model.layers}x"
                       f"{self.config.model.hidden} ({self.model.num_parameters():,} parameters) on "
                       f"{len(self.data.split('train')):,} chars, vocab {V}, device {self.device}, "
@@ -462,9 +425,9 @@ class Trainer:
         while True:
             elapsed = time.perf_counter() - clock0
             time_up = bool(self.budget) and elapsed + self._reserve() >= self.budget
-            steps_done = bool(self.total_steps) and self.step >= self.total_steps
+            steps_done = bool(self.total_steps) and self.loop.step >= self.total_steps
             ckpt_due = tc.checkpoint_every > 0 and time.perf_counter() - last_ckpt_time >= tc.checkpoint_every
-            eval_due_time = not eval_every and elapsed >= self.next_eval_time
+            eval_due_time = not eval_every and elapsed >= self.loop.next_eval_time
             flags = self.dist.any_flags([int(self.pending_signal), int(time_up), int(steps_done),
                                          int(ckpt_due and self.dist.is_main),
                                          int(eval_due_time and self.dist.is_main)])
@@ -473,34 +436,34 @@ class Trainer:
                 stop_reason = "signal"
                 self._save_latest(elapsed)
                 name = signal.Signals(signum).name
-                raise Interrupted(f"{name} received: stopped at step {self.step} and saved a resumable "
+                raise Interrupted(f"{name} received: stopped at step {self.loop.step} and saved a resumable "
                                   f"checkpoint; continue with: nextchar train --resume {self.folder.path}",
                                   signum)
             if time_up or steps_done:
                 stop_reason = "time" if time_up else "steps"
                 break
-            eval_due = (eval_every and self.step % eval_every == 0 and self.step > 0) or eval_due_time
-            if eval_due and self.step != self.last_eval_step:
+            eval_due = (eval_every and self.loop.step % eval_every == 0 and self.loop.step > 0) or eval_due_time
+            if eval_due and self.loop.step != self.loop.last_eval_step:
                 self._check_weights()
                 if self.dist.is_main:
                     self._evaluate(elapsed, bar)
-                self.last_eval_step = self.step
-                while self.next_eval_time <= elapsed:
-                    self.next_eval_time += self._eval_interval_s()
+                self.loop.last_eval_step = self.loop.step
+                while self.loop.next_eval_time <= elapsed:
+                    self.loop.next_eval_time += self._eval_interval_s()
                 self._save_latest(time.perf_counter() - clock0)
                 last_ckpt_time = time.perf_counter()
-            elif ckpt_due or (tc.checkpoint_every_steps and self.step % tc.checkpoint_every_steps == 0
-                              and self.step > 0):
+            elif ckpt_due or (tc.checkpoint_every_steps and self.loop.step % tc.checkpoint_every_steps == 0
+                              and self.loop.step > 0):
                 self._save_latest(elapsed)
                 last_ckpt_time = time.perf_counter()
 
-            window = self.step % windows
+            window = self.loop.step % windows
             if window == 0:
                 self.hidden = None  # each epoch starts its streams afresh
             x, y, valid = self.streams.window(window)
             local_valid = int((y != IGNORE).sum())  # this rank's share of the global `valid`
             x, y = self._to_device(x), self._to_device(y)
-            lr = tc.lr * lr_factor(self.step, self._progress(elapsed), tc.warmup_steps,
+            lr = tc.lr * lr_factor(self.loop.step, self._progress(elapsed), tc.warmup_steps,
                                    tc.schedule, tc.final_lr_frac)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -522,8 +485,8 @@ class Trainer:
                 norm = torch.linalg.vector_norm(torch.stack(
                     [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]))
             finite = torch.isfinite(norm)  # NaN if the loss or any gradient was not finite
-            self.step += 1
-            self.chars_seen += valid
+            self.loop.step += 1
+            self.loop.chars_seen += valid
             if defer:  # no host sync: the fused optimizer skips a non-finite step on the device
                 self.optimizer.found_inf = (~finite).float()
                 self.optimizer.step()
@@ -546,13 +509,13 @@ class Trainer:
                 bad_in_row += 1
                 self.hidden = None
                 if self.dist.is_main:
-                    self.folder.append_metrics({"kind": "skipped", "step": self.step,
+                    self.folder.append_metrics({"kind": "skipped", "step": self.loop.step,
                                                 "reason": "non-finite loss or gradient"})
-                self._say(f"step {self.step}: non-finite loss or gradient, step skipped", bar)
+                self._say(f"step {self.loop.step}: non-finite loss or gradient, step skipped", bar)
                 if bad_in_row >= tc.max_bad_steps:
                     self._diverged(bad_in_row)
             log_chars += valid
-            if self.step % tc.log_every == 0:
+            if self.loop.step % tc.log_every == 0:
                 if defer:
                     self._read_skipped(bad_counts, bar)
                 total_loss = self.dist.sum(float(log_loss))
@@ -561,13 +524,13 @@ class Trainer:
                 speed = log_chars / max(1e-9, now - log_time)
                 train_loss = total_loss / max(1.0, total_valid)
                 if self.dist.is_main:
-                    self.folder.append_metrics({"kind": "train", "step": self.step, "chars": self.chars_seen,
+                    self.folder.append_metrics({"kind": "train", "step": self.loop.step, "chars": self.loop.chars_seen,
                                                 "time": round(now - clock0, 3), "loss": train_loss,
                                                 "lr": lr, "chars_per_s": round(speed, 1)})
                 if bar is not None:
-                    postfix = {"step": self.step, "loss": f"{train_loss:.3f}", "chars/s": f"{speed:,.0f}"}
-                    if self.best_result:
-                        postfix["val"] = f"{self.best_result.nats_per_char:.3f}"
+                    postfix = {"step": self.loop.step, "loss": f"{train_loss:.3f}", "chars/s": f"{speed:,.0f}"}
+                    if self.loop.best_result:
+                        postfix["val"] = f"{self.loop.best_result.nats_per_char:.3f}"
                     bar.set_postfix(postfix, refresh=False)
                 log_loss.zero_()
                 log_valid = 0
@@ -582,9 +545,9 @@ class Trainer:
             self._read_skipped(bad_counts, bar)
         elapsed = time.perf_counter() - clock0
         self._check_weights()
-        if self.step != self.last_eval_step and self.dist.is_main:
+        if self.loop.step != self.loop.last_eval_step and self.dist.is_main:
             self._evaluate(elapsed, bar)
-        self.last_eval_step = self.step
+        self.loop.last_eval_step = self.loop.step
         self._save_latest(time.perf_counter() - clock0)
         if bar is not None:
             bar.close()
@@ -594,19 +557,18 @@ class Trainer:
             test_ids = self.data.split("test")
             test_ids = test_ids[: tc.eval_chars] if tc.eval_chars else test_ids
             if len(test_ids) >= 2 and self.folder.file(BEST).exists():
-                best, _ = load_checkpoint(self.folder.file(BEST))
-                scorer = CharRNN(self.config.model).to(self.device)
-                scorer.load_state_dict(prefixed(best, "model"))
+                best, _ = read_weights(self.folder.file(BEST))
+                scorer = build_model(best, self.config.model).to(self.device)
                 test_result = score_ids(scorer, test_ids, device=self.device,
                                         precision=self.eval_precision)
             elapsed = time.perf_counter() - clock0
-            final = {"kind": "final", "step": self.step, "chars": self.chars_seen, "time": round(elapsed, 3),
+            final = {"kind": "final", "step": self.loop.step, "chars": self.loop.chars_seen, "time": round(elapsed, 3),
                      "stop": stop_reason,
-                     "val": self.best_result.to_dict() if self.best_result else None,
+                     "val": self.loop.best_result.to_dict() if self.loop.best_result else None,
                      "test": test_result.to_dict() if test_result else None}
             self.folder.append_metrics(final)
-        return TrainResult(folder=self.folder.path, steps=self.step, elapsed=time.perf_counter() - clock0,
-                           chars_seen=self.chars_seen, best_val=self.best_result, test=test_result,
+        return TrainResult(folder=self.folder.path, steps=self.loop.step, elapsed=time.perf_counter() - clock0,
+                           chars_seen=self.loop.chars_seen, best_val=self.loop.best_result, test=test_result,
                            stop_reason=stop_reason, sample=sample)
 
 
