@@ -262,7 +262,7 @@ def _eval_line(label: str, result) -> str:
 
 
 def cmd_train(args) -> int:
-    from .trainer import launch
+    from .launch import launch
 
     options = {k: getattr(args, k) for k in TRAIN_OPTION_FLAGS if getattr(args, k) is not None}
     if args.checkpoint_every is not None:
