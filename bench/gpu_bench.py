@@ -120,7 +120,8 @@ def time_bare(tokens: torch.Tensor, vocab: int, layers: int, hidden: int, device
 
 def round_trip(data: Path, work: Path, device: str) -> list[str]:
     """GPU checkpoint -> CPU (logits, sample, resume) and CPU checkpoint -> GPU (resume)."""
-    from nextchar.runfolder import load_checkpoint, load_model
+    from nextchar.checkpoint import load_resume
+    from nextchar.runfolder import load_model
 
     failures = []
     small = ["--layers", 2, "--hidden", 128, "--embed", 32, "--batch-size", 16, "--seq-len", 64,
@@ -148,10 +149,10 @@ def round_trip(data: Path, work: Path, device: str) -> list[str]:
         if run is cpu_run:
             nextchar("train", data, "--out", cpu_run, "--force", "--steps", 20, "--device", "cpu", *small)
         done = nextchar("train", "--resume", run, "--steps", 30, "--device", then, "--quiet", check=False)
-        tensors, meta = load_checkpoint(run / "latest.safetensors")
-        finite = all(bool(torch.isfinite(v).all()) for k, v in tensors.items() if k.startswith("model."))
-        ok = done.returncode == 0 and meta["step"] == 30 and finite
-        say(f"checkpoint {first} -> {then}: {name} from step 20 to {meta['step']} "
+        point = load_resume(run / "latest.safetensors")
+        finite = all(bool(torch.isfinite(v).all()) for v in point.model.values())
+        ok = done.returncode == 0 and point.loop.step == 30 and finite
+        say(f"checkpoint {first} -> {then}: {name} from step 20 to {point.loop.step} "
             f"{'ok' if ok else 'FAILED: ' + done.stderr.strip()[-500:]}")
         failures += [] if ok else [f"{name} {first}->{then}"]
     return failures

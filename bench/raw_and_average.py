@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import sys
 
+from nextchar.checkpoint import load_resume
 from nextchar.evaluate import score_ids
 from nextchar.model import CharRNN
-from nextchar.runfolder import LATEST, RunFolder, load_checkpoint, prefixed
+from nextchar.runfolder import LATEST, RunFolder
 
 
 def main(runs: list[str]) -> None:
@@ -25,10 +26,10 @@ def main(runs: list[str]) -> None:
         config = folder.read_config()
         data = folder.training_data().resplit(config.data.val_frac, config.data.test_frac)
         precision = folder.read_machine().get("eval_precision", {}).get("value", "fp32")
-        tensors, meta = load_checkpoint(folder.file(LATEST))
-        line = {"run": run, "step": meta["step"], "average": meta.get("average"), "precision": precision}
-        for which in ("model", "average"):
-            weights = prefixed(tensors, which)
+        point = load_resume(folder.file(LATEST))
+        average = {"kind": point.average_kind, "count": point.average_count} if point.average_kind else None
+        line = {"run": run, "step": point.loop.step, "average": average, "precision": precision}
+        for which, weights in (("model", point.model), ("average", point.average)):
             if not weights:
                 continue
             model = CharRNN(config.model)

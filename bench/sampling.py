@@ -30,9 +30,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import finish, machine, nextchar, report  # noqa: E402
+from nextchar.checkpoint import save_weights, vocab_digest  # noqa: E402
 from nextchar.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
+from nextchar.evaluate import EvalResult  # noqa: E402
 from nextchar.model import CharRNN  # noqa: E402
-from nextchar.runfolder import BEST, RunFolder, save_checkpoint  # noqa: E402
+from nextchar.runfolder import BEST, RunFolder  # noqa: E402
 from nextchar.vocab import Vocab  # noqa: E402
 
 HIDDEN, LAYERS, EMBED = 512, 2, 64
@@ -47,8 +49,9 @@ def make_run(folder: Path, hidden: int = HIDDEN) -> Vocab:
     run = RunFolder(folder)
     run.create()
     run.write_setup(config, vocab, "bench/sampling.py")
-    save_checkpoint(run.file(BEST), {f"model.{k}": v for k, v in model.state_dict().items()},
-                    {"kind": "weights", "step": 0})
+    nan = float("nan")  # never evaluated, as a run without validation text records it
+    save_weights(run.file(BEST), model.state_dict(), step=0, val=EvalResult(0, nan, nan, nan, nan),
+                 vocab=vocab_digest(vocab))
     return vocab
 
 

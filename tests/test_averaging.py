@@ -9,11 +9,12 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import nextchar
 from nextchar.averaging import WeightAverage
+from nextchar.checkpoint import load_checkpoint, prefixed
 from nextchar.config import ModelConfig, TrainConfig
 from nextchar.errors import UserError
 from nextchar.evaluate import score_ids
 from nextchar.model import CharRNN
-from nextchar.runfolder import RunFolder, load_checkpoint, prefixed
+from nextchar.runfolder import RunFolder
 from nextchar.trainer import Trainer
 
 
@@ -66,7 +67,7 @@ def test_training_evaluates_keeps_and_loads_the_average(tmp_path, tiny_text, tin
 
     def snapshot(optimizer, args, kwargs):
         trainer = trainers[-1]
-        trained[trainer.step] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        trained[trainer.loop.step] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
 
     steps, start, decay = 20, 0.3, 0.7
     hook = register_optimizer_step_post_hook(snapshot)

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nextchar.checkpoint import load_checkpoint
 from nextchar.data import load_prepared
-from nextchar.runfolder import RunFolder, load_checkpoint, load_model
+from nextchar.runfolder import RunFolder, load_model
 from processes import cli, cli_output
 
 LINE = "The quick brown fox jumps over the lazy dog; naïve café — déjà vu.\n"

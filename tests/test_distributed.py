@@ -25,12 +25,14 @@ import nextchar.trainer as trainer
 import plain_loop
 import test_trainer
 from clock import install as virtual_clock
+from nextchar.checkpoint import load_checkpoint, prefixed, save_checkpoint
 from nextchar.cli import build_parser
 from nextchar.config import SampleConfig
 from nextchar.data import load_prepared
 from nextchar.errors import Diverged
+from nextchar.launch import launch
 from nextchar.model import CharRNN
-from nextchar.runfolder import RunFolder, load_checkpoint, load_model, prefixed, save_checkpoint
+from nextchar.runfolder import RunFolder, load_model
 from nextchar.sample import Sampler
 from processes import wait_until
 
@@ -268,7 +270,7 @@ def _rank_on_a_clock(rank: int, world: int, port: int, folder: str, text: str,
                       RANK=str(rank), LOCAL_RANK=str(rank), NEXTCHAR_DIST_TIMEOUT="30")
     torch.set_num_threads(1)
     virtual_clock(seconds_per_step[rank])
-    result = trainer.launch([text], folder, quiet=True, options=dict(OPTIONS, time=20, eval_chars=0))
+    result = launch([text], folder, quiet=True, options=dict(OPTIONS, time=20, eval_chars=0))
     (Path(folder).parent / f"rank-{rank}.json").write_text(json.dumps(
         {"steps": result.steps, "stop": result.stop_reason}))
     sys.stdout.flush()
@@ -313,7 +315,7 @@ def _rank(rank: int, world: int, port: int, folder: str, text: str, bad_rank: in
                       RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     trainer.F = _LossWithInf({4} if rank == bad_rank else ())
-    trainer.launch([text], folder, quiet=True, options=dict(OPTIONS, steps=steps))
+    launch([text], folder, quiet=True, options=dict(OPTIONS, steps=steps))
     # Under mp.spawn rank 0 hosts the rendezvous store itself (torchrun keeps it in its agent), and
     # tearing that down at interpreter exit while the peer is still leaving can abort in C++:
     # leave without running the interpreter's teardown once the run has finished.
@@ -334,7 +336,7 @@ def test_inf_loss_on_one_rank_is_skipped_by_every_rank(text_dir, monkeypatch):
                                 nprocs=2, join=True)
     for name, bad in (("one", {4}), ("clean", set())):
         monkeypatch.setattr(trainer, "F", _LossWithInf(bad))
-        trainer.launch([text], text_dir / name, quiet=True, options=dict(OPTIONS, steps=12))
+        launch([text], text_dir / name, quiet=True, options=dict(OPTIONS, steps=12))
     two, one, clean = (model_tensors(text_dir / n / "latest.safetensors") for n in ("two", "one", "clean"))
     assert max_difference(one, clean) > 1e-4  # skipping step 4 matters...
     assert max_difference(two, one) < 1e-5  # ...and both ranks skipped it
@@ -350,7 +352,7 @@ def test_device_side_skip_matches_the_host_side_skip(text_dir, monkeypatch):
     for defer in (False, True):
         monkeypatch.setattr(trainer, "_defers_checks", lambda device, defer=defer: defer)
         monkeypatch.setattr(trainer, "F", _LossWithInf({4, 9, 10}))
-        trainer.launch([text], text_dir / f"defer-{defer}", quiet=True, options=dict(OPTIONS, steps=14))
+        launch([text], text_dir / f"defer-{defer}", quiet=True, options=dict(OPTIONS, steps=14))
     host, device = (text_dir / f"defer-{d}" for d in (False, True))
     assert max_difference(model_tensors(host / "latest.safetensors"),
                           model_tensors(device / "latest.safetensors")) < 1e-5
@@ -361,7 +363,7 @@ def test_device_side_skip_matches_the_host_side_skip(text_dir, monkeypatch):
         monkeypatch.setattr(trainer, "_defers_checks", lambda device, defer=defer: defer)
         monkeypatch.setattr(trainer, "F", _LossWithInf({"all"}))
         with pytest.raises(Diverged, match="non-finite steps in a row"):
-            trainer.launch([text], text_dir / f"diverge-{defer}", quiet=True,
+            launch([text], text_dir / f"diverge-{defer}", quiet=True,
                            options=dict(OPTIONS, steps=30))
 
 
@@ -370,14 +372,14 @@ def test_checkpoint_from_a_gpu_run_resumes_and_samples_on_the_cpu(text_dir, monk
     optimizer's state: both must load on a machine without a GPU."""
     text = str(text_dir / "tiny.txt")
     monkeypatch.setattr(trainer, "_defers_checks", lambda device: True)  # the fused optimizer
-    trainer.launch([text], text_dir / "run", quiet=True, options=dict(OPTIONS, steps=10))
+    launch([text], text_dir / "run", quiet=True, options=dict(OPTIONS, steps=10))
     latest = text_dir / "run" / "latest.safetensors"
     tensors, meta = load_checkpoint(latest)
     tensors["rng.cuda"] = torch.zeros(16, dtype=torch.uint8)
     save_checkpoint(latest, tensors, {k: v for k, v in meta.items() if k != "checksum"})
 
     monkeypatch.setattr(trainer, "_defers_checks", lambda device: False)
-    result = trainer.launch(resume=text_dir / "run", quiet=True, options={"steps": 15})
+    result = launch(resume=text_dir / "run", quiet=True, options={"steps": 15})
     assert result.steps == 15
     model, vocab, _, _ = load_model(text_dir / "run", "latest", device="cpu")
     assert model.head.weight.device.type == "cpu"

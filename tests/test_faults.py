@@ -14,13 +14,17 @@ import pytest
 import torch
 
 import nextchar
+import nextchar.atomic as atomic
+import nextchar.checkpoint
 import nextchar.data
 import nextchar.runfolder as runfolder
 import nextchar.trainer
 from clock import install as virtual_clock
+from nextchar.atomic import CheckpointWriteError
+from nextchar.checkpoint import load_checkpoint
 from nextchar.cli import main
 from nextchar.errors import Diverged
-from nextchar.runfolder import CheckpointWriteError, load_checkpoint, load_model
+from nextchar.runfolder import load_model
 from processes import cli, wait_until
 from tiny import TINY
 
@@ -106,7 +110,7 @@ def test_a_second_ctrl_c_aborts_at_once_and_keeps_the_last_checkpoint(tmp_path, 
         return real_fsync(fd)
 
     monkeypatch.setattr(nextchar.data.Streams, "window", window)
-    monkeypatch.setattr(runfolder.os, "fsync", fsync)
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
     code, err = cli("train", tmp_path / "tiny.txt", "--out", run, *TRAIN, "--precision", "fp32",
                     "--steps", 100, "--checkpoint-every", 5, "--eval-every", 1000)
     assert (code, err) == (130, "nextchar train: interrupted\n")
@@ -118,7 +122,7 @@ def test_a_second_ctrl_c_aborts_at_once_and_keeps_the_last_checkpoint(tmp_path, 
 
 
 # ---- SIGKILL inside each step of a checkpoint write -----------------------------------------
-# NEXTCHAR_FAULT=POINT:NAME:N (runfolder.py) makes the process kill itself at POINT of its N-th
+# NEXTCHAR_FAULT=POINT:NAME:N (atomic.py) makes the process kill itself at POINT of its N-th
 # atomic write of NAME. With a checkpoint every step, latest.safetensors's N-th write is at step N;
 # with an evaluation every 4 steps, best.safetensors's 2nd is at step 8 (before latest's 8th).
 
@@ -142,7 +146,7 @@ def uninterrupted(tmp_path_factory) -> Path:
     return folder / "run"
 
 
-@pytest.mark.parametrize("name, point", [("latest.safetensors", p) for p in runfolder.FAULT_POINTS]
+@pytest.mark.parametrize("name, point", [("latest.safetensors", p) for p in atomic.FAULT_POINTS]
                          + [("best.safetensors", "partial")])
 def test_sigkill_inside_a_checkpoint_write_loses_nothing(tmp_path, uninterrupted, name, point):
     (tmp_path / "tiny.txt").write_text(TEXT)
@@ -154,7 +158,7 @@ def test_sigkill_inside_a_checkpoint_write_loses_nothing(tmp_path, uninterrupted
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
     # the last complete checkpoints are in place: the new one only from its rename on
-    renamed = runfolder.FAULT_POINTS.index(point) >= runfolder.FAULT_POINTS.index("renamed")
+    renamed = atomic.FAULT_POINTS.index(point) >= atomic.FAULT_POINTS.index("renamed")
     latest_step = {"latest.safetensors": 6 if renamed else 5, "best.safetensors": 7}[name]
     assert load_checkpoint(run / "latest.safetensors")[1]["step"] == latest_step
     assert load_checkpoint(run / "best.safetensors")[1]["step"] == 4
@@ -195,11 +199,11 @@ def test_a_write_is_synced_before_its_rename_and_the_folder_after(tmp_path, monk
         calls.append(("rename", str(src), str(dst)))
         return real_replace(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(runfolder.os, "fsync", fsync)
-    monkeypatch.setattr(runfolder.os, "replace", replace)
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    monkeypatch.setattr(atomic.os, "replace", replace)
     folder = tmp_path.resolve()
     target = folder / "latest.safetensors"
-    runfolder.save_checkpoint(target, {"w": torch.ones(3)}, {"step": 1})
+    nextchar.checkpoint.save_checkpoint(target, {"w": torch.ones(3)}, {"step": 1})
     temporary = str(folder / f".latest.safetensors.tmp-{os.getpid()}")
     assert calls == [("fsync", temporary), ("rename", temporary, str(target)), ("fsync", str(folder))]
     assert load_checkpoint(target)[1]["step"] == 1
@@ -324,7 +328,7 @@ def test_disk_full_on_rename_keeps_the_old_checkpoint(finished_run, monkeypatch,
             no_space()
         return real_replace(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(runfolder.os, "replace", replace)
+    monkeypatch.setattr(atomic.os, "replace", replace)
     with pytest.raises(SystemExit) as stop:
         main(["train", "--resume", str(run), "--steps", "20", "--quiet"])
     err = capsys.readouterr().err
@@ -345,7 +349,7 @@ def test_disk_full_mid_write_leaves_no_partial_file(finished_run, monkeypatch):
             no_space()
         return real_fsync(fd)
 
-    monkeypatch.setattr(runfolder.os, "fsync", fsync)
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
     with pytest.raises(CheckpointWriteError, match="No space left on device"):
         nextchar.train(resume=run, steps=20)
     for name, data in before.items():
@@ -377,14 +381,14 @@ def test_default_checkpoint_cadence_bounds_lost_work(tmp_path, monkeypatch):
     time between resumable checkpoints (from the start to the first too) is 2 minutes and a step."""
     clock = virtual_clock(10.0, monkeypatch)
     saved = []
-    real_save = nextchar.trainer.save_checkpoint
+    real_save = nextchar.checkpoint.save_checkpoint
 
     def save_checkpoint(path, tensors, meta):
         if Path(path).name == "latest.safetensors":
             saved.append(clock.now)
         return real_save(path, tensors, meta)
 
-    monkeypatch.setattr(nextchar.trainer, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(nextchar.checkpoint, "save_checkpoint", save_checkpoint)
     run = nextchar.train(text=TEXT, out=tmp_path / "run", steps=60, eval_every=1000,
                          precision="fp32", **TINY)
     assert run.steps == 60 and saved[-1] == 600.0
@@ -400,13 +404,13 @@ def test_checkpoints_between_evaluations(tmp_path, monkeypatch, every):
     (times that binary floating point holds exactly)."""
     virtual_clock(0.25, monkeypatch)
     saved = []
-    real_save = nextchar.trainer.save_checkpoint
+    real_save = nextchar.checkpoint.save_checkpoint
 
     def save_checkpoint(path, tensors, meta):
         saved.append((Path(path).name, meta["step"]))
         return real_save(path, tensors, meta)
 
-    monkeypatch.setattr(nextchar.trainer, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(nextchar.checkpoint, "save_checkpoint", save_checkpoint)
     nextchar.train(text=TEXT, out=tmp_path / "run", steps=30, eval_every=1000, precision="fp32",
                    **TINY, **every)
     steps = [step for name, step in saved if name == "latest.safetensors"]

@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nextchar
+from nextchar.checkpoint import load_checkpoint
 from nextchar.errors import UserError
-from nextchar.runfolder import load_checkpoint, load_model
+from nextchar.runfolder import load_model
 from tiny import TINY
 
 LINE = "The quick brown fox jumps over the lazy dog; naïve café — déjà vu.\n"

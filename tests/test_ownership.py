@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nextchar.checkpoint import load_checkpoint, vocab_digest
 from nextchar.data import load_prepared
-from nextchar.runfolder import RunFolder, load_checkpoint, vocab_digest
+from nextchar.runfolder import RunFolder
 from nextchar.vocab import Vocab
 from processes import TINY_TEXT, TINY_TRAIN_FLAGS, cli
 from tiny import TINY

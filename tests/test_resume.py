@@ -22,8 +22,9 @@ import torch
 
 import nextchar
 import nextchar.data
+from nextchar.checkpoint import load_checkpoint
 from nextchar.errors import Interrupted, UserError
-from nextchar.runfolder import RunFolder, load_checkpoint
+from nextchar.runfolder import RunFolder
 
 LINE = "The quick brown fox jumps over the lazy dog; naïve café — déjà vu.\n"
 TEXT = "".join(f"{i}: {LINE}" for i in range(90))

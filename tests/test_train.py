@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import nextchar
-from nextchar.runfolder import load_checkpoint, prefixed
+from nextchar.checkpoint import load_checkpoint, prefixed
 
 
 def test_periodic_text_reaches_near_zero_bits(tmp_path):

@@ -17,9 +17,10 @@ import nextchar
 import nextchar.trainer
 import plain_loop
 from clock import install as virtual_clock
+from nextchar.checkpoint import load_checkpoint, prefixed
 from nextchar.data import load_prepared
 from nextchar.model import CharRNN
-from nextchar.runfolder import RunFolder, load_checkpoint, prefixed
+from nextchar.runfolder import RunFolder
 from processes import cli
 
 LINE = "The quick brown fox jumps over the lazy dog; naïve café — déjà vu.\n"

@@ -128,7 +128,7 @@ def train(inputs: str | Sequence[str] | None = None, out: str | os.PathLike | No
     """Train a model; returns the Run. `inputs`: files, directories, a prepared data folder, or
     None for the bundled corpus; or pass the training `text` itself. `options` are any fields of
     DataConfig, ModelConfig or TrainConfig (steps=, time=, hidden=, cell=, lr=, ...)."""
-    from .trainer import launch
+    from .launch import launch
 
     for name, value in (("force", force), ("quiet", quiet)):
         if not isinstance(value, bool):

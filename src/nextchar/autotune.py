@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from .atomic import temp_path
+
 CACHE_VERSION = 1
 MARGIN = 0.03  # a candidate other than fp32 must be this much faster: noise never buys a slower path
 ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
@@ -175,7 +177,7 @@ def cache_get(key: dict[str, Any]) -> dict[str, float] | None:
 def cache_put(key: dict[str, Any], timings: dict[str, float]) -> None:
     """Store timings atomically; a cache that cannot be written is simply not used."""
     path = _entry_path(key)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps({"version": CACHE_VERSION, "key": key, "seconds": timings}),

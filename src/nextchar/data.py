@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import is_temp, temp_path
 from .config import DataConfig, RunConfig
 from .corpus import discover
 from .encode import dtype_for, symbols_of, write_ids
@@ -62,7 +63,7 @@ def _ours_or_empty(folder: Path) -> str | None:
         return None
     if not folder.is_dir():
         return "a file"
-    names = [p.name for p in folder.iterdir() if p.name != LOCK and ".tmp-" not in p.name]
+    names = [p.name for p in folder.iterdir() if p.name != LOCK and not is_temp(p.name)]
     if not names:
         return None
     try:
@@ -161,7 +162,7 @@ def _prepare_into(out: Path, paths: list[Path], config: DataConfig, vocab: Vocab
 
     # built beside the old files, then moved over them: data.json goes first and comes back last,
     # so a reader sees the old data, no data, or the new data
-    build = out / f".build.tmp-{os.getpid()}"
+    build = temp_path(out / "build")
     shutil.rmtree(build, ignore_errors=True)
     build.mkdir()
     try:

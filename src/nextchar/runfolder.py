@@ -14,32 +14,27 @@
       machine.json        the machine it ran on and what `auto` chose there, with the timings
       .nextchar.lock      held (flock) by the one process writing the run; see folderlock.py
 
-Checkpoints are safetensors (never pickle) with a JSON `nextchar` metadata entry and a checksum
-of the tensor bytes, so a damaged file is refused rather than loaded. Every file is written to a
-temporary name, fsynced and renamed over the old one: a crash at any moment leaves the previous
-complete file in place.
+What a checkpoint holds, and how it is checked when read, is checkpoint.py's. Every file is
+written to a temporary name, fsynced and renamed over the old one (atomic.py): a crash at any
+moment leaves the previous complete file in place.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
+from .atomic import CheckpointWriteError, atomic_write, is_temp, remove_temps
+from .checkpoint import build_model, read_weights, vocab_digest, weights_fit
 from .config import RunConfig
 from .data import TokenData, is_prepared, load_prepared, overlaps
 from .errors import UserError
 from .folderlock import LOCK, FolderLock, acquire
-from .model import CharRNN, parameter_shapes
+from .model import CharRNN
 from .vocab import Vocab
 
 CONFIG = "config.json"
@@ -57,69 +52,6 @@ class DataChanged(UserError):
     """The run's prepared data is no longer the data it trained on."""
 
 
-class CheckpointWriteError(UserError):
-    """Saving failed (disk full, permissions): the previous checkpoint is intact."""
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-# Steps of an atomic write, in order, where NEXTCHAR_FAULT can stop the process (see _fault).
-FAULT_POINTS = ("partial", "written", "synced", "renamed", "done")
-_writes: dict[str, int] = {}  # atomic writes of each file name by this process
-
-
-def _fault(point: str, path: Path, file=None) -> None:
-    """Test hook: NEXTCHAR_FAULT=POINT:NAME:N kills this process (SIGKILL, as a crash) at POINT of
-    its N-th atomic write of a file named NAME, so tests can stop a write at each of its steps."""
-    spec = os.environ.get("NEXTCHAR_FAULT")
-    if spec and spec == f"{point}:{path.name}:{_writes.get(path.name, 0)}":
-        if file is not None:
-            file.flush()  # what was written so far is in the file, as in a crash
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
-    path = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _writes[path.name] = _writes.get(path.name, 0) + 1
-    try:
-        with open(tmp, "wb") as f:
-            view, half = memoryview(payload), len(payload) // 2
-            f.write(view[:half])
-            _fault("partial", path, f)
-            f.write(view[half:])
-            f.flush()
-            _fault("written", path)
-            os.fsync(f.fileno())
-        _fault("synced", path)
-        os.replace(tmp, path)
-    except BaseException as exc:  # disk full, or a second Ctrl-C: leave no partial file behind
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        if not isinstance(exc, OSError):
-            raise
-        raise CheckpointWriteError(f"could not write {path}: {exc.strerror or exc}; "
-                                   f"the previous file is unchanged") from None
-    _fault("renamed", path)
-    _fsync_dir(path.parent)
-    _fault("done", path)
-
-
 def check_output_file(path: str | os.PathLike, flag: str) -> None:
     """Refuse, before any work, a file path that cannot be written: empty, a folder, or in a folder
     that does not exist."""
@@ -130,85 +62,6 @@ def check_output_file(path: str | os.PathLike, flag: str) -> None:
         raise UserError(f"{flag} {path} is a folder; name a file in it")
     if not path.parent.is_dir():
         raise UserError(f"cannot write {path}: the folder {path.parent} does not exist")
-
-
-def _checksum(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
-    """Over the tensors' names, dtypes, shapes and bytes, and the metadata (but its checksum)."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(json.dumps({k: v for k, v in meta.items() if k != "checksum"}, sort_keys=True).encode())
-    for key in sorted(tensors):
-        tensor = tensors[key].contiguous()
-        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
-
-
-def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
-                    meta: dict[str, Any]) -> None:
-    """Tensors (moved to CPU) plus JSON metadata, checksummed, written atomically."""
-    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    meta = dict(meta, checksum=_checksum(cpu, meta))
-    atomic_write(path, st_save(cpu, metadata={"nextchar": json.dumps(meta)}))
-
-
-def _describe_foreign(head: bytes) -> str | None:
-    if head.startswith(b"PK\x03\x04"):
-        return "a zip archive (a torch.save checkpoint?)"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "a Python pickle"
-    return None
-
-
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read and verify a checkpoint on the CPU. Anything but an intact nextchar file -> UserError."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing") from None
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from None
-    foreign = _describe_foreign(raw[:8])
-    if foreign:
-        raise UserError(f"{path} is {foreign}, not safetensors; nextchar never unpickles files")
-    try:
-        tensors = st_load(raw)
-        with _SafeMeta(raw) as meta_text:
-            meta = json.loads(meta_text)
-    except (SafetensorError, ValueError, KeyError, TypeError, OverflowError, RuntimeError):
-        raise UserError(f"{path} is truncated or corrupted (not a readable safetensors file)") from None
-    if not isinstance(meta, dict) or meta.get("checksum") != _checksum(tensors, meta):
-        raise UserError(f"{path} is corrupted (checksum mismatch)")
-    return tensors, meta
-
-
-class _SafeMeta:
-    """The `nextchar` metadata string of a safetensors file held in memory."""
-
-    def __init__(self, raw: bytes):
-        if len(raw) < 8:
-            raise ValueError("too short")
-        size = int.from_bytes(raw[:8], "little")
-        if size > len(raw) - 8:
-            raise ValueError("header past end of file")
-        self.header = json.loads(raw[8:8 + size])
-
-    def __enter__(self) -> str:
-        return self.header["__metadata__"]["nextchar"]
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
-def vocab_digest(vocab: Vocab) -> str:
-    """A short fingerprint of the symbols, kept in checkpoints to catch a swapped vocab.json."""
-    return hashlib.blake2b(vocab.to_json().encode(), digest_size=8).hexdigest()
-
-
-def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The entries under `prefix.`, with it stripped."""
-    cut = len(prefix) + 1
-    return {k[cut:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
 class RunFolder:
@@ -240,7 +93,7 @@ class RunFolder:
             raise UserError(f"--out {self.path} exists and is not a directory")
         if not self.path.exists():
             return
-        if not [p for p in self.path.iterdir() if p.name != LOCK and ".tmp-" not in p.name]:
+        if not [p for p in self.path.iterdir() if p.name != LOCK and not is_temp(p.name)]:
             return
         if not self.is_run():
             raise UserError(f"--out {self.path} is not empty and holds no nextchar run; nextchar "
@@ -318,17 +171,8 @@ class RunFolder:
                                        f"{exc.strerror or exc}") from None
 
     def remove_stray_temps(self) -> list[Path]:
-        """Delete the temporary files of writes that a crash cut short (.NAME.tmp-PID); returns them."""
-        stray = sorted(self.path.glob(".*.tmp-*"))
-        for p in stray:
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                try:
-                    p.unlink()
-                except OSError:
-                    pass
-        return stray
+        """Delete the temporary files of writes that a crash cut short (see atomic.py); returns them."""
+        return remove_temps(self.path)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         try:
@@ -404,20 +248,13 @@ def load_model(path: str | os.PathLike, which: str = "best",
     if len(vocab) != config.model.vocab_size:
         raise UserError(f"{folder.file(VOCAB)} has {len(vocab)} symbols but the model was built for "
                         f"{config.model.vocab_size}: the vocab does not match the weights")
-    tensors, meta = load_checkpoint(folder.weights_path(which))
+    if config.model.vocab_size < 2:
+        raise UserError(f"{folder.file(CONFIG)} describes no usable model (vocab_size < 2)")
+    weights, meta = read_weights(folder.weights_path(which))
     if meta.get("vocab", vocab_digest(vocab)) != vocab_digest(vocab):
         raise UserError(f"{folder.file(VOCAB)} is not the vocabulary {folder.weights_path(which)} "
                         f"was trained with: the vocab does not match the weights")
-    # a resume checkpoint of a run that averages its weights holds both: the average is the model
-    weights = prefixed(tensors, "average") or prefixed(tensors, "model")
-    if config.model.vocab_size < 2:
-        raise UserError(f"{folder.file(CONFIG)} describes no usable model (vocab_size < 2)")
-    # compare shapes before building anything, so a damaged config cannot ask for huge tensors
-    expected = {k: (shape, torch.float32) for k, shape in parameter_shapes(config.model).items()}
-    if expected != {k: (tuple(v.shape), v.dtype) for k, v in weights.items()}:
+    if not weights_fit(weights, config.model):
         raise UserError(f"{folder.weights_path(which)} does not match the model in "
                         f"{folder.file(CONFIG)} (different shapes or names)")
-    model = CharRNN(config.model)
-    model.load_state_dict(weights, strict=True)
-    model.eval()
-    return model.to(device), vocab, config, meta
+    return build_model(weights, config.model).to(device), vocab, config, meta

@@ -2,61 +2,47 @@
 
 One step = one window of the contiguous streams (see data.py): forward with the carried hidden
 state, summed cross-entropy over the window's valid targets divided by their global count,
-backward, clip, optimizer step. Only rank 0 logs, evaluates, samples and writes files.
+backward, clip, optimizer step. Only rank 0 logs, evaluates, samples and writes files. A run is
+set up (new or resumed) by launch.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import autotune, budget, devices, distributed
-from .autotune import Choice
+from . import distributed
+from .atomic import atomic_write
 from .averaging import WeightAverage
-from .config import (
-    DataConfig,
-    ModelConfig,
-    RunConfig,
-    SampleConfig,
-    TrainConfig,
-    to_dict,
+from .checkpoint import (
+    LoopState,
+    ResumePoint,
+    build_model,
+    load_resume,
+    read_weights,
+    save_resume,
+    save_weights,
+    vocab_digest,
 )
-from .corpus import discover
-from .data import IGNORE, Streams, TokenData, is_prepared, load_prepared, prepare
-from .devices import EVAL_SHAPE, autocast, eval_precision, resolve_device, train_precision
+from .config import RunConfig, SampleConfig
+from .data import IGNORE, Streams, TokenData
+from .devices import autocast, resolve_device
 from .errors import Diverged, Interrupted, PeerFailure, UserError
 from .evaluate import EvalResult, score_ids
 from .model import CharRNN, detach_hidden
-from .runfolder import (
-    BEST,
-    CONFIG,
-    DATA,
-    LATEST,
-    METRICS,
-    SOURCE,
-    RunFolder,
-    atomic_write,
-    load_checkpoint,
-    prefixed,
-    save_checkpoint,
-    vocab_digest,
-)
+from .runfolder import BEST, LATEST, METRICS, RunFolder
 from .sample import Sampler
 from .schedule import lr_factor
 
@@ -98,24 +84,6 @@ def _zero_unless(finite: torch.Tensor, hidden):
     if isinstance(hidden, tuple):
         return tuple(torch.where(finite, h, 0.0) for h in hidden)
     return torch.where(finite, hidden, 0.0)
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
-    state = optimizer.state_dict()
-    tensors = {}
-    for index, entries in state["state"].items():
-        for key, value in entries.items():
-            tensors[f"optim.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    return tensors, state["param_groups"]
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                    groups: list) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in prefixed(tensors, "optim").items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 class Trainer:
@@ -165,13 +133,7 @@ class Trainer:
         self.budget = tc.time
         if not self.total_steps and not self.budget:
             raise UserError("give a stopping point: --steps, --epochs or --time")
-        self.step = 0
-        self.chars_seen = 0
-        self.elapsed_before = 0.0
-        self.best_val = math.inf
-        self.best_result: EvalResult | None = None
-        self.next_eval_time = self._eval_interval_s()
-        self.last_eval_step = -1
+        self.loop = LoopState()
         self.hidden = None
         self.eval_cost = 0.0
         self.save_cost = 0.0
@@ -179,6 +141,8 @@ class Trainer:
         self.last_sample = ""
         if resume:
             self._restore()
+        if not math.isfinite(self.loop.next_eval_time):  # a new run, or one that had no --time
+            self.loop.next_eval_time = self._eval_interval_s()
 
     # ---- cadence -------------------------------------------------------------------------
 
@@ -195,7 +159,7 @@ class Trainer:
     def _progress(self, elapsed: float) -> float:
         fractions = []
         if self.total_steps:
-            fractions.append(self.step / self.total_steps)
+            fractions.append(self.loop.step / self.total_steps)
         if self.budget:
             fractions.append(elapsed / max(1e-9, self.budget - self._reserve()))
         return max(fractions)
@@ -206,16 +170,17 @@ class Trainer:
 
     # ---- state ---------------------------------------------------------------------------
 
-    def _hidden_tensors(self) -> dict[str, torch.Tensor]:
+    def _hidden_tensors(self) -> tuple[torch.Tensor, ...]:
+        """The carried state of every rank's rows, (h,) or (h, c); () when there is none."""
         if self.hidden is None:
-            return {}
+            return ()
         parts = self.hidden if isinstance(self.hidden, tuple) else (self.hidden,)
-        return {f"hidden.{k}": self.dist.gather_rows(t) for k, t in zip("hc", parts)}
+        return tuple(self.dist.gather_rows(t) for t in parts)
 
     def _check_weights(self) -> None:
         """Every rank, before weights are evaluated or saved: non-finite ones never replace good ones."""
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            raise Diverged(f"training diverged: the weights became non-finite by step {self.step}; the "
+            raise Diverged(f"training diverged: the weights became non-finite by step {self.loop.step}; the "
                            f"last good checkpoint is kept in {self.folder.path}; resume with a lower "
                            f"learning rate, e.g. nextchar train --resume {self.folder.path} "
                            f"--lr {self.config.train.lr / 3:.2g}")
@@ -227,82 +192,60 @@ class Trainer:
             return self.average.module
         return self.model
 
-    def _average_record(self) -> dict[str, Any] | None:
-        if self.average is None:
-            return None
-        return {"kind": self.average.kind, "count": self.average.count}
-
     def _save_latest(self, elapsed: float) -> None:
         self._check_weights()
         hidden = self._hidden_tensors()  # collective: every rank takes part
         if not self.dist.is_main:
             return
         started = time.perf_counter()
-        optim_tensors, groups = _optimizer_tensors(self.optimizer)
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        tensors.update(optim_tensors)
-        tensors.update(hidden)
-        if self.average is not None:
-            tensors.update({f"average.{k}": v for k, v in self.average.tensors().items()})
-        tensors["rng.cpu"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        meta = {"kind": "resume", "step": self.step, "elapsed": elapsed, "chars_seen": self.chars_seen,
-                "best_val": self.best_val if math.isfinite(self.best_val) else None,
-                "best_result": self.best_result.to_dict() if self.best_result else None,
-                "next_eval_time": self.next_eval_time if math.isfinite(self.next_eval_time) else None,
-                "last_eval_step": self.last_eval_step, "param_groups": groups,
-                "average": self._average_record(),
-                "world_size": self.dist.world, "batch_size": self.config.train.batch_size,
-                "vocab": vocab_digest(self.data.vocab)}
-        save_checkpoint(self.folder.file(LATEST), tensors, meta)
+        self.loop.elapsed = elapsed
+        average = self.average
+        save_resume(self.folder.file(LATEST), ResumePoint(
+            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), loop=self.loop,
+            rng_cpu=torch.get_rng_state(),
+            rng_cuda=torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            hidden=hidden, average=average.tensors() if average is not None else {},
+            average_kind=average.kind if average is not None else None,
+            average_count=average.count if average is not None else 0,
+            world_size=self.dist.world, batch_size=self.config.train.batch_size,
+            vocab=vocab_digest(self.data.vocab)))
         self.save_cost = time.perf_counter() - started
 
     def _save_best(self, result: EvalResult) -> None:
-        tensors = {f"model.{k}": v for k, v in self._weights_in_use().state_dict().items()}
-        save_checkpoint(self.folder.file(BEST), tensors,
-                        {"kind": "weights", "step": self.step, "val": result.to_dict(),
-                         "vocab": vocab_digest(self.data.vocab), "average": self._average_record()})
+        average = self.average
+        save_weights(self.folder.file(BEST), self._weights_in_use().state_dict(), step=self.loop.step,
+                     val=result, vocab=vocab_digest(self.data.vocab),
+                     average_kind=average.kind if average is not None else None,
+                     average_count=average.count if average is not None else 0)
 
     def _restore(self) -> None:
-        tensors, meta = load_checkpoint(self.folder.file(LATEST))
-        if meta.get("kind") != "resume":
-            raise UserError(f"{self.folder.file(LATEST)} is not a resumable checkpoint")
-        if meta.get("vocab", vocab_digest(self.data.vocab)) != vocab_digest(self.data.vocab):
+        point = load_resume(self.folder.file(LATEST))
+        if point.vocab not in (None, vocab_digest(self.data.vocab)):
             raise UserError(f"{self.folder.file(LATEST)} was trained with another vocabulary "
                             f"than the run's data")
-        if meta.get("batch_size") != self.config.train.batch_size:
+        if point.batch_size != self.config.train.batch_size:
             raise UserError("--batch-size differs from the run being resumed; keep it the same")
         try:
-            self.model.load_state_dict(prefixed(tensors, "model"))
-            _load_optimizer(self.optimizer, tensors, meta["param_groups"])
-            saved = meta.get("average") or {}
-            if self.average is not None and saved.get("kind") == self.average.kind:
-                self.average.load(prefixed(tensors, "average"), int(saved["count"]))
+            self.model.load_state_dict(point.model)
+            self.optimizer.load_state_dict(point.optimizer)
+            if self.average is not None and point.average_kind == self.average.kind:
+                self.average.load(point.average, point.average_count)
             # else: averaging turned on (or changed) by this resume starts afresh
         except (RuntimeError, ValueError, KeyError) as exc:
             raise UserError(f"{self.folder.file(LATEST)} does not match this run's model ({exc})") from None
         # a resumed run may change --lr or --weight-decay; group 0 holds the decayed matrices
         for k, group in enumerate(self.optimizer.param_groups):
             group["weight_decay"] = self.config.train.weight_decay if k == 0 else 0.0
-        self.step = int(meta["step"])
-        self.chars_seen = int(meta.get("chars_seen", 0))
-        self.elapsed_before = float(meta["elapsed"])
-        self.best_val = meta["best_val"] if meta.get("best_val") is not None else math.inf
-        if meta.get("best_result"):
-            self.best_result = EvalResult(**meta["best_result"])
-        nxt = meta.get("next_eval_time")
-        self.next_eval_time = nxt if nxt is not None else self._eval_interval_s()
-        self.last_eval_step = int(meta.get("last_eval_step", -1))
-        if "hidden.h" in tensors:
+        self.loop = point.loop
+        if point.hidden:
             rows = self.dist.rows(self.config.train.batch_size)
-            parts = [tensors[f"hidden.{k}"][:, rows].to(self.device) for k in "hc" if f"hidden.{k}" in tensors]
-            self.hidden = tuple(parts) if len(parts) == 2 else parts[0]
-        torch.set_rng_state(tensors["rng.cpu"])
-        if self.device.type == "cuda" and "rng.cuda" in tensors:
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+            parts = tuple(t[:, rows].to(self.device) for t in point.hidden)
+            self.hidden = parts if len(parts) == 2 else parts[0]
+        torch.set_rng_state(point.rng_cpu)
+        if self.device.type == "cuda" and point.rng_cuda is not None:
+            torch.cuda.set_rng_state(point.rng_cuda, self.device)
         # metrics logged after this checkpoint belong to a future that did not happen
-        records = [r for r in self.folder.read_metrics() if r.get("step", 0) <= self.step]
+        records = [r for r in self.folder.read_metrics() if r.get("step", 0) <= self.loop.step]
         if self.dist.is_main:
             atomic_write(self.folder.file(METRICS), "".join(json.dumps(r) + "\n" for r in records))
 
@@ -331,23 +274,23 @@ class Trainer:
             result = score_ids(self._weights_in_use(), self.val_ids, device=self.device,
                                precision=self.eval_precision)
             self.model.train()
-            if result.nats_per_char < self.best_val:
-                self.best_val = result.nats_per_char
-                self.best_result = result
+            if result.nats_per_char < self.loop.best_val:
+                self.loop.best_val = result.nats_per_char
+                self.loop.best_result = result
                 self._save_best(result)
         else:  # no validation text: the latest weights are the best we know
             self._save_best(EvalResult(0, math.nan, math.nan, math.nan, math.nan))
-        sample = self._sample(self.config.train.sample_chars, self.config.train.seed + self.step)
+        sample = self._sample(self.config.train.sample_chars, self.config.train.seed + self.loop.step)
         self.last_sample = sample
         self.eval_cost = time.perf_counter() - started
-        record = {"kind": "eval", "step": self.step, "chars": self.chars_seen, "time": round(elapsed, 3),
+        record = {"kind": "eval", "step": self.loop.step, "chars": self.loop.chars_seen, "time": round(elapsed, 3),
                   "sample": sample}
         if self.average is not None:  # the steps averaged into the weights scored (0: none yet)
             record["averaged_steps"] = self.average.count
         if result:
             record.update(val_loss=result.nats_per_char, val_bpc=result.bits_per_char,
                           val_accuracy=result.accuracy)
-            self._say(f"step {self.step:>6} | val {result.nats_per_char:.4f} nats/char, "
+            self._say(f"step {self.loop.step:>6} | val {result.nats_per_char:.4f} nats/char, "
                       f"{result.bits_per_char:.4f} bits/char | {elapsed:.0f}s", bar)
         if sample:
             self._say("  sample: " + sample.replace("\n", "\n          "), bar)
@@ -392,9 +335,9 @@ class Trainer:
         from tqdm import tqdm
 
         if self.total_steps and not self.budget:
-            return tqdm(total=self.total_steps, initial=self.step, file=self.log, unit="step",
+            return tqdm(total=self.total_steps, initial=self.loop.step, file=self.log, unit="step",
                         dynamic_ncols=True, leave=True)
-        return tqdm(total=int(self.budget), initial=int(self.elapsed_before), file=self.log, unit="s",
+        return tqdm(total=int(self.budget), initial=int(self.loop.elapsed), file=self.log, unit="s",
                     dynamic_ncols=True, leave=True,
                     bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]")
 
@@ -415,9 +358,9 @@ class Trainer:
         counts[1:] = torch.tensor([run, 0])
         if skipped:
             if self.dist.is_main:
-                self.folder.append_metrics({"kind": "skipped", "step": self.step, "count": skipped,
+                self.folder.append_metrics({"kind": "skipped", "step": self.loop.step, "count": skipped,
                                             "reason": "non-finite loss or gradient"})
-            self._say(f"step {self.step}: {skipped} step(s) with a non-finite loss or gradient "
+            self._say(f"step {self.loop.step}: {skipped} step(s) with a non-finite loss or gradient "
                       f"skipped since the last log line", bar)
         if longest >= self.config.train.max_bad_steps:
             self._diverged(longest)
@@ -425,7 +368,7 @@ class Trainer:
     def _diverged(self, bad_in_row: int):
         tc = self.config.train
         raise Diverged(f"training diverged: {bad_in_row} non-finite steps in a row at step "
-                       f"{self.step}; the last good checkpoint is kept in {self.folder.path}; "
+                       f"{self.loop.step}; the last good checkpoint is kept in {self.folder.path}; "
                        f"resume with a lower learning rate, e.g. nextchar train --resume "
                        f"{self.folder.path} --lr {tc.lr / 3:.2g}")
 
@@ -443,7 +386,7 @@ class Trainer:
         world = self.dist.world
         windows = len(self.streams)
         eval_every = self._eval_every_steps()
-        clock0 = time.perf_counter() - self.elapsed_before
+        clock0 = time.perf_counter() - self.loop.elapsed
         last_ckpt_time = time.perf_counter()
         bar = self._make_bar()
         defer = self.defer_checks
@@ -454,7 +397,7 @@ class Trainer:
         log_chars = 0
         bad_in_row = 0
         stop_reason = ""
-        if self.step == 0 and self.dist.is_main and not self.quiet:
+        if self.loop.step == 0 and self.dist.is_main and not self.quiet:
             self._say(f"training {self.config.model.cell} {self.config.model.layers}x"
                       f"{self.config.model.hidden} ({self.model.num_parameters():,} parameters) on "
                       f"{len(self.data.split('train')):,} chars, vocab {V}, device {self.device}, "
@@ -462,9 +405,9 @@ class Trainer:
         while True:
             elapsed = time.perf_counter() - clock0
             time_up = bool(self.budget) and elapsed + self._reserve() >= self.budget
-            steps_done = bool(self.total_steps) and self.step >= self.total_steps
+            steps_done = bool(self.total_steps) and self.loop.step >= self.total_steps
             ckpt_due = tc.checkpoint_every > 0 and time.perf_counter() - last_ckpt_time >= tc.checkpoint_every
-            eval_due_time = not eval_every and elapsed >= self.next_eval_time
+            eval_due_time = not eval_every and elapsed >= self.loop.next_eval_time
             flags = self.dist.any_flags([int(self.pending_signal), int(time_up), int(steps_done),
                                          int(ckpt_due and self.dist.is_main),
                                          int(eval_due_time and self.dist.is_main)])
@@ -473,34 +416,34 @@ class Trainer:
                 stop_reason = "signal"
                 self._save_latest(elapsed)
                 name = signal.Signals(signum).name
-                raise Interrupted(f"{name} received: stopped at step {self.step} and saved a resumable "
+                raise Interrupted(f"{name} received: stopped at step {self.loop.step} and saved a resumable "
                                   f"checkpoint; continue with: nextchar train --resume {self.folder.path}",
                                   signum)
             if time_up or steps_done:
                 stop_reason = "time" if time_up else "steps"
                 break
-            eval_due = (eval_every and self.step % eval_every == 0 and self.step > 0) or eval_due_time
-            if eval_due and self.step != self.last_eval_step:
+            eval_due = (eval_every and self.loop.step % eval_every == 0 and self.loop.step > 0) or eval_due_time
+            if eval_due and self.loop.step != self.loop.last_eval_step:
                 self._check_weights()
                 if self.dist.is_main:
                     self._evaluate(elapsed, bar)
-                self.last_eval_step = self.step
-                while self.next_eval_time <= elapsed:
-                    self.next_eval_time += self._eval_interval_s()
+                self.loop.last_eval_step = self.loop.step
+                while self.loop.next_eval_time <= elapsed:
+                    self.loop.next_eval_time += self._eval_interval_s()
                 self._save_latest(time.perf_counter() - clock0)
                 last_ckpt_time = time.perf_counter()
-            elif ckpt_due or (tc.checkpoint_every_steps and self.step % tc.checkpoint_every_steps == 0
-                              and self.step > 0):
+            elif ckpt_due or (tc.checkpoint_every_steps and self.loop.step % tc.checkpoint_every_steps == 0
+                              and self.loop.step > 0):
                 self._save_latest(elapsed)
                 last_ckpt_time = time.perf_counter()
 
-            window = self.step % windows
+            window = self.loop.step % windows
             if window == 0:
                 self.hidden = None  # each epoch starts its streams afresh
             x, y, valid = self.streams.window(window)
             local_valid = int((y != IGNORE).sum())  # this rank's share of the global `valid`
             x, y = self._to_device(x), self._to_device(y)
-            lr = tc.lr * lr_factor(self.step, self._progress(elapsed), tc.warmup_steps,
+            lr = tc.lr * lr_factor(self.loop.step, self._progress(elapsed), tc.warmup_steps,
                                    tc.schedule, tc.final_lr_frac)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -522,8 +465,8 @@ class Trainer:
                 norm = torch.linalg.vector_norm(torch.stack(
                     [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]))
             finite = torch.isfinite(norm)  # NaN if the loss or any gradient was not finite
-            self.step += 1
-            self.chars_seen += valid
+            self.loop.step += 1
+            self.loop.chars_seen += valid
             if defer:  # no host sync: the fused optimizer skips a non-finite step on the device
                 self.optimizer.found_inf = (~finite).float()
                 self.optimizer.step()
@@ -546,13 +489,13 @@ class Trainer:
                 bad_in_row += 1
                 self.hidden = None
                 if self.dist.is_main:
-                    self.folder.append_metrics({"kind": "skipped", "step": self.step,
+                    self.folder.append_metrics({"kind": "skipped", "step": self.loop.step,
                                                 "reason": "non-finite loss or gradient"})
-                self._say(f"step {self.step}: non-finite loss or gradient, step skipped", bar)
+                self._say(f"step {self.loop.step}: non-finite loss or gradient, step skipped", bar)
                 if bad_in_row >= tc.max_bad_steps:
                     self._diverged(bad_in_row)
             log_chars += valid
-            if self.step % tc.log_every == 0:
+            if self.loop.step % tc.log_every == 0:
                 if defer:
                     self._read_skipped(bad_counts, bar)
                 total_loss = self.dist.sum(float(log_loss))
@@ -561,13 +504,13 @@ class Trainer:
                 speed = log_chars / max(1e-9, now - log_time)
                 train_loss = total_loss / max(1.0, total_valid)
                 if self.dist.is_main:
-                    self.folder.append_metrics({"kind": "train", "step": self.step, "chars": self.chars_seen,
+                    self.folder.append_metrics({"kind": "train", "step": self.loop.step, "chars": self.loop.chars_seen,
                                                 "time": round(now - clock0, 3), "loss": train_loss,
                                                 "lr": lr, "chars_per_s": round(speed, 1)})
                 if bar is not None:
-                    postfix = {"step": self.step, "loss": f"{train_loss:.3f}", "chars/s": f"{speed:,.0f}"}
-                    if self.best_result:
-                        postfix["val"] = f"{self.best_result.nats_per_char:.3f}"
+                    postfix = {"step": self.loop.step, "loss": f"{train_loss:.3f}", "chars/s": f"{speed:,.0f}"}
+                    if self.loop.best_result:
+                        postfix["val"] = f"{self.loop.best_result.nats_per_char:.3f}"
                     bar.set_postfix(postfix, refresh=False)
                 log_loss.zero_()
                 log_valid = 0
@@ -582,9 +525,9 @@ class Trainer:
             self._read_skipped(bad_counts, bar)
         elapsed = time.perf_counter() - clock0
         self._check_weights()
-        if self.step != self.last_eval_step and self.dist.is_main:
+        if self.loop.step != self.loop.last_eval_step and self.dist.is_main:
             self._evaluate(elapsed, bar)
-        self.last_eval_step = self.step
+        self.loop.last_eval_step = self.loop.step
         self._save_latest(time.perf_counter() - clock0)
         if bar is not None:
             bar.close()
@@ -594,242 +537,16 @@ class Trainer:
             test_ids = self.data.split("test")
             test_ids = test_ids[: tc.eval_chars] if tc.eval_chars else test_ids
             if len(test_ids) >= 2 and self.folder.file(BEST).exists():
-                best, _ = load_checkpoint(self.folder.file(BEST))
-                scorer = CharRNN(self.config.model).to(self.device)
-                scorer.load_state_dict(prefixed(best, "model"))
+                best, _ = read_weights(self.folder.file(BEST))
+                scorer = build_model(best, self.config.model).to(self.device)
                 test_result = score_ids(scorer, test_ids, device=self.device,
                                         precision=self.eval_precision)
             elapsed = time.perf_counter() - clock0
-            final = {"kind": "final", "step": self.step, "chars": self.chars_seen, "time": round(elapsed, 3),
+            final = {"kind": "final", "step": self.loop.step, "chars": self.loop.chars_seen, "time": round(elapsed, 3),
                      "stop": stop_reason,
-                     "val": self.best_result.to_dict() if self.best_result else None,
+                     "val": self.loop.best_result.to_dict() if self.loop.best_result else None,
                      "test": test_result.to_dict() if test_result else None}
             self.folder.append_metrics(final)
-        return TrainResult(folder=self.folder.path, steps=self.step, elapsed=time.perf_counter() - clock0,
-                           chars_seen=self.chars_seen, best_val=self.best_result, test=test_result,
+        return TrainResult(folder=self.folder.path, steps=self.loop.step, elapsed=time.perf_counter() - clock0,
+                           chars_seen=self.loop.chars_seen, best_val=self.loop.best_result, test=test_result,
                            stop_reason=stop_reason, sample=sample)
-
-
-# ---- setting up a run: config from flags, data, folder -----------------------------------
-
-TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
-DATA_FIELDS = {f.name for f in dataclasses.fields(DataConfig)}
-DEFAULT_TIME = 180.0  # seconds, when no stopping point is given
-
-
-def build_config(options: dict[str, Any], vocab_size: int = 0) -> RunConfig:
-    """Flat options (any field of DataConfig / ModelConfig / TrainConfig) -> RunConfig.
-
-    Options left out take budget.RUN_DEFAULTS; for a --time run, budget.plan replaces some of
-    those with what the budget buys on this machine."""
-    unknown = sorted(set(options) - TRAIN_FIELDS - MODEL_FIELDS - DATA_FIELDS)
-    if unknown:
-        raise UserError(f"unknown training option(s): {', '.join(unknown)}")
-    options = dict(options)
-    if "time" in options:  # checked first: the budget picks the defaults
-        options["time"] = TrainConfig(time=options["time"]).time
-    if not (options.get("steps") or options.get("epochs") or options.get("time")):
-        options["time"] = DEFAULT_TIME
-    merged = {**budget.RUN_DEFAULTS, **options}
-    return RunConfig(
-        data=DataConfig(**{k: v for k, v in merged.items() if k in DATA_FIELDS}),
-        model=ModelConfig(vocab_size=vocab_size, **{k: v for k, v in merged.items() if k in MODEL_FIELDS}),
-        train=TrainConfig(**{k: v for k, v in merged.items() if k in TRAIN_FIELDS}))
-
-
-def _compute_device(config: RunConfig, dist: distributed.Dist) -> torch.device:
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    device = resolve_device(config.train.device)
-    return torch.device("cuda", dist.local_rank) if device.type == "cuda" else device
-
-
-def _settle(options: dict[str, Any], config: RunConfig, train_chars: int,
-            device: torch.device) -> tuple[RunConfig, dict[str, Any]]:
-    """The budget rule and the precision decisions for a new run -> its final config and the
-    machine.json record (the machine, what `auto` chose and the timings behind it)."""
-    given = {k: v for k, v in options.items() if v is not None}
-    if not (given.get("steps") or given.get("epochs") or given.get("time")):
-        given["time"] = DEFAULT_TIME
-    tc = config.train
-    plan = budget.plan(given, config.model, tc.batch_size, tc.seq_len, train_chars, device,
-                       tc.precision)
-    config = build_config({**plan.options, **given}, vocab_size=config.model.vocab_size)
-    evaluation = eval_precision(tc.precision, config.model, device)
-    if "eval_chars" not in given:  # evaluations take about a tenth of the run, not more
-        config = replace(config, train=replace(config.train, eval_chars=_eval_chars(
-            config, plan.precision, evaluation, train_chars, device)))
-    record = {"machine": autotune.machine(device), "train_precision": plan.precision.to_dict(),
-              "eval_precision": evaluation.to_dict(), "budget": plan.to_dict()}
-    return config, record
-
-
-def _eval_chars(config: RunConfig, train_choice: Choice, eval_choice: Choice, train_chars: int,
-                device: torch.device) -> int:
-    """--eval-chars for a run of this length, from the measured step and evaluation speeds."""
-    tc = config.train
-    step_s = train_choice.timings.get(train_choice.value) or devices.train_step_seconds(
-        config.model, tc.batch_size, tc.seq_len, device, (train_choice.value,))[train_choice.value]
-    eval_s = eval_choice.timings.get(eval_choice.value) or devices.eval_seconds(
-        config.model, device, (eval_choice.value,))[eval_choice.value]
-    steps = [tc.steps] if tc.steps else []
-    if tc.epochs:
-        steps.append(tc.epochs * train_chars / (tc.batch_size * tc.seq_len))
-    run_seconds = min(([tc.time] if tc.time else []) + [n * step_s for n in steps])
-    return budget.eval_chars(run_seconds, EVAL_SHAPE[0] * EVAL_SHAPE[1] / eval_s)
-
-
-def _resumed_choices(folder: RunFolder, config: RunConfig, device: torch.device) -> dict[str, Any]:
-    """On the machine the run was made on, the precisions it recorded (so a resumed run computes
-    exactly as before); elsewhere, or for a precision named now, decided afresh."""
-    record = folder.read_machine()
-    if record.get("machine") == autotune.machine(device) and config.train.precision == "auto" and \
-            "train_precision" in record and "eval_precision" in record:
-        return record
-    tc = config.train
-    return {**record, "machine": autotune.machine(device),
-            "train_precision": train_precision(tc.precision, config.model, tc.batch_size,
-                                               tc.seq_len, device).to_dict(),
-            "eval_precision": eval_precision(tc.precision, config.model, device).to_dict()}
-
-
-def _say_choices(record: dict[str, Any], config: RunConfig, log: TextIO | None, quiet: bool) -> None:
-    """The first lines of `train`: 'precision bf16 (measured: bf16 21.3k chars/s, fp32 12.1k
-    chars/s); evaluation ...' and, for a --time run, what the budget bought."""
-    if quiet:
-        return
-    per_step = config.train.batch_size * config.train.seq_len
-    train = Choice.from_dict(record["train_precision"]).describe(per_step)
-    evaluation = Choice.from_dict(record["eval_precision"]).describe(EVAL_SHAPE[0] * EVAL_SHAPE[1])
-    lines = [f"precision {train}; evaluation {evaluation}"]
-    plan = record.get("budget") or {}
-    if plan.get("params"):
-        lines.append(budget.describe(plan, config.model))
-    print("\n".join(lines), file=log if log is not None else sys.stderr, flush=True)
-
-
-def _check_trainable(data: TokenData, config: RunConfig) -> None:
-    lo, hi = data.splits["train"]
-    need = config.train.seq_len + 1
-    if hi - lo < need:
-        raise UserError(f"the training split has {hi - lo} characters, fewer than one training window "
-                        f"needs ({need}, from --seq-len {config.train.seq_len}); give more text or "
-                        f"lower --seq-len")
-    train = data.split("train")
-    # piece by piece, stopping at the first other character: a memory-mapped corpus stays on disk
-    if not any((np.asarray(train[i:i + (1 << 20)]) != train[0]).any() for i in range(0, len(train), 1 << 20)):
-        raise UserError("the training text has only one distinct character; a model needs at least two")
-
-
-def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = None, *,
-           resume: str | os.PathLike | None = None, force: bool = False, quiet: bool = False,
-           command: str = "", log: TextIO | None = None, options: dict[str, Any] | None = None
-           ) -> TrainResult:
-    """Everything `nextchar train` does: settle the config, prepare data and folder, train."""
-    options = dict(options or {})
-    for flag, path in (("--out", out), ("--resume", resume)):
-        if path is not None and not str(path).strip():
-            raise UserError(f"{flag} is empty (an unset shell variable?); name a folder")
-    if resume is not None:
-        if out is not None or force:
-            raise UserError("--resume continues the run in its own folder; give no --out or --force "
-                            "with it")
-        if inputs:
-            raise UserError("--resume continues a run on the data it was trained on; give no INPUT with it")
-        folder = RunFolder(resume)
-        saved = folder.read_config()
-        # the model and data are the run's; the random state comes from the checkpoint
-        fixed = sorted(k for k in options if k not in TRAIN_FIELDS - {"seed"}
-                       and options[k] is not None)
-        if fixed:
-            flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
-            raise UserError(f"cannot change {flags} when resuming; only training options "
-                            f"(--steps, --time, --lr, ...) may change")
-        if not folder.file(LATEST).exists():
-            raise UserError(f"{folder.path} has no resumable checkpoint ({LATEST})")
-        train_config = TrainConfig(**{**to_dict(saved.train), **options})
-        config = RunConfig(saved.data, saved.model, train_config)
-        dist = distributed.setup(resolve_device(train_config.device).type)
-        device = _compute_device(config, dist)
-        data = folder.split_data(config)
-        with folder.lock("resuming") if dist.is_main else contextlib.nullcontext():
-            if dist.is_main:
-                folder.remove_stray_temps()  # of writes a crash cut short
-                folder.write_machine(_resumed_choices(folder, config, device))
-            dist.barrier()
-            record = folder.read_machine()  # every rank computes as rank 0 decided
-            _say_choices(record, config, log, quiet or not dist.is_main)
-            trainer = Trainer(config, data, folder, precision=record["train_precision"]["value"],
-                              eval_precision=record["eval_precision"]["value"], resume=True,
-                              quiet=quiet, log=log, dist=dist)
-            if dist.is_main and options:  # only once the checkpoint accepted them
-                atomic_write(folder.file(CONFIG), config.to_json() + "\n")
-            return trainer.fit()
-
-    inputs = list(inputs) if inputs else ["tinyshakespeare"]
-    external = len(inputs) == 1 and is_prepared(inputs[0])
-    if external:  # a prepared folder's split holds unless the command names another
-        val_frac, test_frac = load_prepared(inputs[0]).fractions()
-        options = {"val_frac": val_frac, "test_frac": test_frac, **options}
-    config = build_config(options)  # validates every option before anything is touched
-    folder = RunFolder(out if out is not None else default_out())
-    dist = distributed.setup(resolve_device(config.train.device).type)
-    device = _compute_device(config, dist)
-    lock = contextlib.nullcontext()
-    if dist.is_main:
-        if not external:
-            discover(inputs)  # names missing files before a folder is made
-        folder.check_new(inputs, force)
-        created = not folder.path.exists()
-        folder.create()
-        lock = folder.lock("training")  # before anything in the folder is cleared or written
-    with lock:
-        if dist.is_main:
-            staged = folder.file(f".{DATA}.tmp-{os.getpid()}")  # the new data, until it checks out
-            try:
-                folder.check_new(inputs, force)  # again: no other writer can change it now
-                if not external:
-                    prepare(inputs, staged, config.data, lock=False,
-                            say=None if quiet else lambda line: print(line, file=log or sys.stderr))
-                _check_trainable(load_prepared(inputs[0] if external else staged)
-                                 .resplit(config.data.val_frac, config.data.test_frac), config)
-                folder.clear_previous()  # --force: only now is anything of the old run removed
-                if not external:
-                    shutil.rmtree(folder.file(DATA), ignore_errors=True)
-                    os.replace(staged, folder.file(DATA))
-            except BaseException:  # bad input leaves no half-made run behind, and an old run intact
-                shutil.rmtree(staged, ignore_errors=True)
-                if created:
-                    shutil.rmtree(folder.path, ignore_errors=True)
-                raise
-        dist.barrier()
-        data = load_prepared(inputs[0] if external else folder.file(DATA))
-        data = data.resplit(config.data.val_frac, config.data.test_frac)
-        if dist.is_main:  # rank 0 measures and decides; the others read what it wrote
-            config = RunConfig(config.data, replace(config.model, vocab_size=len(data.vocab)),
-                               config.train)
-            config, record = _settle(options, config, len(data.split("train")), device)
-            folder.write_setup(config, data.vocab, command)
-            folder.write_machine(record)
-            source = {"fingerprint": data.fingerprint}  # binds the run to its data
-            if external:
-                source["data"] = str(Path(inputs[0]).resolve())
-            atomic_write(folder.file(SOURCE), json.dumps(source) + "\n")
-        dist.barrier()
-        config, record = folder.read_config(), folder.read_machine()
-        _say_choices(record, config, log, quiet or not dist.is_main)
-        return Trainer(config, data, folder, precision=record["train_precision"]["value"],
-                       eval_precision=record["eval_precision"]["value"], quiet=quiet, log=log,
-                       dist=dist).fit()
-
-
-def default_out() -> Path:
-    """runs/<date>-<time>, never an existing folder."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path("runs") / stamp
-    n = 1
-    while path.exists():
-        n += 1
-        path = Path("runs") / f"{stamp}-{n}"
-    return path

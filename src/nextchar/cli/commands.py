@@ -57,7 +57,7 @@ def _eval_line(label: str, result) -> str:
 
 
 def cmd_train(args) -> int:
-    from ..trainer import launch
+    from ..launch import launch
 
     options = options_given(args, DataConfig, ModelConfig, TrainConfig)  # the rest: build_config
     command = shlex.join([PROG, *sys.argv[1:]])
