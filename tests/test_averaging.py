@@ -67,7 +67,7 @@ def test_training_evaluates_keeps_and_loads_the_average(tmp_path, tiny_text, tin
 
     def snapshot(optimizer, args, kwargs):
         trainer = trainers[-1]
-        trained[trainer.loop.step] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        trained[trainer.loop.step] = {n: p.detach().clone() for n, p in trainer.raw_model.named_parameters()}
 
     steps, start, decay = 20, 0.3, 0.7
     hook = register_optimizer_step_post_hook(snapshot)

@@ -132,11 +132,17 @@ def save_resume(path: str | os.PathLike, point: ResumePoint) -> None:
     save_checkpoint(path, tensors, meta)
 
 
-def load_resume(path: str | os.PathLike) -> ResumePoint:
-    """Read a resume point; a file of another kind -> UserError."""
+def load_resume(path: str | os.PathLike, vocab: str | None = None,
+                batch_size: int | None = None) -> ResumePoint:
+    """Read a resume point; a file of another kind, or (when given) one made with other symbols
+    (vocab_digest) or another batch size -> UserError."""
     tensors, meta = load_checkpoint(path)
     if meta.get("kind") != RESUME:
         raise UserError(f"{path} is not a resumable checkpoint")
+    if vocab is not None and meta.get("vocab", vocab) != vocab:
+        raise UserError(f"{path} was trained with another vocabulary than the run's data")
+    if batch_size is not None and meta.get("batch_size") != batch_size:
+        raise UserError("--batch-size differs from the run being resumed; keep it the same")
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in prefixed(tensors, "optim").items():
         index, name = key.split(".", 1)
