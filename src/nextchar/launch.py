@@ -27,7 +27,7 @@ import torch
 from . import autotune, budget, devices, distributed
 from .atomic import atomic_write, temp_path
 from .autotune import Choice
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, to_dict
+from .config import DEFAULT_TIME, DataConfig, ModelConfig, RunConfig, TrainConfig, to_dict
 from .corpus import discover
 from .data import TokenData, is_prepared, load_prepared, prepare
 from .devices import EVAL_SHAPE, eval_precision, resolve_device, train_precision
@@ -38,7 +38,6 @@ from .trainer import Trainer, TrainResult
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
 DATA_FIELDS = {f.name for f in dataclasses.fields(DataConfig)}
-DEFAULT_TIME = 180.0  # seconds, when no stopping point is given
 
 
 def build_config(options: dict[str, Any], vocab_size: int = 0) -> RunConfig:
