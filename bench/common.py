@@ -6,7 +6,6 @@ ratio and the floor, then exits non-zero if any floor was missed.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -64,8 +63,11 @@ def nextchar(*args, env: dict | None = None, check: bool = True) -> subprocess.C
     return proc
 
 
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+def metrics(run: Path) -> list:
+    """The run's metrics.jsonl as typed records (runfolder.py: TrainRecord, EvalRecord, ...)."""
+    from nextchar.runfolder import RunFolder
+
+    return RunFolder(run).read_records()
 
 
 def machine() -> str:

@@ -46,13 +46,14 @@ def nextchar(*args, check: bool = True) -> subprocess.CompletedProcess:
 
 def steady_chars_per_s(run: Path, skip_s: float) -> float:
     """Training speed from metrics.jsonl, leaving out the first `skip_s` seconds (warm-up)."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if r.get("kind") == "train"]
-    start = next((r for r in rows if r["time"] >= skip_s), rows[0])
+    from nextchar.runfolder import RunFolder, TrainRecord
+
+    rows = [r for r in RunFolder(run).read_records() if isinstance(r, TrainRecord)]
+    start = next((r for r in rows if r.time >= skip_s), rows[0])
     end = rows[-1]
     if end is start:
         raise RuntimeError(f"{run}: too few log lines to measure a speed")
-    return (end["chars"] - start["chars"]) / (end["time"] - start["time"])
+    return (end.chars - start.chars) / (end.time - start.time)
 
 
 def time_nextchar(data: Path, work: Path, layers: int, hidden: int, device: str, seconds: float,

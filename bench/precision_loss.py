@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import finish, machine, metrics, nextchar, report  # noqa: E402
+from nextchar.runfolder import TrainRecord  # noqa: E402
 
 FLAGS = ["--cell", "lstm", "--layers", "2", "--hidden", "256", "--embed", "64", "--batch-size", "32",
          "--seq-len", "64", "--log-every", "10", "--sample-chars", "0", "--quiet"]
@@ -40,8 +41,8 @@ def main() -> None:
             nextchar("train", "--out", runs[precision], *FLAGS, "--steps", args.steps,
                      "--eval-every", args.steps, "--precision", precision, *args.extra)
             walls[precision] = time.perf_counter() - started
-        val = {p: metrics(r)[-1]["val"]["nats_per_char"] for p, r in runs.items()}
-        train = {p: [m["loss"] for m in metrics(r) if m["kind"] == "train"] for p, r in runs.items()}
+        val = {p: metrics(r)[-1].val.nats_per_char for p, r in runs.items()}  # the FinalRecord
+        train = {p: [m.loss for m in metrics(r) if isinstance(m, TrainRecord)] for p, r in runs.items()}
         scored = {p: json.loads(nextchar("eval", runs["bf16"], "--precision", p, "--json").stdout)
                   for p in ("fp32", "bf16")}
     for precision in ("fp32", "bf16"):

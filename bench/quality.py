@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import finish, machine, nextchar, report  # noqa: E402
+from common import finish, machine, metrics, nextchar, report  # noqa: E402
+from nextchar.runfolder import EvalRecord  # noqa: E402
 from reference_loop import train_and_score  # noqa: E402
 
 FLOORS = {180.0: 1.50}  # nats/char on the bundled corpus, on the CPU the defaults were tuned on
@@ -58,9 +59,8 @@ def main() -> None:
         result = json.loads(proc.stdout)
         config = json.loads((run / "config.json").read_text())
         chosen = json.loads((run / "machine.json").read_text())
-        curve = [[r["step"], round(r["val_loss"], 4)] for r in
-                 (json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
-                 if r["kind"] == "eval" and "val_loss" in r]
+        curve = [[r.step, round(r.val_loss, 4)] for r in metrics(run)
+                 if isinstance(r, EvalRecord) and r.val_loss is not None]
     val, test = result["val"], result["test"]
     last10 = (val["nats_per_char"] * val["chars"] + test["nats_per_char"] * test["chars"]) / (
         val["chars"] + test["chars"])

@@ -31,6 +31,7 @@ from nextchar.config import ModelConfig  # noqa: E402
 from nextchar.corpus import bundled_path  # noqa: E402
 from nextchar.evaluate import score_ids  # noqa: E402
 from nextchar.model import CharRNN, flops_per_char  # noqa: E402
+from nextchar.runfolder import TrainRecord  # noqa: E402
 
 B, T, EMBED, V = 64, 128, 64, 65
 
@@ -93,7 +94,7 @@ def nextchar_loop(hidden: int, steps: int, folder: Path, precision: str) -> tupl
              "--embed", EMBED, "--batch-size", B, "--seq-len", T, "--eval-every", 10**6,
              "--log-every", 2, "--sample-chars", 0, "--checkpoint-every", 10**6, "--eval-chars", 2,
              env={"NEXTCHAR_PROGRESS": "1"})
-    speeds = [r["chars_per_s"] for r in metrics(run) if r["kind"] == "train"][2:]
+    speeds = [r.chars_per_s for r in metrics(run) if isinstance(r, TrainRecord)][2:]
     chosen = json.loads((run / "machine.json").read_text())["train_precision"]["value"]
     return statistics.median(speeds), chosen
 

@@ -76,7 +76,7 @@ class LoopState:
         return cls(step=int(meta["step"]), elapsed=float(meta["elapsed"]),
                    chars_seen=int(meta.get("chars_seen", fresh.chars_seen)),
                    best_val=best_val if best_val is not None else fresh.best_val,
-                   best_result=EvalResult(**meta["best_result"]) if meta.get("best_result") else None,
+                   best_result=EvalResult.from_dict(meta["best_result"]) if meta.get("best_result") else None,
                    next_eval_time=next_eval_time if next_eval_time is not None else fresh.next_eval_time,
                    last_eval_step=int(meta.get("last_eval_step", fresh.last_eval_step)))
 

@@ -9,7 +9,7 @@ pass over the whole text.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -33,6 +33,11 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, entry: dict) -> EvalResult:
+        """From to_dict's output; keys it does not know (from a later version) are ignored."""
+        return cls(**{f.name: entry[f.name] for f in fields(cls) if f.name in entry})
 
 
 def _layout(n_targets: int, streams: int, burn_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 """Learning curves: train and val bits/char against characters seen and against wall time.
 
-Reads each run's metrics.jsonl (written by trainer.py): "train" records carry the mean training loss in
-nats since the previous log line, "eval" records the validation bits/char. Several runs are
+Reads each run's metrics.jsonl (its records are defined in runfolder.py): TrainRecords carry the
+mean training loss in nats since the previous log line, EvalRecords the validation bits/char. Several runs are
 overlaid, one colour each, labelled from their configs. matplotlib is imported only here, on
 first use, and drawn with its Agg canvas (no display, no pyplot global state).
 """
@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .runfolder import METRICS, RunFolder, atomic_write
-
-LN2 = math.log(2.0)
+from .evaluate import LN2
+from .runfolder import METRICS, EvalRecord, RunFolder, TrainRecord, atomic_write
 
 
 @dataclass
@@ -28,11 +27,11 @@ class Curve:
     time: list[float] = field(default_factory=list)
     bits: list[float] = field(default_factory=list)
 
-    def add(self, record: dict, bits: float) -> None:
+    def add(self, record: TrainRecord | EvalRecord, bits: float) -> None:
         if not math.isfinite(bits):
             return
-        self.chars.append(int(record.get("chars", 0)))
-        self.time.append(float(record.get("time", 0.0)))
+        self.chars.append(record.chars)
+        self.time.append(float(record.time))
         self.bits.append(bits)
 
 
@@ -55,12 +54,11 @@ def load_curves(run: str | os.PathLike, label: str | None = None) -> RunCurves:
     folder = RunFolder(run)
     name = label if label is not None else run_label(folder.path)
     train, val = Curve(), Curve()
-    for record in folder.read_metrics():
-        kind = record.get("kind")
-        if kind == "train" and isinstance(record.get("loss"), (int, float)):
-            train.add(record, record["loss"] / LN2)
-        elif kind == "eval" and isinstance(record.get("val_bpc"), (int, float)):
-            val.add(record, record["val_bpc"])
+    for record in folder.read_records():
+        if isinstance(record, TrainRecord):
+            train.add(record, record.loss / LN2)
+        elif isinstance(record, EvalRecord) and record.val_bpc is not None:
+            val.add(record, record.val_bpc)
     if not train.bits and not val.bits:
         raise UserError(f"{folder.path} has no metrics yet ({METRICS} is missing or holds no train or "
                         f"eval lines); train it until its first log step, then plot again")

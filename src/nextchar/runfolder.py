@@ -10,7 +10,8 @@
       best.safetensors    weights with the best validation loss
       latest.safetensors  weights + optimizer + carried hidden state + RNG (+ the weight average,
                           with --average): the resume point
-      metrics.jsonl       one JSON object per log step and per evaluation
+      metrics.jsonl       one JSON record per line: TrainRecord, EvalRecord, FinalRecord,
+                          SkippedRecord (below)
       machine.json        the machine it ran on and what `auto` chose there, with the timings
       .nextchar.lock      held (flock) by the one process writing the run; see folderlock.py
 
@@ -23,8 +24,9 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -33,6 +35,7 @@ from .checkpoint import build_model, read_weights, vocab_digest, weights_fit
 from .config import RunConfig
 from .data import TokenData, is_prepared, load_prepared, overlaps
 from .errors import UserError
+from .evaluate import EvalResult
 from .folderlock import LOCK, FolderLock, acquire
 from .model import CharRNN
 from .vocab import Vocab
@@ -62,6 +65,110 @@ def check_output_file(path: str | os.PathLike, flag: str) -> None:
         raise UserError(f"{flag} {path} is a folder; name a file in it")
     if not path.parent.is_dir():
         raise UserError(f"cannot write {path}: the folder {path.parent} does not exist")
+
+
+# ---- metrics.jsonl: one typed record per line ----------------------------------------------
+
+@dataclass(frozen=True)
+class TrainRecord:
+    """A log line: the mean training loss since the previous one."""
+
+    kind: ClassVar[str] = "train"
+    step: int
+    chars: int  # target characters trained on so far, over all ranks
+    time: float  # seconds of wall clock, over all sessions of the run
+    loss: float  # nats/char
+    lr: float
+    chars_per_s: float
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    """An evaluation: the scores of the weights in use (without validation text, none) and a
+    preview drawn from them."""
+
+    kind: ClassVar[str] = "eval"
+    step: int
+    chars: int
+    time: float
+    sample: str
+    averaged_steps: int | None = None  # with --average: steps averaged into the weights scored
+    val_loss: float | None = None  # nats/char
+    val_bpc: float | None = None  # bits/char
+    val_accuracy: float | None = None
+
+    @classmethod
+    def of(cls, step: int, chars: int, time: float, sample: str, result: EvalResult | None,
+           averaged_steps: int | None = None) -> EvalRecord:
+        """From an evaluation's result (None: there was no validation text)."""
+        if result is None:
+            return cls(step, chars, time, sample, averaged_steps)
+        return cls(step, chars, time, sample, averaged_steps, result.nats_per_char,
+                   result.bits_per_char, result.accuracy)
+
+
+@dataclass(frozen=True)
+class FinalRecord:
+    """The end of a session of the run: why it stopped, the best validation and the test scores."""
+
+    kind: ClassVar[str] = "final"
+    step: int
+    chars: int
+    time: float
+    stop: str  # "steps" or "time"
+    val: EvalResult | None  # the best evaluation
+    test: EvalResult | None  # the test text scored with the best weights
+
+
+@dataclass(frozen=True)
+class SkippedRecord:
+    """Steps skipped for a non-finite loss or gradient since the previous such record."""
+
+    kind: ClassVar[str] = "skipped"
+    step: int
+    count: int = 1
+    reason: str = "non-finite loss or gradient"
+
+
+Record = TrainRecord | EvalRecord | FinalRecord | SkippedRecord
+RECORDS: dict[str, type] = {cls.kind: cls for cls in (TrainRecord, EvalRecord, FinalRecord, SkippedRecord)}
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "None": (type(None),),
+          "EvalResult": (EvalResult,)}
+
+
+def record_line(record: Record) -> str:
+    """One line of metrics.jsonl: "kind" first, optional fields that are not set left out."""
+    line: dict[str, Any] = {"kind": record.kind}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if value is None and f.default is None:
+            continue
+        line[f.name] = value.to_dict() if isinstance(value, EvalResult) else value
+    return json.dumps(line)
+
+
+def parse_record(entry: Any) -> Record | None:
+    """A line's JSON object as its record; None for an unknown kind, or a line missing a field its
+    kind always has or holding one of another type. Keys no record has are ignored."""
+    cls = RECORDS.get(entry.get("kind")) if isinstance(entry, dict) else None
+    if cls is None:
+        return None
+    values = {f.name: entry[f.name] for f in fields(cls) if f.name in entry}
+    try:
+        for f in fields(cls):
+            if "EvalResult" in f.type and isinstance(values.get(f.name), dict):
+                values[f.name] = EvalResult.from_dict(values[f.name])
+            if f.name in values and not _fits(values[f.name], f.type):
+                return None
+        return cls(**values)
+    except TypeError:  # a field the kind always has is missing (in it or in an EvalResult)
+        return None
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """Whether `value` is of the type a field is annotated with ("int", "float | None", ...)."""
+    kinds = tuple(t for name in annotation.split("|") for t in _TYPES[name.strip()])
+    return isinstance(value, kinds) and not isinstance(value, bool)
 
 
 class RunFolder:
@@ -162,19 +269,29 @@ class RunFolder:
             raise UserError(f"{self.path} has no readable {VOCAB}") from None
         return Vocab.from_json(text, str(self.file(VOCAB)))
 
-    def append_metrics(self, record: dict[str, Any]) -> None:
+    def append_metrics(self, record: Record) -> None:
         try:
             with open(self.file(METRICS), "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(record_line(record) + "\n")
         except OSError as exc:  # a line cut short is skipped by read_metrics
             raise CheckpointWriteError(f"could not write {self.file(METRICS)}: "
                                        f"{exc.strerror or exc}") from None
+
+    def read_records(self) -> list[Record]:
+        """metrics.jsonl as typed records; a line that is no record (see parse_record) is left out."""
+        return [r for r in map(parse_record, self.read_metrics()) if r is not None]
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop the lines logged after `step`, as they were (a resumed run continues from there)."""
+        kept = [r for r in self.read_metrics() if r.get("step", 0) <= step]
+        atomic_write(self.file(METRICS), "".join(json.dumps(r) + "\n" for r in kept))
 
     def remove_stray_temps(self) -> list[Path]:
         """Delete the temporary files of writes that a crash cut short (see atomic.py); returns them."""
         return remove_temps(self.path)
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """metrics.jsonl's lines as JSON objects, as written (read_records gives them typed)."""
         try:
             lines = self.file(METRICS).read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:

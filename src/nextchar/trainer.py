@@ -10,7 +10,6 @@ point holds); launch.py sets a run up.
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import sys
@@ -24,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, distributed
-from .atomic import atomic_write
 from .averaging import WeightAverage
 from .cadence import Cadence
 from .checkpoint import LoopState, ResumePoint, vocab_digest
@@ -37,7 +35,7 @@ from .guard import NonFiniteGuard, Ok, carry, taken
 from .logwindow import LogWindow, ProgressBar
 from .model import CharRNN
 from .optimizer import build_optimizer, defers_checks, set_weight_decay
-from .runfolder import BEST, LATEST, METRICS, RunFolder
+from .runfolder import BEST, LATEST, EvalRecord, FinalRecord, RunFolder, SkippedRecord, TrainRecord
 from .sample import Sampler
 from .schedule import lr_factor
 from .signals import StopSignals
@@ -180,10 +178,8 @@ class Trainer:
         torch.set_rng_state(point.rng_cpu)
         if self.device.type == "cuda" and point.rng_cuda is not None:
             torch.cuda.set_rng_state(point.rng_cuda, self.device)
-        # metrics logged after this checkpoint belong to a future that did not happen
-        records = [r for r in self.folder.read_metrics() if r.get("step", 0) <= self.loop.step]
-        if self.dist.is_main:
-            atomic_write(self.folder.file(METRICS), "".join(json.dumps(r) + "\n" for r in records))
+        if self.dist.is_main:  # what was logged after this point belongs to a future that did not happen
+            self.folder.truncate_metrics(self.loop.step)
 
     # ---- evaluation ----------------------------------------------------------------------
 
@@ -212,18 +208,14 @@ class Trainer:
             self.raw_model.train()
         self.last_sample = sample
         self.cadence.eval_cost = time.perf_counter() - started
-        record = {"kind": "eval", "step": self.loop.step, "chars": self.loop.chars_seen,
-                  "time": round(elapsed, 3), "sample": sample}
-        if self.average is not None:  # the steps averaged into the weights scored (0: none yet)
-            record["averaged_steps"] = self.average.count
         if result:
-            record.update(val_loss=result.nats_per_char, val_bpc=result.bits_per_char,
-                          val_accuracy=result.accuracy)
             self._say(f"step {self.loop.step:>6} | val {result.nats_per_char:.4f} nats/char, "
                       f"{result.bits_per_char:.4f} bits/char | {elapsed:.0f}s")
         if sample:
             self._say("  sample: " + sample.replace("\n", "\n          "))
-        self.folder.append_metrics(record)
+        self.folder.append_metrics(EvalRecord.of(
+            self.loop.step, self.loop.chars_seen, round(elapsed, 3), sample, result,
+            averaged_steps=self.average.count if self.average is not None else None))
         return result
 
     def _evaluate_and_save(self, elapsed: float, clock0: float) -> None:
@@ -368,8 +360,7 @@ class Trainer:
         skipped, longest = self.nonfinite.read()
         if skipped:
             if self.dist.is_main:
-                self.folder.append_metrics({"kind": "skipped", "step": self.loop.step, "count": skipped,
-                                            "reason": "non-finite loss or gradient"})
+                self.folder.append_metrics(SkippedRecord(self.loop.step, skipped))
             self._say(f"step {self.loop.step}: skipped {skipped} step(s) with a non-finite loss or "
                       f"gradient")
         if self.nonfinite.diverged(longest):
@@ -379,9 +370,8 @@ class Trainer:
         """Every rank (the sums are collective): the train record of the log window, and the bar."""
         train_loss, speed, now = logged.close(self.dist, time.perf_counter)
         if self.dist.is_main:
-            self.folder.append_metrics({"kind": "train", "step": self.loop.step,
-                                        "chars": self.loop.chars_seen, "time": round(now - clock0, 3),
-                                        "loss": train_loss, "lr": lr, "chars_per_s": round(speed, 1)})
+            self.folder.append_metrics(TrainRecord(self.loop.step, self.loop.chars_seen,
+                                                   round(now - clock0, 3), train_loss, lr, round(speed, 1)))
         best = self.loop.best_result.nats_per_char if self.loop.best_result else None
         self.bar.show(self.loop.step, train_loss, speed, best)
 
@@ -399,11 +389,9 @@ class Trainer:
         if self.dist.is_main:
             test_result = self._test_score()
             elapsed = time.perf_counter() - clock0
-            self.folder.append_metrics({
-                "kind": "final", "step": self.loop.step, "chars": self.loop.chars_seen,
-                "time": round(elapsed, 3), "stop": stop_reason,
-                "val": self.loop.best_result.to_dict() if self.loop.best_result else None,
-                "test": test_result.to_dict() if test_result else None})
+            self.folder.append_metrics(FinalRecord(self.loop.step, self.loop.chars_seen,
+                                                   round(elapsed, 3), stop_reason,
+                                                   self.loop.best_result, test_result))
         return TrainResult(folder=self.folder.path, steps=self.loop.step,
                            elapsed=time.perf_counter() - clock0, chars_seen=self.loop.chars_seen,
                            best_val=self.loop.best_result, test=test_result,

@@ -29,7 +29,17 @@ from ..data import TokenData
 from ..errors import UserError
 from ..model import CharRNN
 from ..plot import render_png
-from ..runfolder import COMMAND, DataChanged, RunFolder, atomic_write, load_model
+from ..runfolder import (
+    COMMAND,
+    DataChanged,
+    EvalRecord,
+    FinalRecord,
+    Record,
+    RunFolder,
+    TrainRecord,
+    atomic_write,
+    load_model,
+)
 from ..vocab import Vocab
 from .analysis import Analysis, analyse, text_properties, unit_correlations
 from .page import render_html
@@ -89,7 +99,7 @@ def _duration(seconds: float) -> str:
 
 
 def _summary(folder: RunFolder, module: CharRNN, vocab: Vocab, config, meta: dict,
-             metrics: list[dict], data: TokenData | None) -> list[tuple[str, str]]:
+             metrics: list[Record], data: TokenData | None) -> list[tuple[str, str]]:
     """(label, text) rows of the run summary."""
     rows = []
     try:
@@ -118,25 +128,24 @@ def _summary(folder: RunFolder, module: CharRNN, vocab: Vocab, config, meta: dic
         decay = f", decay {t.average_decay:g}" if t.average == "ema" else ""
         rows.append(("weights", f"averaged ({t.average}{decay}) from {t.average_start:.0%} of the run"))
     rows.append(("parameters", f"{module.num_parameters():,}"))
-    finals = [r for r in metrics if r.get("kind") == "final"]
+    finals = [r for r in metrics if isinstance(r, FinalRecord)]
     final = finals[-1] if finals else None
-    logged = [r for r in metrics if r.get("kind") in ("train", "eval", "final")]
-    last = final or (max(logged, key=lambda r: r.get("step", 0)) if logged else None)
+    logged = [r for r in metrics if isinstance(r, (TrainRecord, EvalRecord, FinalRecord))]
+    last = final or (max(logged, key=lambda r: r.step) if logged else None)
     if last is not None:
         status = "" if final else " (no final record: still training, or stopped early)"
-        rows.append(("training", f"{int(last.get('step', 0)):,} steps, "
-                                 f"{int(last.get('chars', 0)):,} characters seen, "
-                                 f"{_duration(float(last.get('time', 0.0)))}{status}"))
-    evals = [r for r in metrics if r.get("kind") == "eval" and isinstance(r.get("val_bpc"), (int, float))]
-    if final and final.get("val"):
-        rows.append(("best val", f"{final['val']['bits_per_char']:.4f} bits/char "
-                                  f"(accuracy {final['val']['accuracy']:.1%})"))
+        rows.append(("training", f"{last.step:,} steps, {last.chars:,} characters seen, "
+                                 f"{_duration(float(last.time))}{status}"))
+    evals = [r for r in metrics if isinstance(r, EvalRecord) and r.val_bpc is not None]
+    if final and final.val:
+        rows.append(("best val", f"{final.val.bits_per_char:.4f} bits/char "
+                                  f"(accuracy {final.val.accuracy:.1%})"))
     elif evals:
-        best = min(evals, key=lambda r: r["val_bpc"])
-        rows.append(("best val", f"{best['val_bpc']:.4f} bits/char at step {best['step']:,}"))
-    if final and final.get("test"):
-        rows.append(("test", f"{final['test']['bits_per_char']:.4f} bits/char "
-                             f"(accuracy {final['test']['accuracy']:.1%}) with the best weights"))
+        best = min(evals, key=lambda r: r.val_bpc)
+        rows.append(("best val", f"{best.val_bpc:.4f} bits/char at step {best.step:,}"))
+    if final and final.test:
+        rows.append(("test", f"{final.test.bits_per_char:.4f} bits/char "
+                             f"(accuracy {final.test.accuracy:.1%}) with the best weights"))
     if "step" in meta:
         rows.append(("weights shown", f"{'best' if meta.get('kind') == 'weights' else 'latest'} "
                                       f"checkpoint, step {int(meta['step']):,}"))
@@ -150,7 +159,7 @@ def write_report(run: str | os.PathLike, text_file: str | os.PathLike | None = N
         raise UserError(f"the passage needs at least one character, got {passage_chars}")
     folder = RunFolder(run)
     module, vocab, config, meta = load_model(folder.path)
-    metrics = folder.read_metrics()
+    metrics = folder.read_records()
     data = _load_data(folder, config)
     text, passage_from = _passage(data, folder, text_file, passage_chars)
     try:

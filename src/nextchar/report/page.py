@@ -14,6 +14,7 @@ from importlib import resources
 
 import numpy as np
 
+from ..runfolder import EvalRecord, Record
 from .analysis import PROPERTIES, TOP_K, Analysis, text_properties, unit_correlations
 
 ACTIVATION_SCALE = 100  # activations are embedded as integers in hundredths
@@ -101,16 +102,16 @@ def _summary_html(rows: list[tuple[str, str]]) -> str:
     return f'<table class="summary">{"".join(cells)}</table>'
 
 
-def _samples_html(metrics: list[dict]) -> str:
-    evals = [r for r in metrics if r.get("kind") == "eval"]
+def _samples_html(metrics: list[Record]) -> str:
+    evals = [r for r in metrics if isinstance(r, EvalRecord)]
     if not evals:
         return '<p class="note">No evaluations recorded yet.</p>'
     parts = []
     for r in evals:
-        meta = [f"step {int(r.get('step', 0)):,}", f"{int(r.get('chars', 0)):,} chars seen"]
-        if isinstance(r.get("val_bpc"), (int, float)):
-            meta.append(f"val {r['val_bpc']:.3f} bits/char")
-        sample = r.get("sample") or ""
+        meta = [f"step {r.step:,}", f"{r.chars:,} chars seen"]
+        if r.val_bpc is not None:
+            meta.append(f"val {r.val_bpc:.3f} bits/char")
+        sample = r.sample
         body = html.escape(sample) if sample else "(no sample)"
         parts.append(f'<div class="sample"><div class="meta">{" · ".join(meta)}</div>'
                      f"<pre>{body}</pre></div>")
@@ -146,7 +147,7 @@ def _neuron_controls(analysis: Analysis, found: dict[str, list[tuple[int, float]
 
 
 def render_html(*, name: str, summary: list[tuple[str, str]], curves_png: bytes | None,
-                curves_note: str, metrics: list[dict], analysis: Analysis, passage_from: str,
+                curves_note: str, metrics: list[Record], analysis: Analysis, passage_from: str,
                 vocab_size: int, cell: str) -> str:
     """The whole page as one string."""
     top_bits = max(1.0, math.log2(vocab_size))
