@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
 import sys
@@ -25,14 +24,14 @@ import numpy as np
 import torch
 
 from . import autotune, budget, devices, distributed
-from .atomic import atomic_write, temp_path
+from .atomic import temp_path
 from .autotune import Choice
 from .config import DEFAULT_TIME, DataConfig, ModelConfig, RunConfig, TrainConfig, to_dict
 from .corpus import discover
 from .data import TokenData, is_prepared, load_prepared, prepare
 from .devices import EVAL_SHAPE, eval_precision, resolve_device, train_precision
 from .errors import UserError
-from .runfolder import CONFIG, DATA, LATEST, SOURCE, RunFolder
+from .runfolder import DATA, LATEST, RunFolder
 from .trainer import Trainer, TrainResult
 
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -196,7 +195,7 @@ def _resumed_run(folder: RunFolder, options: dict[str, Any], *, quiet: bool,
         trainer = _trainer(config, data, folder, folder.read_machine(), resume=True, quiet=quiet,
                            log=log, dist=dist)  # every rank computes as rank 0 decided
         if dist.is_main and options:  # only once the checkpoint accepted them
-            atomic_write(folder.file(CONFIG), config.to_json() + "\n")
+            folder.write_config(config)
         return trainer.fit()
 
 
@@ -231,10 +230,7 @@ def _new_run(inputs: list[str], out: str | os.PathLike | None, options: dict[str
             config, record = _settle(options, config, len(data.split("train")), device)
             folder.write_setup(config, data.vocab, command)
             folder.write_machine(record)
-            source = {"fingerprint": data.fingerprint}  # binds the run to its data
-            if external:
-                source["data"] = str(Path(inputs[0]).resolve())
-            atomic_write(folder.file(SOURCE), json.dumps(source) + "\n")
+            folder.write_source(data.fingerprint, inputs[0] if external else None)
         dist.barrier()
         return _trainer(folder.read_config(), data, folder, folder.read_machine(), resume=False,
                         quiet=quiet, log=log, dist=dist).fit()

@@ -236,9 +236,27 @@ class RunFolder:
                 pass
 
     def write_setup(self, config: RunConfig, vocab: Vocab, command: str) -> None:
-        atomic_write(self.file(CONFIG), config.to_json() + "\n")
+        self.write_config(config)
         atomic_write(self.file(VOCAB), vocab.to_json() + "\n")
         atomic_write(self.file(COMMAND), command + "\n")
+
+    def read_command(self) -> str:
+        """command.txt: the command line that made the run ("" when it is missing or unreadable)."""
+        try:
+            return self.file(COMMAND).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return ""
+
+    def write_config(self, config: RunConfig) -> None:
+        atomic_write(self.file(CONFIG), config.to_json() + "\n")
+
+    def write_source(self, fingerprint: str, data: str | os.PathLike | None = None) -> None:
+        """source.json: the data's fingerprint (binds the run to its data), and its folder when
+        that is not data/ (read back by `source`)."""
+        source = {"fingerprint": fingerprint}
+        if data is not None:
+            source["data"] = str(Path(data).resolve())
+        atomic_write(self.file(SOURCE), json.dumps(source) + "\n")
 
     def write_machine(self, record: dict[str, Any]) -> None:
         atomic_write(self.file(MACHINE), json.dumps(record, indent=2) + "\n")

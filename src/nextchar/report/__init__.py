@@ -30,7 +30,6 @@ from ..errors import UserError
 from ..model import CharRNN
 from ..plot import render_png
 from ..runfolder import (
-    COMMAND,
     DataChanged,
     EvalRecord,
     FinalRecord,
@@ -102,10 +101,7 @@ def _summary(folder: RunFolder, module: CharRNN, vocab: Vocab, config, meta: dic
              metrics: list[Record], data: TokenData | None) -> list[tuple[str, str]]:
     """(label, text) rows of the run summary."""
     rows = []
-    try:
-        command = folder.file(COMMAND).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        command = ""
+    command = folder.read_command()
     if command:
         rows.append(("command", command))
     if data is not None:
