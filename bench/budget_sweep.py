@@ -44,14 +44,19 @@ def probe() -> None:
     from nextchar.budget import PROBE_WIDTH, RUN_DEFAULTS
     from nextchar.config import ModelConfig
 
-    shape = ModelConfig(vocab_size=65, hidden=PROBE_WIDTH,
-                        **{k: v for k, v in RUN_DEFAULTS.items() if k in ("cell", "layers", "embed")})
+    shape = ModelConfig(
+        vocab_size=65,
+        hidden=PROBE_WIDTH,
+        **{k: v for k, v in RUN_DEFAULTS.items() if k in ("cell", "layers", "embed")},
+    )
     cpu = torch.device("cpu")
     timings = devices.train_step_seconds(shape, 32, 64, cpu, devices.precision_candidates(cpu))
     best = min(timings, key=timings.get)
     k = 32 * 64 / timings[best] * params_of(PROBE_WIDTH)
-    print(f"probe 2x{PROBE_WIDTH}: {', '.join(f'{p} {32 * 64 / s:,.0f} chars/s' for p, s in timings.items())}"
-          f" -> K = {k:.3g} parameter-chars/s ({best})")
+    print(
+        f"probe 2x{PROBE_WIDTH}: {', '.join(f'{p} {32 * 64 / s:,.0f} chars/s' for p, s in timings.items())}"
+        f" -> K = {k:.3g} parameter-chars/s ({best})"
+    )
 
 
 def main() -> None:
@@ -76,22 +81,48 @@ def main() -> None:
             run = Path(tmp) / "run"
             inputs = [args.text] if args.text else []
             started = time.perf_counter()
-            proc = nextchar("train", *inputs, "--out", run, "--steps", steps, "--hidden", width,
-                            "--json", "--quiet", "--sample-chars", 0, *args.extra)
+            proc = nextchar(
+                "train",
+                *inputs,
+                "--out",
+                run,
+                "--steps",
+                steps,
+                "--hidden",
+                width,
+                "--json",
+                "--quiet",
+                "--sample-chars",
+                0,
+                *args.extra,
+            )
             wall = time.perf_counter() - started
             result = json.loads(proc.stdout)
             config = json.loads((run / "config.json").read_text())
         val, test = result["val"], result["test"]
         last10 = (val["nats_per_char"] * val["chars"] + test["nats_per_char"] * test["chars"]) / (
-            val["chars"] + test["chars"])
-        record = {"level": args.level, "width": width, "params": params, "steps": steps,
-                  "chars_per_param": round(steps * 32 * 64 / params, 3), "extra": args.extra,
-                  "text": args.text or "tinyshakespeare", "label": args.label,
-                  "val_nats": round(val["nats_per_char"], 4), "last10_nats": round(last10, 4),
-                  "wall": round(wall, 1), "train": config["train"]}
-        print(f"level {args.level:.2g} width {width} ({params / 1e6:.2f} M params, {steps} steps, "
-              f"{record['chars_per_param']:.2f} chars/param): val {val['nats_per_char']:.4f} "
-              f"nats/char, last 10% {last10:.4f} | {wall:.0f} s", flush=True)
+            val["chars"] + test["chars"]
+        )
+        record = {
+            "level": args.level,
+            "width": width,
+            "params": params,
+            "steps": steps,
+            "chars_per_param": round(steps * 32 * 64 / params, 3),
+            "extra": args.extra,
+            "text": args.text or "tinyshakespeare",
+            "label": args.label,
+            "val_nats": round(val["nats_per_char"], 4),
+            "last10_nats": round(last10, 4),
+            "wall": round(wall, 1),
+            "train": config["train"],
+        }
+        print(
+            f"level {args.level:.2g} width {width} ({params / 1e6:.2f} M params, {steps} steps, "
+            f"{record['chars_per_param']:.2f} chars/param): val {val['nats_per_char']:.4f} "
+            f"nats/char, last 10% {last10:.4f} | {wall:.0f} s",
+            flush=True,
+        )
         with open(out, "a") as f:
             f.write(json.dumps(record) + "\n")
 

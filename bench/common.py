@@ -16,9 +16,17 @@ from pathlib import Path
 MISSED: list[str] = []
 
 
-def report(name: str, value: float, unit: str, *, reference: float | None = None,
-           ref_name: str = "", floor: float | None = None, floor_is_max: bool = False,
-           ratio_floor: float | None = None) -> None:
+def report(
+    name: str,
+    value: float,
+    unit: str,
+    *,
+    reference: float | None = None,
+    ref_name: str = "",
+    floor: float | None = None,
+    floor_is_max: bool = False,
+    ratio_floor: float | None = None,
+) -> None:
     parts = [f"{name}: {value:,.3f} {unit}" if value < 100 else f"{name}: {value:,.0f} {unit}"]
     ok = True
     if reference is not None:
@@ -56,8 +64,12 @@ def median_time(fn, repeat: int = 5, warmup: int = 1) -> float:
 
 def nextchar(*args, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, **(env or {}))
-    proc = subprocess.run([sys.executable, "-m", "nextchar", *map(str, args)], capture_output=True,
-                          text=True, env=full_env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nextchar", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+    )
     if check and proc.returncode != 0:
         raise SystemExit(f"nextchar {' '.join(map(str, args))} failed:\n{proc.stderr[-2000:]}")
     return proc
@@ -83,5 +95,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{cpu or platform.processor()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
+    return (
+        f"{cpu or platform.processor()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )

@@ -50,8 +50,10 @@ def main() -> None:
     model = CharRNN(config).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(V, (B, T + 1))
-    forwards = {"torch masks (bernoulli_)": lambda idx, h: torch_masks_forward(model, idx, h),
-                "nextchar masks (torch.rand)": model}
+    forwards = {
+        "torch masks (bernoulli_)": lambda idx, h: torch_masks_forward(model, idx, h),
+        "nextchar masks (torch.rand)": model,
+    }
     hidden = {name: None for name in forwards}
 
     def step(name: str) -> None:
@@ -78,8 +80,12 @@ def main() -> None:
     report(f"{label}, torch masks", old, "ms")
     report(f"{label}, nextchar masks", new, "ms", reference=old, ref_name="torch masks")
     x = torch.randn(B, T, args.hidden)
-    report("F.dropout alone, 32 x 64 x H", median_time(lambda: F.dropout(x, 0.3, True)) * 1000, "ms")
-    report("model.dropout alone, 32 x 64 x H", median_time(lambda: dropout(x, 0.3, True)) * 1000, "ms")
+    report(
+        "F.dropout alone, 32 x 64 x H", median_time(lambda: F.dropout(x, 0.3, True)) * 1000, "ms"
+    )
+    report(
+        "model.dropout alone, 32 x 64 x H", median_time(lambda: dropout(x, 0.3, True)) * 1000, "ms"
+    )
 
 
 if __name__ == "__main__":

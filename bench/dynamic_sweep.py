@@ -33,8 +33,12 @@ def main() -> None:
     parser.add_argument("--window", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument("--only", action="store_true", help="the DynamicConfig defaults alone")
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--chars", type=int, default=0,
-                        help="choose on the first N characters of validation (0 = all of it)")
+    parser.add_argument(
+        "--chars",
+        type=int,
+        default=0,
+        help="choose on the first N characters of validation (0 = all of it)",
+    )
     args = parser.parse_args()
 
     import numpy as np
@@ -52,14 +56,24 @@ def main() -> None:
     data = RunFolder(args.run).split_data(config)
     val, test = data.split("val"), data.split("test")
     last10 = np.concatenate([val, test])
-    choose = val[:args.chars] if args.chars else val  # the grid is judged on this part of val
-    static = {name: model.evaluate_ids(ids, "fp32").nats_per_char
-              for name, ids in (("val", choose), ("test", test), ("last10", last10))}
-    print(f"static: val {static['val']:.4f}, test {static['test']:.4f}, last 10% {static['last10']:.4f} "
-          f"nats/char", flush=True)
-    grid = ([DynamicConfig()] if args.only else
-            [DynamicConfig(lr, decay, window)
-             for lr, decay, window in itertools.product(args.lr, args.decay, args.window)])
+    choose = val[: args.chars] if args.chars else val  # the grid is judged on this part of val
+    static = {
+        name: model.evaluate_ids(ids, "fp32").nats_per_char
+        for name, ids in (("val", choose), ("test", test), ("last10", last10))
+    }
+    print(
+        f"static: val {static['val']:.4f}, test {static['test']:.4f}, last 10% {static['last10']:.4f} "
+        f"nats/char",
+        flush=True,
+    )
+    grid = (
+        [DynamicConfig()]
+        if args.only
+        else [
+            DynamicConfig(lr, decay, window)
+            for lr, decay, window in itertools.product(args.lr, args.decay, args.window)
+        ]
+    )
     out = Path(__file__).parent / "results" / "dynamic_sweep.jsonl"
     out.parent.mkdir(exist_ok=True)
     results = []
@@ -68,20 +82,35 @@ def main() -> None:
         score = model.evaluate_ids(choose, dynamic=setting).nats_per_char
         seconds = time.perf_counter() - started
         results.append((score, setting))
-        record = {"run": args.run, "lr": setting.lr, "decay": setting.decay, "window": setting.window,
-                  "val_static": round(static["val"], 4), "val_dynamic": round(score, 4),
-                  "val_chars": len(choose), "chars_per_s": round(len(choose) / seconds)}
-        print(f"lr {setting.lr:g} decay {setting.decay:g} window {setting.window}: val {score:.4f} "
-              f"(x{score / static['val']:.3f}) | {len(choose) / seconds:,.0f} chars/s", flush=True)
+        record = {
+            "run": args.run,
+            "lr": setting.lr,
+            "decay": setting.decay,
+            "window": setting.window,
+            "val_static": round(static["val"], 4),
+            "val_dynamic": round(score, 4),
+            "val_chars": len(choose),
+            "chars_per_s": round(len(choose) / seconds),
+        }
+        print(
+            f"lr {setting.lr:g} decay {setting.decay:g} window {setting.window}: val {score:.4f} "
+            f"(x{score / static['val']:.3f}) | {len(choose) / seconds:,.0f} chars/s",
+            flush=True,
+        )
         with open(out, "a") as f:
             f.write(json.dumps(record) + "\n")
     best = min(results, key=lambda r: r[0])[1]
-    dynamic = {name: model.evaluate_ids(ids, dynamic=best).nats_per_char
-               for name, ids in (("test", test), ("last10", last10))}
-    print(f"best on val: lr {best.lr:g} decay {best.decay:g} window {best.window}; "
-          f"test {dynamic['test']:.4f} (static {static['test']:.4f}, x{dynamic['test'] / static['test']:.3f}), "
-          f"last 10% {dynamic['last10']:.4f} (static {static['last10']:.4f}, "
-          f"x{dynamic['last10'] / static['last10']:.3f})", flush=True)
+    dynamic = {
+        name: model.evaluate_ids(ids, dynamic=best).nats_per_char
+        for name, ids in (("test", test), ("last10", last10))
+    }
+    print(
+        f"best on val: lr {best.lr:g} decay {best.decay:g} window {best.window}; "
+        f"test {dynamic['test']:.4f} (static {static['test']:.4f}, x{dynamic['test'] / static['test']:.3f}), "
+        f"last 10% {dynamic['last10']:.4f} (static {static['last10']:.4f}, "
+        f"x{dynamic['last10'] / static['last10']:.3f})",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -56,13 +56,52 @@ def steady_chars_per_s(run: Path, skip_s: float) -> float:
     return (end.chars - start.chars) / (end.time - start.time)
 
 
-def time_nextchar(data: Path, work: Path, layers: int, hidden: int, device: str, seconds: float,
-                  batch: int, seq: int, embed: int, extra: tuple = ()) -> float:
+def time_nextchar(
+    data: Path,
+    work: Path,
+    layers: int,
+    hidden: int,
+    device: str,
+    seconds: float,
+    batch: int,
+    seq: int,
+    embed: int,
+    extra: tuple = (),
+) -> float:
     run = work / f"run-{layers}x{hidden}{'-'.join(('',) + extra)}"
-    nextchar("train", data, "--out", run, "--force", "--time", f"{seconds}s", "--layers", layers,
-             "--hidden", hidden, "--embed", embed, "--batch-size", batch, "--seq-len", seq,
-             "--log-every", 10, "--eval-every", 10**9, "--checkpoint-every", 10**9,
-             "--sample-chars", 0, "--eval-chars", 20000, "--device", device, "--quiet", *extra)
+    nextchar(
+        "train",
+        data,
+        "--out",
+        run,
+        "--force",
+        "--time",
+        f"{seconds}s",
+        "--layers",
+        layers,
+        "--hidden",
+        hidden,
+        "--embed",
+        embed,
+        "--batch-size",
+        batch,
+        "--seq-len",
+        seq,
+        "--log-every",
+        10,
+        "--eval-every",
+        10**9,
+        "--checkpoint-every",
+        10**9,
+        "--sample-chars",
+        0,
+        "--eval-chars",
+        20000,
+        "--device",
+        device,
+        "--quiet",
+        *extra,
+    )
     return steady_chars_per_s(run, skip_s=min(5.0, seconds / 3))
 
 
@@ -78,8 +117,17 @@ class Bare(nn.Module):
         return self.head(out), state
 
 
-def time_bare(tokens: torch.Tensor, vocab: int, layers: int, hidden: int, device: str,
-              seconds: float, batch: int, seq: int, embed: int) -> float:
+def time_bare(
+    tokens: torch.Tensor,
+    vocab: int,
+    layers: int,
+    hidden: int,
+    device: str,
+    seconds: float,
+    batch: int,
+    seq: int,
+    embed: int,
+) -> float:
     """Plain TBPTT over `batch` contiguous streams of the corpus, held on the device."""
     torch.manual_seed(0)
     model = Bare(vocab, embed, hidden, layers).to(device)
@@ -125,8 +173,23 @@ def round_trip(data: Path, work: Path, device: str) -> list[str]:
     from nextchar.runfolder import load_model
 
     failures = []
-    small = ["--layers", 2, "--hidden", 128, "--embed", 32, "--batch-size", 16, "--seq-len", 64,
-             "--sample-chars", 0, "--eval-chars", 5000, "--quiet"]
+    small = [
+        "--layers",
+        2,
+        "--hidden",
+        128,
+        "--embed",
+        32,
+        "--batch-size",
+        16,
+        "--seq-len",
+        64,
+        "--sample-chars",
+        0,
+        "--eval-chars",
+        5000,
+        "--quiet",
+    ]
     gpu_run, cpu_run = work / "made-on-gpu", work / "made-on-cpu"
     nextchar("train", data, "--out", gpu_run, "--force", "--steps", 20, "--device", device, *small)
     on_cpu, vocab, _, _ = load_model(gpu_run, "latest", "cpu")
@@ -137,34 +200,60 @@ def round_trip(data: Path, work: Path, device: str) -> list[str]:
         b = F.log_softmax(on_gpu(ids.to(device))[0], -1).cpu()
     diff = float((a - b).abs().max())
     ok = diff < 1e-2
-    say(f"checkpoint {device} -> cpu: log-probs max |diff| {diff:.2e} (TF32 on the GPU) "
-        f"{'ok' if ok else 'FAILED'}")
+    say(
+        f"checkpoint {device} -> cpu: log-probs max |diff| {diff:.2e} (TF32 on the GPU) "
+        f"{'ok' if ok else 'FAILED'}"
+    )
     failures += [] if ok else ["logits"]
-    sample = nextchar("sample", gpu_run, "--checkpoint", "latest", "--device", "cpu", "--length", 80,
-                      "--seed", 1, "--json")
+    sample = nextchar(
+        "sample",
+        gpu_run,
+        "--checkpoint",
+        "latest",
+        "--device",
+        "cpu",
+        "--length",
+        80,
+        "--seed",
+        1,
+        "--json",
+    )
     text = json.loads(sample.stdout)["samples"][0]
     ok = len(text) >= 80 and set(text) <= set(vocab.symbols)
     say(f"checkpoint {device} -> cpu: sample of {len(text)} chars {'ok' if ok else 'FAILED'}")
     failures += [] if ok else ["sample"]
-    for name, run, first, then in (("resume", gpu_run, device, "cpu"), ("resume", cpu_run, "cpu", device)):
+    for name, run, first, then in (
+        ("resume", gpu_run, device, "cpu"),
+        ("resume", cpu_run, "cpu", device),
+    ):
         if run is cpu_run:
-            nextchar("train", data, "--out", cpu_run, "--force", "--steps", 20, "--device", "cpu", *small)
-        done = nextchar("train", "--resume", run, "--steps", 30, "--device", then, "--quiet", check=False)
+            nextchar(
+                "train", data, "--out", cpu_run, "--force", "--steps", 20, "--device", "cpu", *small
+            )
+        done = nextchar(
+            "train", "--resume", run, "--steps", 30, "--device", then, "--quiet", check=False
+        )
         point = load_resume(run / "latest.safetensors")
         finite = all(bool(torch.isfinite(v).all()) for v in point.model.values())
         ok = done.returncode == 0 and point.loop.step == 30 and finite
-        say(f"checkpoint {first} -> {then}: {name} from step 20 to {point.loop.step} "
-            f"{'ok' if ok else 'FAILED: ' + done.stderr.strip()[-500:]}")
+        say(
+            f"checkpoint {first} -> {then}: {name} from step 20 to {point.loop.step} "
+            f"{'ok' if ok else 'FAILED: ' + done.stderr.strip()[-500:]}"
+        )
         failures += [] if ok else [f"{name} {first}->{then}"]
     return failures
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and seconds: a dry run")
     parser.add_argument("--seconds", type=float, default=20.0, help="training time per measurement")
-    parser.add_argument("--compile", action="store_true", help="also time nextchar --compile (slow start)")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time nextchar --compile (slow start)"
+    )
     args = parser.parse_args()
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -177,8 +266,10 @@ def main() -> int:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     cudnn = torch.backends.cudnn.version() if device == "cuda" else None
-    say(f"# torch {torch.__version__}, {name}, cuDNN {cudnn}; batch {batch} x seq {seq}, embed {embed}, "
-        f"{seconds:g}s per measurement after warm-up")
+    say(
+        f"# torch {torch.__version__}, {name}, cuDNN {cudnn}; batch {batch} x seq {seq}, embed {embed}, "
+        f"{seconds:g}s per measurement after warm-up"
+    )
 
     from nextchar.corpus import bundled_path
     from nextchar.data import load_prepared
@@ -194,13 +285,27 @@ def main() -> int:
         for label, (layers, hidden) in models.items():
             ours = time_nextchar(data, work, layers, hidden, device, seconds, batch, seq, embed)
             bare = time_bare(tokens, vocab, layers, hidden, device, seconds, batch, seq, embed)
-            say(f"{label} LSTM train: nextchar {ours:>12,.0f} chars/s | bare PyTorch {bare:>12,.0f} "
-                f"chars/s | ratio {ours / bare:.2f}")
+            say(
+                f"{label} LSTM train: nextchar {ours:>12,.0f} chars/s | bare PyTorch {bare:>12,.0f} "
+                f"chars/s | ratio {ours / bare:.2f}"
+            )
             if args.compile:
-                compiled = time_nextchar(data, work, layers, hidden, device, seconds, batch, seq,
-                                         embed, extra=("--compile",))
-                say(f"{label} LSTM train: nextchar --compile {compiled:>12,.0f} chars/s | ratio to "
-                    f"bare {compiled / bare:.2f}")
+                compiled = time_nextchar(
+                    data,
+                    work,
+                    layers,
+                    hidden,
+                    device,
+                    seconds,
+                    batch,
+                    seq,
+                    embed,
+                    extra=("--compile",),
+                )
+                say(
+                    f"{label} LSTM train: nextchar --compile {compiled:>12,.0f} chars/s | ratio to "
+                    f"bare {compiled / bare:.2f}"
+                )
         failures += round_trip(data, work, device)
     say("all checks passed" if not failures else f"FAILED: {', '.join(failures)}")
     return 1 if failures else 0

@@ -47,9 +47,11 @@ def kernel_us(rows: int, cols: int) -> dict[str, float]:
     w8 = torch.round(weight / scale[:, None]).to(torch.int8).contiguous()
     s16, a16 = scale.bfloat16(), x16[None].contiguous()
     with torch.inference_mode():
-        return {"fp32 addmv": median_us(lambda: torch.addmv(bias, weight, x)),
-                "bf16 mv": median_us(lambda: torch.mv(w16, x16)),
-                "int8 weight-only": median_us(lambda: torch._weight_int8pack_mm(a16, w8, s16))}
+        return {
+            "fp32 addmv": median_us(lambda: torch.addmv(bias, weight, x)),
+            "bf16 mv": median_us(lambda: torch.mv(w16, x16)),
+            "int8 weight-only": median_us(lambda: torch._weight_int8pack_mm(a16, w8, s16)),
+        }
 
 
 def main() -> None:
@@ -66,8 +68,10 @@ def main() -> None:
     rows, cols = SHAPES[-1]
     bandwidth = rows * cols * 4 / (times[rows, cols]["fp32 addmv"] * 1e-6) / 1e9
     step_bytes = 4 * (65 * 4 * 512 + 2048 * 512 + 2048 * 1024 + 65 * 512)  # table, products, head
-    print(f"fp32 {rows}x{cols} addmv reads {bandwidth:.1f} GB/s; an fp32 2x512 step reads "
-          f"{step_bytes / 1e6:.1f} MB: at most {bandwidth * 1e9 / step_bytes:,.0f} steps/s")
+    print(
+        f"fp32 {rows}x{cols} addmv reads {bandwidth:.1f} GB/s; an fp32 2x512 step reads "
+        f"{step_bytes / 1e6:.1f} MB: at most {bandwidth * 1e9 / step_bytes:,.0f} steps/s"
+    )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,25 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import finish, machine, metrics, nextchar, report  # noqa: E402
 from nextchar.runfolder import TrainRecord  # noqa: E402
 
-FLAGS = ["--cell", "lstm", "--layers", "2", "--hidden", "256", "--embed", "64", "--batch-size", "32",
-         "--seq-len", "64", "--log-every", "10", "--sample-chars", "0", "--quiet"]
+FLAGS = [
+    "--cell",
+    "lstm",
+    "--layers",
+    "2",
+    "--hidden",
+    "256",
+    "--embed",
+    "64",
+    "--batch-size",
+    "32",
+    "--seq-len",
+    "64",
+    "--log-every",
+    "10",
+    "--sample-chars",
+    "0",
+    "--quiet",
+]
 
 
 def main() -> None:
@@ -38,23 +55,49 @@ def main() -> None:
         for precision in ("fp32", "bf16"):
             runs[precision] = Path(tmp) / precision
             started = time.perf_counter()
-            nextchar("train", "--out", runs[precision], *FLAGS, "--steps", args.steps,
-                     "--eval-every", args.steps, "--precision", precision, *args.extra)
+            nextchar(
+                "train",
+                "--out",
+                runs[precision],
+                *FLAGS,
+                "--steps",
+                args.steps,
+                "--eval-every",
+                args.steps,
+                "--precision",
+                precision,
+                *args.extra,
+            )
             walls[precision] = time.perf_counter() - started
         val = {p: metrics(r)[-1].val.nats_per_char for p, r in runs.items()}  # the FinalRecord
-        train = {p: [m.loss for m in metrics(r) if isinstance(m, TrainRecord)] for p, r in runs.items()}
-        scored = {p: json.loads(nextchar("eval", runs["bf16"], "--precision", p, "--json").stdout)
-                  for p in ("fp32", "bf16")}
+        train = {
+            p: [m.loss for m in metrics(r) if isinstance(m, TrainRecord)] for p, r in runs.items()
+        }
+        scored = {
+            p: json.loads(nextchar("eval", runs["bf16"], "--precision", p, "--json").stdout)
+            for p in ("fp32", "bf16")
+        }
     for precision in ("fp32", "bf16"):
-        print(f"{args.steps} steps --precision {precision}: val {val[precision]:.4f} nats/char, "
-              f"wall clock (process) {walls[precision]:.1f} s")
-    report("val bf16 / fp32", val["bf16"], "nats/char", reference=val["fp32"], ref_name="fp32",
-           ratio_floor=1.01, floor_is_max=True)
+        print(
+            f"{args.steps} steps --precision {precision}: val {val[precision]:.4f} nats/char, "
+            f"wall clock (process) {walls[precision]:.1f} s"
+        )
+    report(
+        "val bf16 / fp32",
+        val["bf16"],
+        "nats/char",
+        reference=val["fp32"],
+        ref_name="fp32",
+        ratio_floor=1.01,
+        floor_is_max=True,
+    )
     gap = max(abs(a - b) / b for a, b in zip(train["bf16"], train["fp32"]))
     print(f"largest relative gap between the logged training losses: {gap:.2%}")
     for precision in ("fp32", "bf16"):
-        print(f"the bf16-trained model scored in {precision}: "
-              f"{scored[precision]['bits_per_char']:.4f} bits/char")
+        print(
+            f"the bf16-trained model scored in {precision}: "
+            f"{scored[precision]['bits_per_char']:.4f} bits/char"
+        )
     finish()
 
 

@@ -44,12 +44,18 @@ def _foreign_lines(rng: np.random.Generator, count: int) -> list[str]:
     for i in range(count):
         kind = i % 4
         if kind == 0:
-            words = ["".join(rng.choice(list(latin + "aeiou"), size=rng.integers(3, 9))) for _ in range(8)]
+            words = [
+                "".join(rng.choice(list(latin + "aeiou"), size=rng.integers(3, 9)))
+                for _ in range(8)
+            ]
         elif kind == 1:
-            words = ["".join(rng.choice(list(greek + cyrillic), size=rng.integers(3, 9))) for _ in range(8)]
+            words = [
+                "".join(rng.choice(list(greek + cyrillic), size=rng.integers(3, 9)))
+                for _ in range(8)
+            ]
         elif kind == 2:  # CJK: 4000 distinct ideographs over the whole corpus
             points = rng.integers(0x4E00, 0x4E00 + 4000, size=40)
-            words = ["".join(map(chr, points[j:j + 10])) for j in range(0, 40, 10)]
+            words = ["".join(map(chr, points[j : j + 10])) for j in range(0, 40, 10)]
         else:
             points = rng.integers(0x1F600, 0x1F650, size=6)  # emoji: astral code points
             words = ["".join(map(chr, points)), "smile", "日本語のテキスト"]
@@ -104,7 +110,12 @@ def measure(cmd: list[str], watch: Path | None = None, marker: str = "") -> dict
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
-        if watch is not None and first is None and watch.exists() and marker in watch.read_text(errors="replace"):
+        if (
+            watch is not None
+            and first is None
+            and watch.exists()
+            and marker in watch.read_text(errors="replace")
+        ):
             first = time.perf_counter() - started
         time.sleep(0.01)
     wall = time.perf_counter() - started
@@ -112,13 +123,19 @@ def measure(cmd: list[str], watch: Path | None = None, marker: str = "") -> dict
     proc.returncode = code  # reaped here, by wait4
     if code != 0:
         errors.seek(0)
-        raise SystemExit(f"failed ({code}): {' '.join(cmd)}\n{errors.read().decode(errors='replace')}")
+        raise SystemExit(
+            f"failed ({code}): {' '.join(cmd)}\n{errors.read().decode(errors='replace')}"
+        )
     return {"wall": wall, "rss": usage.ru_maxrss / 1024, "first": first}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", default="/tmp/nextchar-bench", help="scratch folder for corpora and runs")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dir", default="/tmp/nextchar-bench", help="scratch folder for corpora and runs"
+    )
     parser.add_argument("--size-mb", type=int, default=1000, help="the large corpus, in MB")
     parser.add_argument("--small-mb", type=int, default=100, help="the corpus it is compared with")
     parser.add_argument("--only", choices=["prepare", "train"], help="one half of the benchmark")
@@ -142,13 +159,26 @@ def main() -> int:
             got = measure(_nextchar("prepare", str(corpus), "--out", str(data[corpus])))
             meta = json.loads((data[corpus] / "data.json").read_text())
             vocab = len(json.loads((data[corpus] / "vocab.json").read_text())["symbols"])
-            print(f"# {corpus.name}: {size:.0f} MB of UTF-8, {meta['length']:,} chars, vocab {vocab}, "
-                  f"ids {meta['dtype']}", flush=True)
+            print(
+                f"# {corpus.name}: {size:.0f} MB of UTF-8, {meta['length']:,} chars, vocab {vocab}, "
+                f"ids {meta['dtype']}",
+                flush=True,
+            )
             big_one = corpus is big
-            report(f"prepare {size:.0f} MB: speed", size / got["wall"], "MB/s", ">= 50" if big_one else "-",
-                   size / got["wall"] >= 50 if big_one else None)
-            report(f"prepare {size:.0f} MB: peak RSS", got["rss"], "MiB", "< 1024" if big_one else "-",
-                   got["rss"] < 1024 if big_one else None)
+            report(
+                f"prepare {size:.0f} MB: speed",
+                size / got["wall"],
+                "MB/s",
+                ">= 50" if big_one else "-",
+                size / got["wall"] >= 50 if big_one else None,
+            )
+            report(
+                f"prepare {size:.0f} MB: peak RSS",
+                got["rss"],
+                "MiB",
+                "< 1024" if big_one else "-",
+                got["rss"] < 1024 if big_one else None,
+            )
     if args.only != "prepare":
         rss = {}
         for corpus in (big, small):
@@ -158,17 +188,41 @@ def main() -> int:
             run = scratch / (corpus.stem + "-run")
             shutil.rmtree(run, ignore_errors=True)
             # the default model; no evaluation before the end (--eval-every past the last step)
-            got = measure(_nextchar("train", str(data[corpus]), "--out", str(run), "--steps", "20",
-                                    "--log-every", "1", "--eval-chars", "20000", "--eval-every", "1000",
-                                    "--quiet", "--device", "cpu", "--threads", "1"),
-                          run / "metrics.jsonl", '"kind": "train"')
+            got = measure(
+                _nextchar(
+                    "train",
+                    str(data[corpus]),
+                    "--out",
+                    str(run),
+                    "--steps",
+                    "20",
+                    "--log-every",
+                    "1",
+                    "--eval-chars",
+                    "20000",
+                    "--eval-every",
+                    "1000",
+                    "--quiet",
+                    "--device",
+                    "cpu",
+                    "--threads",
+                    "1",
+                ),
+                run / "metrics.jsonl",
+                '"kind": "train"',
+            )
             first = got["first"] if got["first"] is not None else float("inf")
             report(f"train {size:.0f} MB: launch to first step", first, "s", "< 10", first < 10)
             report(f"train {size:.0f} MB: peak RSS", got["rss"], "MiB", "-", None)
             rss[corpus] = got["rss"]
         ratio = rss[big] / rss[small]
-        report(f"train peak RSS, {big.stat().st_size / MB:.0f} MB / {small.stat().st_size / MB:.0f} MB",
-               ratio, "x", "< 1.2", ratio < 1.2)
+        report(
+            f"train peak RSS, {big.stat().st_size / MB:.0f} MB / {small.stat().st_size / MB:.0f} MB",
+            ratio,
+            "x",
+            "< 1.2",
+            ratio < 1.2,
+        )
     return 1 if missed else 0
 
 

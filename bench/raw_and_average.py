@@ -27,17 +27,29 @@ def main(runs: list[str]) -> None:
         data = folder.training_data().resplit(config.data.val_frac, config.data.test_frac)
         precision = folder.read_machine().get("eval_precision", {}).get("value", "fp32")
         point = load_resume(folder.file(LATEST))
-        average = {"kind": point.average_kind, "count": point.average_count} if point.average_kind else None
+        average = (
+            {"kind": point.average_kind, "count": point.average_count}
+            if point.average_kind
+            else None
+        )
         line = {"run": run, "step": point.loop.step, "average": average, "precision": precision}
         for which, weights in (("model", point.model), ("average", point.average)):
             if not weights:
                 continue
             model = CharRNN(config.model)
             model.load_state_dict(weights)
-            val, test = (score_ids(model, data.split(split), precision=precision) for split in ("val", "test"))
-            last = (val.nats_per_char * val.chars + test.nats_per_char * test.chars) / (val.chars + test.chars)
+            val, test = (
+                score_ids(model, data.split(split), precision=precision)
+                for split in ("val", "test")
+            )
+            last = (val.nats_per_char * val.chars + test.nats_per_char * test.chars) / (
+                val.chars + test.chars
+            )
             line["raw" if which == "model" else "averaged"] = {
-                "val": round(val.nats_per_char, 4), "test": round(test.nats_per_char, 4), "last": round(last, 4)}
+                "val": round(val.nats_per_char, 4),
+                "test": round(test.nats_per_char, 4),
+                "last": round(last, 4),
+            }
         print(json.dumps(line), flush=True)
 
 

@@ -29,8 +29,15 @@ class PlainLSTM(nn.Module):
         return self.head(out), state  # (B, T, V)
 
 
-def train_and_score(text: str, hidden: int, seconds: float, lr: float, batch: int = 32,
-                    seq_len: int = 64, seed: int = 0) -> dict:
+def train_and_score(
+    text: str,
+    hidden: int,
+    seconds: float,
+    lr: float,
+    batch: int = 32,
+    seq_len: int = 64,
+    seed: int = 0,
+) -> dict:
     """Train for `seconds` of wall clock, then score the last 10% -> nats/char and steps."""
     torch.manual_seed(seed)
     symbols = sorted(set(text))
@@ -40,7 +47,7 @@ def train_and_score(text: str, hidden: int, seconds: float, lr: float, batch: in
     train, held = torch.from_numpy(ids[:cut]), torch.from_numpy(ids[cut:])
     per_stream = (len(train) - 1) // batch
     xs = train[: per_stream * batch].view(batch, per_stream)
-    ys = train[1: per_stream * batch + 1].view(batch, per_stream)
+    ys = train[1 : per_stream * batch + 1].view(batch, per_stream)
     windows = per_stream // seq_len
     model = PlainLSTM(len(symbols), hidden)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -51,7 +58,7 @@ def train_and_score(text: str, hidden: int, seconds: float, lr: float, batch: in
         w = step % windows
         if w == 0:
             state = None
-        x, y = xs[:, w * seq_len:(w + 1) * seq_len], ys[:, w * seq_len:(w + 1) * seq_len]
+        x, y = xs[:, w * seq_len : (w + 1) * seq_len], ys[:, w * seq_len : (w + 1) * seq_len]
         logits, state = model(x, state)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
         optimizer.zero_grad()
@@ -64,8 +71,8 @@ def train_and_score(text: str, hidden: int, seconds: float, lr: float, batch: in
     nats, state = 0.0, None
     with torch.inference_mode():
         for start in range(0, len(held) - 1, 512):
-            x = held[start: start + 512][None]
-            y = held[start + 1: start + 513][None]
+            x = held[start : start + 512][None]
+            y = held[start + 1 : start + 513][None]
             x = x[:, : y.size(1)]
             logits, state = model(x, state)
             nats += F.cross_entropy(logits[0], y[0], reduction="sum").item()

@@ -44,16 +44,20 @@ VARIANTS = {
     "dropout 0.3, weight drop 0.25": ({**D, "weight_drop": 0.25}, None, "dropout 0.3"),
     "dropout 0.3, embed drop 0.1": ({**D, "embed_drop": 0.1}, None, "dropout 0.3"),
     "dropout 0.3, ema average": (D, "ema", "dropout 0.3"),
-    "all four": ({**D, "locked_dropout": True, "weight_drop": 0.25, "embed_drop": 0.1}, "ema",
-                 "dropout 0.3"),
+    "all four": (
+        {**D, "locked_dropout": True, "weight_drop": 0.25, "embed_drop": 0.1},
+        "ema",
+        "dropout 0.3",
+    ),
 }
 
 
 class Stepper:
     """One variant's model, optimizer, average and carried state; `step()` is one training step."""
 
-    def __init__(self, config: ModelConfig, average: str | None, batch: int, seq_len: int,
-                 precision: str):
+    def __init__(
+        self, config: ModelConfig, average: str | None, batch: int, seq_len: int, precision: str
+    ):
         torch.manual_seed(0)
         self.model = CharRNN(config).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.99))
@@ -90,14 +94,18 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"# {machine()}; {args.layers}x{args.hidden} LSTM, embed {args.embed}, batch "
-          f"{args.batch} x {args.seq_len}, {args.precision}, {torch.get_num_threads()} thread(s), "
-          f"{args.rounds} rounds of {args.steps} steps, "
-          f"{'CPU time' if torch.get_num_threads() == 1 else 'wall clock'}", flush=True)
+    print(
+        f"# {machine()}; {args.layers}x{args.hidden} LSTM, embed {args.embed}, batch "
+        f"{args.batch} x {args.seq_len}, {args.precision}, {torch.get_num_threads()} thread(s), "
+        f"{args.rounds} rounds of {args.steps} steps, "
+        f"{'CPU time' if torch.get_num_threads() == 1 else 'wall clock'}",
+        flush=True,
+    )
     steppers = {}
     for name, (options, average, _) in VARIANTS.items():
-        config = ModelConfig(vocab_size=65, embed=args.embed, hidden=args.hidden,
-                             layers=args.layers, **options)
+        config = ModelConfig(
+            vocab_size=65, embed=args.embed, hidden=args.hidden, layers=args.layers, **options
+        )
         steppers[name] = Stepper(config, average, args.batch, args.seq_len, args.precision)
         for _ in range(2):  # warm-up: oneDNN primitives, optimizer state
             steppers[name].step()
@@ -117,8 +125,14 @@ def main() -> None:
             continue
         ratio = statistics.median(r / t for t, r in zip(seconds[name], seconds[reference]))
         # the median per-round ratio, as a speed against the reference's median speed
-        report(name, ratio * speed[reference], "chars/s", reference=speed[reference],
-               ref_name=reference, ratio_floor=0.9)
+        report(
+            name,
+            ratio * speed[reference],
+            "chars/s",
+            reference=speed[reference],
+            ref_name=reference,
+            ratio_floor=0.9,
+        )
     finish()
 
 

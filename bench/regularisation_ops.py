@@ -57,10 +57,12 @@ def main() -> None:
     average = WeightAverage(plain.model, "ema", 0.999)
     average.update(plain.model)
     x = torch.randn(B, T, H)
-    work = {"weight drop 0.25 (all layers)": weight_drop,
-            "ema update": lambda: average.update(plain.model),
-            "dropout 0.3, one layer's output": lambda: x * keep_mask(x.shape, 0.3, "cpu"),
-            "locked dropout 0.3, one layer's output": lambda: x * keep_mask((B, 1, H), 0.3, "cpu")}
+    work = {
+        "weight drop 0.25 (all layers)": weight_drop,
+        "ema update": lambda: average.update(plain.model),
+        "dropout 0.3, one layer's output": lambda: x * keep_mask(x.shape, 0.3, "cpu"),
+        "locked dropout 0.3, one layer's output": lambda: x * keep_mask((B, 1, H), 0.3, "cpu"),
+    }
     for _ in range(2):
         plain.step()
     shares: dict[str, list[float]] = {name: [] for name in work}
@@ -70,11 +72,16 @@ def main() -> None:
         steps.append(step)
         for name, fn in work.items():
             shares[name].append(cpu_seconds(fn, 5) / step)
-    print(f"# {machine()}; {args.layers}x{H} LSTM, batch {B} x {T}, bf16, 1 thread, CPU time, "
-          f"{args.rounds} rounds; plain step {statistics.median(steps) * 1e3:.0f} ms (median)")
+    print(
+        f"# {machine()}; {args.layers}x{H} LSTM, batch {B} x {T}, bf16, 1 thread, CPU time, "
+        f"{args.rounds} rounds; plain step {statistics.median(steps) * 1e3:.0f} ms (median)"
+    )
     for name, values in shares.items():
-        print(f"{name}: {statistics.median(values):.1%} of a plain step "
-              f"(rounds {min(values):.1%} to {max(values):.1%})", flush=True)
+        print(
+            f"{name}: {statistics.median(values):.1%} of a plain step "
+            f"(rounds {min(values):.1%} to {max(values):.1%})",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

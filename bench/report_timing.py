@@ -24,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import finish, machine, report  # noqa: E402
 from sampling import make_run  # noqa: E402
 
-CORPUS = Path(__file__).resolve().parent.parent / "src" / "nextchar" / "corpora" / "tinyshakespeare.txt"
+CORPUS = (
+    Path(__file__).resolve().parent.parent / "src" / "nextchar" / "corpora" / "tinyshakespeare.txt"
+)
 
 
 def timed(args: list[str]) -> tuple[float, str]:
@@ -50,16 +52,36 @@ def main() -> None:
         walls, writes, starts = [], [], []
         for _ in range(args.rounds):
             starts.append(timed([sys.executable, "-c", "import torch"])[0])
-            wall, err = timed([sys.executable, "-m", "nextchar", "report", str(run), "--text",
-                               str(text), "--chars", str(args.chars)])
+            wall, err = timed(
+                [
+                    sys.executable,
+                    "-m",
+                    "nextchar",
+                    "report",
+                    str(run),
+                    "--text",
+                    str(text),
+                    "--chars",
+                    str(args.chars),
+                ]
+            )
             walls.append(wall)
             writes.append(float(re.search(r" in ([0-9.]+)s", err).group(1)))
     report("python -c 'import torch'", statistics.median(starts), "s")
-    report(f"nextchar report --chars {args.chars}, whole command", statistics.median(walls), "s",
-           reference=statistics.median(starts), ref_name="bare torch start", floor=10,
-           floor_is_max=True)
-    report("of which writing the report (as the command says, 0.1 s resolution)",
-           statistics.median(writes), "s")
+    report(
+        f"nextchar report --chars {args.chars}, whole command",
+        statistics.median(walls),
+        "s",
+        reference=statistics.median(starts),
+        ref_name="bare torch start",
+        floor=10,
+        floor_is_max=True,
+    )
+    report(
+        "of which writing the report (as the command says, 0.1 s resolution)",
+        statistics.median(writes),
+        "s",
+    )
     finish()
 
 

@@ -43,23 +43,34 @@ HIDDEN, LAYERS, EMBED = 512, 2, 64
 def make_run(folder: Path, hidden: int = HIDDEN) -> Vocab:
     torch.manual_seed(0)
     vocab = Vocab([chr(c) for c in range(32, 97)])
-    config = RunConfig(DataConfig(), ModelConfig(vocab_size=len(vocab), hidden=hidden, layers=LAYERS,
-                                                 embed=EMBED), TrainConfig())
+    config = RunConfig(
+        DataConfig(),
+        ModelConfig(vocab_size=len(vocab), hidden=hidden, layers=LAYERS, embed=EMBED),
+        TrainConfig(),
+    )
     model = CharRNN(config.model)
     run = RunFolder(folder)
     run.create()
     run.write_setup(config, vocab, "bench/sampling.py")
     nan = float("nan")  # never evaluated, as a run without validation text records it
-    save_weights(run.file(BEST), model.state_dict(), step=0, val=EvalResult(0, nan, nan, nan, nan),
-                 vocab=vocab_digest(vocab))
+    save_weights(
+        run.file(BEST),
+        model.state_dict(),
+        step=0,
+        val=EvalResult(0, nan, nan, nan, nan),
+        vocab=vocab_digest(vocab),
+    )
     return vocab
 
 
 def plain_loop_cps(length: int) -> float:
     """The usual PyTorch sampling loop: nn.LSTM on one character at a time."""
     torch.manual_seed(0)
-    embed, lstm, head = nn.Embedding(65, EMBED), nn.LSTM(EMBED, HIDDEN, LAYERS, batch_first=True), \
-        nn.Linear(HIDDEN, 65)
+    embed, lstm, head = (
+        nn.Embedding(65, EMBED),
+        nn.LSTM(EMBED, HIDDEN, LAYERS, batch_first=True),
+        nn.Linear(HIDDEN, 65),
+    )
     idx, state = torch.zeros(1, 1, dtype=torch.long), None
     with torch.no_grad():
         started = time.perf_counter()
@@ -73,8 +84,21 @@ def plain_loop_cps(length: int) -> float:
 def cli_stream(run: Path, length: int, extra=()) -> tuple[float, float]:
     """(seconds to the first character on stdout, chars/s after it) for `nextchar sample`."""
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "nextchar", "sample", str(run), "--length", str(length),
-                             "--seed", "1", *extra], stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nextchar",
+            "sample",
+            str(run),
+            "--length",
+            str(length),
+            "--seed",
+            "1",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+    )
     first = proc.stdout.read(1)
     first_at = time.perf_counter()
     rest = proc.stdout.read()
@@ -100,7 +124,7 @@ def stepped_bits(model, ids: torch.Tensor, precision: str) -> float:
     total = 0.0
     with torch.inference_mode():
         for t in range(len(ids) - 1):
-            logits, state = stepper.step(ids[t:t + 1], state)
+            logits, state = stepper.step(ids[t : t + 1], state)
             total -= float(logits[0].log_softmax(-1)[ids[t + 1]])
     return total / (len(ids) - 1) / math.log(2)
 
@@ -109,22 +133,30 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", type=Path, help="a trained run folder to score each precision on")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--native-floors", action=argparse.BooleanOptionalAction,
-                        default=not any(os.environ.get(v) for v in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")),
-                        help="also the absolute chars/s floors (default: unless an ISA cap is set)")
+    parser.add_argument(
+        "--native-floors",
+        action=argparse.BooleanOptionalAction,
+        default=not any(os.environ.get(v) for v in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")),
+        help="also the absolute chars/s floors (default: unless an ISA cap is set)",
+    )
     args = parser.parse_args()
     print(f"machine: {machine()}")
     if args.run:  # the last 20,000 characters of the run's test split
         from nextchar.api import load
 
         model = load(args.run)
-        ids = torch.from_numpy(np.asarray(RunFolder(args.run).training_data().split("test")[-20_000:],
-                                          dtype=np.int64))
+        ids = torch.from_numpy(
+            np.asarray(RunFolder(args.run).training_data().split("test")[-20_000:], dtype=np.int64)
+        )
         exact = stepped_bits(model, ids, "fp32")
         report("stepped bits/char, fp32 weights", exact, "bits/char")
         for precision in ("bf16", "int8"):
             bits = stepped_bits(model, ids, precision)
-            report(f"stepped bits/char, {precision} weights (change {bits - exact:+.4f})", bits, "bits/char")
+            report(
+                f"stepped bits/char, {precision} weights (change {bits - exact:+.4f})",
+                bits,
+                "bits/char",
+            )
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         make_run(run)
@@ -145,16 +177,35 @@ def main() -> None:
                     latencies.append(latency)
                 many[f].append(many_streams_cps(run, ("--weights", f)))
         one, many = ({f: statistics.median(v) for f, v in d.items()} for d in (one, many))
-        for label, speeds, floor in (("one stream", one, 5000), ("--num-samples 64, total", many, 30_000)):
+        for label, speeds, floor in (
+            ("one stream", one, 5000),
+            ("--num-samples 64, total", many, 30_000),
+        ):
             for f in formats[:-1]:
-                report(f"nextchar sample --weights {f}, {label} 2x512", speeds[f], "chars/s",
-                       reference=reference, ref_name="plain loop")
+                report(
+                    f"nextchar sample --weights {f}, {label} 2x512",
+                    speeds[f],
+                    "chars/s",
+                    reference=reference,
+                    ref_name="plain loop",
+                )
             fastest = max(formats[:-1], key=speeds.get)
-            report(f"nextchar sample (default: auto), {label} 2x512", speeds["auto"], "chars/s",
-                   reference=speeds[fastest], ref_name=f"fastest named ({fastest})", ratio_floor=0.97,
-                   floor=floor if args.native_floors else None)
-        report("nextchar sample, first character after start", statistics.median(latencies), "s",
-               floor=1.5, floor_is_max=True)
+            report(
+                f"nextchar sample (default: auto), {label} 2x512",
+                speeds["auto"],
+                "chars/s",
+                reference=speeds[fastest],
+                ref_name=f"fastest named ({fastest})",
+                ratio_floor=0.97,
+                floor=floor if args.native_floors else None,
+            )
+        report(
+            "nextchar sample, first character after start",
+            statistics.median(latencies),
+            "s",
+            floor=1.5,
+            floor_is_max=True,
+        )
     finish()
 
 

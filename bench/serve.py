@@ -57,12 +57,16 @@ from sampling import make_run  # noqa: E402
 
 # ---- the service -------------------------------------------------------------------------------
 
+
 class Service:
     """`nextchar serve RUN --port 0` in a subprocess; its stderr is collected."""
 
     def __init__(self, run: Path, *flags: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "nextchar", "serve", str(run), "--port", "0",
-                                      "--quiet", *flags], stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nextchar", "serve", str(run), "--port", "0", "--quiet", *flags],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[str] = []
         while True:
             line = self.proc.stderr.readline()
@@ -73,7 +77,9 @@ class Service:
             if found:
                 self.url = found.group(1)
                 break
-        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)
+        self.reader = threading.Thread(
+            target=lambda: self.lines.extend(self.proc.stderr), daemon=True
+        )
         self.reader.start()
 
     def rss_mb(self) -> float:
@@ -81,7 +87,11 @@ class Service:
         return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
 
     def errors(self) -> list[str]:
-        return [line for line in self.lines if "ERROR" in line or "Traceback" in line or "CRITICAL" in line]
+        return [
+            line
+            for line in self.lines
+            if "ERROR" in line or "Traceback" in line or "CRITICAL" in line
+        ]
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)
@@ -93,6 +103,7 @@ class Service:
 
 # ---- clients -----------------------------------------------------------------------------------
 
+
 async def stream_one(url: str, body: dict) -> dict:
     """One streamed generate over a bare HTTP/1.0 connection (httpx's pool, with 64 streams at
     once, cost more CPU here than the service itself): its text, seconds from connecting to the
@@ -101,8 +112,11 @@ async def stream_one(url: str, body: dict) -> dict:
     sent = time.perf_counter()
     payload = json.dumps({**body, "stream": True}).encode()
     reader, writer = await asyncio.open_connection(host, port)
-    writer.write(b"POST /v1/generate HTTP/1.0\r\nContent-Type: application/json\r\n"
-                 + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    writer.write(
+        b"POST /v1/generate HTTP/1.0\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
     await writer.drain()
     status = int((await reader.readline()).split()[1])
     while (await reader.readline()) not in (b"\r\n", b""):  # the headers
@@ -128,11 +142,14 @@ async def stream_one(url: str, body: dict) -> dict:
     return {"ok": ok, "status": status, "ttfc": first, "text": texts.get(0, "")}
 
 
-async def load_round(url: str, clients: int, length: int, seed0: int = 0) -> tuple[float, list[dict]]:
+async def load_round(
+    url: str, clients: int, length: int, seed0: int = 0
+) -> tuple[float, list[dict]]:
     """`clients` seeded streams at once: (total chars/s, per-request results)."""
     started = time.perf_counter()
-    results = await asyncio.gather(*[stream_one(url, {"length": length, "seed": seed0 + i})
-                                     for i in range(clients)])
+    results = await asyncio.gather(
+        *[stream_one(url, {"length": length, "seed": seed0 + i}) for i in range(clients)]
+    )
     return clients * length / (time.perf_counter() - started), results
 
 
@@ -142,6 +159,7 @@ def percentile(values: list[float], q: float) -> float:
 
 # ---- faults ------------------------------------------------------------------------------------
 
+
 def host_port(url: str) -> tuple[str, int]:
     host, port = url.removeprefix("http://").split(":")
     return host, int(port)
@@ -150,15 +168,20 @@ def host_port(url: str) -> tuple[str, int]:
 async def raw_post(url: str, body: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     host, port = host_port(url)
     reader, writer = await asyncio.open_connection(host, port)
-    writer.write(b"POST /v1/generate HTTP/1.0\r\nContent-Type: application/json\r\n"
-                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    writer.write(
+        b"POST /v1/generate HTTP/1.0\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
     await writer.drain()
     return reader, writer
 
 
 async def drop_mid_stream(url: str, length: int, seed: int) -> bool:
     """Start a long stream and hang up after its first characters."""
-    reader, writer = await raw_post(url, json.dumps({"length": length * 10, "seed": seed, "stream": True}).encode())
+    reader, writer = await raw_post(
+        url, json.dumps({"length": length * 10, "seed": seed, "stream": True}).encode()
+    )
     while (line := await reader.readline()) and not line.startswith(b"event: text"):
         pass
     writer.close()
@@ -175,8 +198,16 @@ async def garbage(url: str, seed: int) -> None:
     writer.close()
 
 
-MALFORMED = [b'{"length": ', b'{"length": 5.5}', b'{"prime": "\\ud800"}', b"[" * 50_000,
-             b'{"length": 500, "lenght": 5}', b'{"top_p": 7}', b"\xff\xfe{}", b'{"model": "none"}']
+MALFORMED = [
+    b'{"length": ',
+    b'{"length": 5.5}',
+    b'{"prime": "\\ud800"}',
+    b"[" * 50_000,
+    b'{"length": 500, "lenght": 5}',
+    b'{"top_p": 7}',
+    b"\xff\xfe{}",
+    b'{"model": "none"}',
+]
 
 
 async def malformed(url: str, body: bytes) -> int:
@@ -193,8 +224,10 @@ def ten_megabytes(url: str) -> str:
     body = b"{" + b" " * (10 << 20) + b"}"
     sock = socket.create_connection((host, port), timeout=30)
     try:
-        sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     + f"Content-Length: {len(body)}\r\n\r\n".encode())
+        sock.sendall(
+            b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
         try:
             sock.sendall(body)
         except OSError:
@@ -212,19 +245,26 @@ async def fault_round(url: str, clients: int, length: int) -> tuple[list[dict], 
     idle = [socket.create_connection((host, port)) for _ in range(8)]  # held open, sending nothing
     big = asyncio.get_running_loop().run_in_executor(None, ten_megabytes, url)
     load_task = asyncio.ensure_future(load_round(url, clients, length, seed0=5000))
-    found = await asyncio.gather(*[drop_mid_stream(url, length, 10_000 + i) for i in range(16)],
-                                 *[garbage(url, i) for i in range(8)],
-                                 *[malformed(url, body) for body in MALFORMED])
+    found = await asyncio.gather(
+        *[drop_mid_stream(url, length, 10_000 + i) for i in range(16)],
+        *[garbage(url, i) for i in range(8)],
+        *[malformed(url, body) for body in MALFORMED],
+    )
     _, results = await load_task
     statuses = found[24:]
-    faults = {"dropped": sum(found[:16]), "refused": sum(400 <= s < 500 for s in statuses),
-              "malformed": len(statuses), "ten_mb": await big}
+    faults = {
+        "dropped": sum(found[:16]),
+        "refused": sum(400 <= s < 500 for s in statuses),
+        "malformed": len(statuses),
+        "ten_mb": await big,
+    }
     for sock in idle:
         sock.close()
     return results, faults
 
 
 # ---- memory ------------------------------------------------------------------------------------
+
 
 async def sequential(service: Service, count: int) -> tuple[float, float]:
     """RSS (MB) after the first 10% of `count` requests and after all of them."""
@@ -245,13 +285,17 @@ async def sequential(service: Service, count: int) -> tuple[float, float]:
 
 # ---- onnx --------------------------------------------------------------------------------------
 
+
 def onnx_one_stream_cps(run: Path, length: int) -> float:
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
-        subprocess.run([sys.executable, "-m", "nextchar", "export", str(run), "--out", str(path)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "nextchar", "export", str(run), "--out", str(path)],
+            check=True,
+            capture_output=True,
+        )
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -302,10 +346,14 @@ def main() -> None:
         try:
             info = httpx.get(f"{service.url}/v1/models").json()["models"][0]
             precision = info["precision"]
-            print(f"served: lstm {info['layers']}x{info['hidden']}, {precision} weights", flush=True)
+            print(
+                f"served: lstm {info['layers']}x{info['hidden']}, {precision} weights", flush=True
+            )
             model = load(run)
             sampler = Sampler(model.module, model.vocab, precision)
-            asyncio.run(load_round(service.url, args.clients, 20))  # warm up: first calls, connections
+            asyncio.run(
+                load_round(service.url, args.clients, 20)
+            )  # warm up: first calls, connections
             # load, against the sampler in this process (the service idle meanwhile)
             served_cps, results = [], []
             for _ in range(args.rounds):
@@ -315,26 +363,56 @@ def main() -> None:
             reference = sampler_cps(sampler, args.clients, args.length, args.rounds)
             ok = sum(r["ok"] for r in results)
             report(f"load: requests completed of {len(results)}", ok, "", floor=len(results))
-            report(f"load: {args.clients} streaming clients x {args.length} chars", statistics.median(served_cps),
-                   "chars/s", reference=reference, ref_name=f"sample --num-samples {args.clients}",
-                   ratio_floor=0.8)
+            report(
+                f"load: {args.clients} streaming clients x {args.length} chars",
+                statistics.median(served_cps),
+                "chars/s",
+                reference=reference,
+                ref_name=f"sample --num-samples {args.clients}",
+                ratio_floor=0.8,
+            )
             ttfc = [r["ttfc"] for r in results if r["ttfc"] is not None]
             report("load: time to first character, median", statistics.median(ttfc), "s")
-            report("load: time to first character, p99", percentile(ttfc, 99), "s", floor=1.0, floor_is_max=True)
-            alone = [sampler.generate(SampleConfig(length=args.length, seed=i))[0] for i in range(args.clients)]
+            report(
+                "load: time to first character, p99",
+                percentile(ttfc, 99),
+                "s",
+                floor=1.0,
+                floor_is_max=True,
+            )
+            alone = [
+                sampler.generate(SampleConfig(length=args.length, seed=i))[0]
+                for i in range(args.clients)
+            ]
             same = sum(r["text"] == alone[i % args.clients] for i, r in enumerate(results))
-            print(f"load: streamed texts equal to their text alone: {same} of {len(results)}", flush=True)
+            print(
+                f"load: streamed texts equal to their text alone: {same} of {len(results)}",
+                flush=True,
+            )
             # memory over sequential requests
             warm, end = asyncio.run(sequential(service, args.sequential))
-            report(f"memory: RSS growth over {args.sequential} sequential requests (from {warm:.0f} MB)",
-                   100 * (end - warm) / warm, "%", floor=5.0, floor_is_max=True)
+            report(
+                f"memory: RSS growth over {args.sequential} sequential requests (from {warm:.0f} MB)",
+                100 * (end - warm) / warm,
+                "%",
+                floor=5.0,
+                floor_is_max=True,
+            )
             # faults during a load
             results, faults = asyncio.run(fault_round(service.url, args.clients, args.length))
-            print(f"faults: {faults['dropped']} streams dropped mid-way, {faults['refused']} of "
-                  f"{faults['malformed']} malformed requests refused (4xx), 8 connections of garbage, "
-                  f"8 idle ones, a 10 MB body: {faults['ten_mb']}", flush=True)
+            print(
+                f"faults: {faults['dropped']} streams dropped mid-way, {faults['refused']} of "
+                f"{faults['malformed']} malformed requests refused (4xx), 8 connections of garbage, "
+                f"8 idle ones, a 10 MB body: {faults['ten_mb']}",
+                flush=True,
+            )
             complete = sum(r["ok"] and len(r["text"]) >= args.length for r in results)
-            report("faults: well-formed requests completed", complete, f"of {len(results)}", floor=len(results))
+            report(
+                "faults: well-formed requests completed",
+                complete,
+                f"of {len(results)}",
+                floor=len(results),
+            )
             alive = httpx.get(f"{service.url}/healthz").json()["status"] == "ok"
             report("faults: service answers afterwards", float(alive), "", floor=1.0)
             errors = service.errors()
@@ -346,8 +424,13 @@ def main() -> None:
         # ONNX, one stream, beside nextchar's one stream
         one = Sampler(model.module, model.vocab, "auto")
         ours = sampler_cps(one, 1, args.onnx_length, args.rounds)
-        report("onnx: one stream under onnxruntime", onnx_one_stream_cps(run, args.onnx_length), "chars/s",
-               reference=ours, ref_name=f"nextchar sample ({one.choices[1].value})")
+        report(
+            "onnx: one stream under onnxruntime",
+            onnx_one_stream_cps(run, args.onnx_length),
+            "chars/s",
+            reference=ours,
+            ref_name=f"nextchar sample ({one.choices[1].value})",
+        )
     finish()
 
 

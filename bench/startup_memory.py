@@ -45,9 +45,30 @@ def python_start() -> float:
 
 def training_peak_rss_mb() -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "nextchar", "train", "--out", f"{tmp}/run", "--steps", "30",
-                        "--hidden", "512", "--layers", "2", "--batch-size", "64", "--seq-len", "128",
-                        "--eval-every", "15", "--quiet"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nextchar",
+                "train",
+                "--out",
+                f"{tmp}/run",
+                "--steps",
+                "30",
+                "--hidden",
+                "512",
+                "--layers",
+                "2",
+                "--batch-size",
+                "64",
+                "--seq-len",
+                "128",
+                "--eval-every",
+                "15",
+                "--quiet",
+            ],
+            check=True,
+        )
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
@@ -62,8 +83,14 @@ def auto_cost() -> tuple[float, float]:
     from nextchar.sample import sample_precision
 
     cpu = torch.device("cpu")
-    model = ModelConfig(vocab_size=65, **{k: v for k, v in budget.RUN_DEFAULTS.items()
-                                          if k in ("cell", "layers", "embed", "hidden")})
+    model = ModelConfig(
+        vocab_size=65,
+        **{
+            k: v
+            for k, v in budget.RUN_DEFAULTS.items()
+            if k in ("cell", "layers", "embed", "hidden")
+        },
+    )
 
     def decide_all() -> float:
         started = time.perf_counter()
@@ -87,14 +114,31 @@ def auto_cost() -> tuple[float, float]:
 
 def main() -> None:
     print(f"machine: {machine()}")
-    report("nextchar --help", help_time(), "s", reference=python_start(), ref_name="bare python start",
-           floor=0.5, floor_is_max=True)
+    report(
+        "nextchar --help",
+        help_time(),
+        "s",
+        reference=python_start(),
+        ref_name="bare python start",
+        floor=0.5,
+        floor_is_max=True,
+    )
     first, cached = auto_cost()
-    report("auto: every decision of a default 3m run and its sampling, first use", first, "s",
-           floor=2.0, floor_is_max=True)
+    report(
+        "auto: every decision of a default 3m run and its sampling, first use",
+        first,
+        "s",
+        floor=2.0,
+        floor_is_max=True,
+    )
     report("auto: the same decisions once cached", cached * 1000, "ms", floor=50, floor_is_max=True)
-    report("peak RSS, 2x512 training on tinyshakespeare", training_peak_rss_mb(), "MB",
-           floor=1024, floor_is_max=True)
+    report(
+        "peak RSS, 2x512 training on tinyshakespeare",
+        training_peak_rss_mb(),
+        "MB",
+        floor=1024,
+        floor_is_max=True,
+    )
     finish()
 
 

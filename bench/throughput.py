@@ -73,7 +73,7 @@ def bare_loop(hidden: int, steps: int, tokens: np.ndarray, precision: str = "fp3
     for step in range(steps):
         started = time.perf_counter()
         offset = (step * T) % (stream - T - 1)
-        x, y = data[:, offset:offset + T], data[:, offset + 1:offset + T + 1]
+        x, y = data[:, offset : offset + T], data[:, offset + 1 : offset + T + 1]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits, state = model(x, state)
             loss = F.cross_entropy(logits.reshape(-1, V).float(), y.reshape(-1))
@@ -89,11 +89,37 @@ def nextchar_loop(hidden: int, steps: int, folder: Path, precision: str) -> tupl
     """chars/s of `nextchar train` (its real loop: data, clipping, schedule, logging, progress
     bar) and the precision it ran in."""
     run = folder / f"run{hidden}"
-    nextchar("train", "--out", run, "--force", "--steps", steps, "--hidden", hidden, "--layers", 2,
-             "--precision", precision,
-             "--embed", EMBED, "--batch-size", B, "--seq-len", T, "--eval-every", 10**6,
-             "--log-every", 2, "--sample-chars", 0, "--checkpoint-every", 10**6, "--eval-chars", 2,
-             env={"NEXTCHAR_PROGRESS": "1"})
+    nextchar(
+        "train",
+        "--out",
+        run,
+        "--force",
+        "--steps",
+        steps,
+        "--hidden",
+        hidden,
+        "--layers",
+        2,
+        "--precision",
+        precision,
+        "--embed",
+        EMBED,
+        "--batch-size",
+        B,
+        "--seq-len",
+        T,
+        "--eval-every",
+        10**6,
+        "--log-every",
+        2,
+        "--sample-chars",
+        0,
+        "--checkpoint-every",
+        10**6,
+        "--eval-chars",
+        2,
+        env={"NEXTCHAR_PROGRESS": "1"},
+    )
     speeds = [r.chars_per_s for r in metrics(run) if isinstance(r, TrainRecord)][2:]
     chosen = json.loads((run / "machine.json").read_text())["train_precision"]["value"]
     return statistics.median(speeds), chosen
@@ -133,23 +159,47 @@ def main() -> None:
                 cps, precision = nextchar_loop(hidden, args.steps, Path(tmp), "auto")
                 auto.append(cps)
                 chosen.add(precision)
-            bare_cps, bare16_cps, fp32_cps, auto_cps = map(statistics.median, (bare, bare16, fp32, auto))
+            bare_cps, bare16_cps, fp32_cps, auto_cps = map(
+                statistics.median, (bare, bare16, fp32, auto)
+            )
             flops = flops_per_char(ModelConfig(vocab_size=V, hidden=hidden, layers=2, embed=EMBED))
             faster = max(bare_cps, bare16_cps)
             faster_name = "bare fp32" if faster == bare_cps else "bare bf16"
             report(f"bare fp32 loop 2x{hidden} B{B} T{T}", bare_cps, "chars/s")
             report(f"bare bf16-autocast loop 2x{hidden} B{B} T{T}", bare16_cps, "chars/s")
-            report(f"nextchar train --precision fp32 2x{hidden}", fp32_cps, "chars/s", reference=bare_cps,
-                   ref_name="bare fp32 loop", ratio_floor=0.95)
-            report(f"nextchar train --precision fp32 2x{hidden} GFLOP/s", fp32_cps * flops / 1e9,
-                   "GFLOP/s", reference=peak, ref_name="matmul")
-            report(f"nextchar train (default: auto chose {'/'.join(sorted(chosen))}) 2x{hidden}",
-                   auto_cps, "chars/s", reference=faster, ref_name=f"faster bare loop ({faster_name})",
-                   ratio_floor=0.97)
+            report(
+                f"nextchar train --precision fp32 2x{hidden}",
+                fp32_cps,
+                "chars/s",
+                reference=bare_cps,
+                ref_name="bare fp32 loop",
+                ratio_floor=0.95,
+            )
+            report(
+                f"nextchar train --precision fp32 2x{hidden} GFLOP/s",
+                fp32_cps * flops / 1e9,
+                "GFLOP/s",
+                reference=peak,
+                ref_name="matmul",
+            )
+            report(
+                f"nextchar train (default: auto chose {'/'.join(sorted(chosen))}) 2x{hidden}",
+                auto_cps,
+                "chars/s",
+                reference=faster,
+                ref_name=f"faster bare loop ({faster_name})",
+                ratio_floor=0.97,
+            )
             for precision, train_cps in (("fp32", fp32_cps), ("auto", auto_cps)):
                 evals = eval_speed(hidden, tokens, precision)
-                report(f"evaluation --precision {precision} 2x{hidden}", evals, "chars/s",
-                       reference=train_cps, ref_name=f"nextchar train {precision}", ratio_floor=3.0)
+                report(
+                    f"evaluation --precision {precision} 2x{hidden}",
+                    evals,
+                    "chars/s",
+                    reference=train_cps,
+                    ref_name=f"nextchar train {precision}",
+                    ratio_floor=3.0,
+                )
     finish()
 
 

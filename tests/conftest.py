@@ -9,7 +9,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # also reaches the CLI subprocess
 # worktree, say): in this process and in the CLI subprocesses the tests start.
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 sys.path.insert(0, SRC)
-os.environ["PYTHONPATH"] = os.pathsep.join([SRC] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [SRC] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -17,7 +19,6 @@ import torch  # noqa: E402
 from tiny import TINY  # noqa: E402
 
 torch.set_num_threads(1)
-
 
 
 @pytest.fixture

@@ -39,7 +39,9 @@ def lr_at(step: int, total: int, lr: float, warmup: int, schedule: str, final_fr
     return lr * warm * decay
 
 
-def windows(tokens: np.ndarray, B: int, T: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
+def windows(
+    tokens: np.ndarray, B: int, T: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
     """(x, y, first window of an epoch) for ever; x, y (B, width), y IGNORE past a stream's end."""
     n = len(tokens) - 1
     lengths = [n // B + (1 if b < n % B else 0) for b in range(B)]
@@ -71,21 +73,43 @@ class PlainRNN(nn.Module):
         return self.head(out), hidden
 
 
-def train(initial: dict[str, torch.Tensor], tokens: np.ndarray, *, cell: str, V: int, E: int,
-          H: int, L: int, batch_size: int, seq_len: int, steps: int, lr: float, warmup_steps: int,
-          schedule: str, final_lr_frac: float, optimizer: str, weight_decay: float,
-          grad_clip: float) -> tuple[PlainRNN, torch.Tensor | tuple]:
+def train(
+    initial: dict[str, torch.Tensor],
+    tokens: np.ndarray,
+    *,
+    cell: str,
+    V: int,
+    E: int,
+    H: int,
+    L: int,
+    batch_size: int,
+    seq_len: int,
+    steps: int,
+    lr: float,
+    warmup_steps: int,
+    schedule: str,
+    final_lr_frac: float,
+    optimizer: str,
+    weight_decay: float,
+    grad_clip: float,
+) -> tuple[PlainRNN, torch.Tensor | tuple]:
     """`steps` steps from the weights `initial` -> the model and the carried hidden state."""
     model = PlainRNN(cell, V, E, H, L)
     model.load_state_dict(initial)
     matrices = [p for n, p in model.rnn.named_parameters() if n.startswith("weight_")]
     matrices.append(model.head.weight)
-    others = [model.embed.weight, model.head.bias,
-              *(p for n, p in model.rnn.named_parameters() if n.startswith("bias_"))]
-    groups = [{"params": matrices, "weight_decay": weight_decay},
-              {"params": others, "weight_decay": 0.0}]
-    opt = (torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam)(groups, lr=lr,
-                                                                            betas=(0.9, 0.99))
+    others = [
+        model.embed.weight,
+        model.head.bias,
+        *(p for n, p in model.rnn.named_parameters() if n.startswith("bias_")),
+    ]
+    groups = [
+        {"params": matrices, "weight_decay": weight_decay},
+        {"params": others, "weight_decay": 0.0},
+    ]
+    opt = (torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam)(
+        groups, lr=lr, betas=(0.9, 0.99)
+    )
     batches = windows(tokens, batch_size, seq_len)
     hidden = None
     for step in range(steps):
@@ -96,12 +120,16 @@ def train(initial: dict[str, torch.Tensor], tokens: np.ndarray, *, cell: str, V:
             group["lr"] = lr_at(step, steps, lr, warmup_steps, schedule, final_lr_frac)
         logits, hidden = model(x, hidden)  # (B, T, V)
         scored = int((y != IGNORE).sum())
-        loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1), ignore_index=IGNORE,
-                               reduction="sum") / scored
+        loss = (
+            F.cross_entropy(
+                logits.reshape(-1, V), y.reshape(-1), ignore_index=IGNORE, reduction="sum"
+            )
+            / scored
+        )
         opt.zero_grad()
         loss.backward()
         if grad_clip > 0:
-            norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))
+            norm = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
             for p in model.parameters():
                 p.grad.mul_(torch.clamp(grad_clip / (norm + 1e-6), max=1.0))
         opt.step()

@@ -10,8 +10,22 @@ import pytest
 from nextchar.cli import main
 
 # a run that trains in about a second, on text with enough lines for every split
-TINY_TRAIN_FLAGS = ["--hidden", "16", "--layers", "1", "--embed", "8", "--batch-size", "4",
-                    "--seq-len", "16", "--steps", "3", "--sample-chars", "0"]
+TINY_TRAIN_FLAGS = [
+    "--hidden",
+    "16",
+    "--layers",
+    "1",
+    "--embed",
+    "8",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "16",
+    "--steps",
+    "3",
+    "--sample-chars",
+    "0",
+]
 TINY_TEXT = "".join(f"{i}: the quick brown fox jumps over the lazy dog.\n" for i in range(60))
 
 

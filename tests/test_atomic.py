@@ -11,8 +11,15 @@ def test_temp_path_is_beside_its_target_and_recognised(tmp_path):
     assert staged == tmp_path / f".latest.safetensors.tmp-{os.getpid()}"
     assert is_temp(staged.name)
     assert is_temp(".data.tmp-77") and is_temp(".build.tmp-1")  # another process's, a folder's
-    for name in ("latest.safetensors", ".nextchar.lock", "notes.tmp-3", ".tmp-3", ".data.tmp-",
-                 ".data.tmp-12x", "data"):
+    for name in (
+        "latest.safetensors",
+        ".nextchar.lock",
+        "notes.tmp-3",
+        ".tmp-3",
+        ".data.tmp-",
+        ".data.tmp-12x",
+        "data",
+    ):
         assert not is_temp(name), name
 
 

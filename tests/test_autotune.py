@@ -46,8 +46,19 @@ def _entry(fresh_cache):
     return path
 
 
-@pytest.mark.parametrize("damage", ["garbage", "empty", "foreign key", "nan", "negative", "not a dict",
-                                    "old version", "missing seconds"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "garbage",
+        "empty",
+        "foreign key",
+        "nan",
+        "negative",
+        "not a dict",
+        "old version",
+        "missing seconds",
+    ],
+)
 def test_damaged_or_foreign_cache_entries_are_ignored(fresh_cache, damage):
     decide("train", {"hidden": 9}, CPU, lambda: {"fp32": 0.2, "bf16": 0.1})
     path = _entry(fresh_cache)
@@ -91,7 +102,10 @@ def test_the_cache_key_holds_the_machine_and_its_isa_caps(fresh_cache, monkeypat
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     torch.set_num_threads(torch.get_num_threads() + 1)
     try:
-        assert decide("train", {"hidden": 5}, CPU, lambda: {"fp32": 0.1, "bf16": 0.3}).how == "measured"
+        assert (
+            decide("train", {"hidden": 5}, CPU, lambda: {"fp32": 0.1, "bf16": 0.3}).how
+            == "measured"
+        )
     finally:
         torch.set_num_threads(torch.get_num_threads() - 1)
     assert decide("train", {"hidden": 5}, CPU, lambda: {}).how == "cached"
@@ -118,8 +132,9 @@ def test_without_bf16_hardware_auto_is_fp32_without_timing(monkeypatch):
 def test_training_auto_follows_the_timings(fresh_cache, monkeypatch, bf16_seconds, expected):
     """The decision comes from the timings on this machine, whatever the CPU's flags say."""
     monkeypatch.setattr(autotune, "bf16_possible", lambda device: True)
-    monkeypatch.setattr(devices, "train_step_seconds",
-                        lambda *a, **k: {"fp32": 0.1, "bf16": bf16_seconds})
+    monkeypatch.setattr(
+        devices, "train_step_seconds", lambda *a, **k: {"fp32": 0.1, "bf16": bf16_seconds}
+    )
     assert devices.train_precision("auto", SMALL, 4, 8, CPU).value == expected
 
 
@@ -148,11 +163,17 @@ def test_under_an_avx2_cpu_auto_resolves_to_fp32(tmp_path):
         "cpu = torch.device('cpu')\n"
         "print(d.train_precision('auto', c, 32, 64, cpu).value,"
         " d.eval_precision('auto', c, cpu).value,"
-        " s.sample_precision('auto', CharRNN(c), 64).value)\n")
-    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2",
-               NEXTCHAR_CACHE_DIR=str(tmp_path))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=300)
+        " s.sample_precision('auto', CharRNN(c), 64).value)\n"
+    )
+    env = dict(
+        os.environ,
+        ONEDNN_MAX_CPU_ISA="AVX2",
+        ATEN_CPU_CAPABILITY="avx2",
+        NEXTCHAR_CACHE_DIR=str(tmp_path),
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     train, evaluation, sampling = out.stdout.split()
     assert (train, evaluation) == ("fp32", "fp32")
@@ -167,9 +188,17 @@ def test_bf16_training_follows_fp32_loss_per_step(tmp_path, tiny_text, tiny_opti
         pytest.skip("no bf16 on this CPU")
     losses = {}
     for precision in ("fp32", "bf16"):
-        run = nextchar.train(text=tiny_text, out=tmp_path / precision, steps=60, precision=precision,
-                             log_every=5, **{k: v for k, v in tiny_options.items() if k != "log_every"})
-        records = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+        run = nextchar.train(
+            text=tiny_text,
+            out=tmp_path / precision,
+            steps=60,
+            precision=precision,
+            log_every=5,
+            **{k: v for k, v in tiny_options.items() if k != "log_every"},
+        )
+        records = [
+            json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()
+        ]
         losses[precision] = [r["loss"] for r in records if r["kind"] == "train"]
     assert len(losses["fp32"]) == 12
     for fp32, bf16 in zip(losses["fp32"], losses["bf16"]):
@@ -178,10 +207,32 @@ def test_bf16_training_follows_fp32_loss_per_step(tmp_path, tiny_text, tiny_opti
 
 
 def test_train_says_and_records_what_auto_chose(tmp_path, tiny_file):
-    out = subprocess.run([sys.executable, "-m", "nextchar", "train", str(tiny_file), "--out",
-                          str(tmp_path / "run"), "--steps", "5", "--hidden", "32", "--layers", "1",
-                          "--batch-size", "4", "--seq-len", "16", "--sample-chars", "0"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nextchar",
+            "train",
+            str(tiny_file),
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "5",
+            "--hidden",
+            "32",
+            "--layers",
+            "1",
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "16",
+            "--sample-chars",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     first = out.stderr.splitlines()[0]
     record = json.loads((tmp_path / "run" / "machine.json").read_text())
@@ -220,5 +271,7 @@ def test_evaluation_is_sized_to_a_tenth_of_the_run(tmp_path, tiny_options):
     config = json.loads((run.path / "config.json").read_text())
     assert config["train"]["eval_chars"] == EVAL_CHARS[0]
     assert run.best_val.chars == EVAL_CHARS[0] - 1
-    named = nextchar.train(text=text, out=tmp_path / "named", steps=4, eval_chars=30_000, **tiny_options)
+    named = nextchar.train(
+        text=text, out=tmp_path / "named", steps=4, eval_chars=30_000, **tiny_options
+    )
     assert json.loads((named.path / "config.json").read_text())["train"]["eval_chars"] == 30_000

@@ -25,7 +25,7 @@ def hand_average(snapshots: list[dict[str, torch.Tensor]], kind: str, decay: flo
     if kind == "swa":
         weights = [1 / n] * n
     else:
-        weights = [(1 - decay) * decay ** (n - 1 - i) / (1 - decay ** n) for i in range(n)]
+        weights = [(1 - decay) * decay ** (n - 1 - i) / (1 - decay**n) for i in range(n)]
     return {name: sum(w * s[name] for w, s in zip(weights, snapshots)) for name in snapshots[0]}
 
 
@@ -59,22 +59,34 @@ def test_the_average_is_the_hand_computed_one(kind):
 
 
 @pytest.mark.parametrize("kind", ["ema", "swa"])
-def test_training_evaluates_keeps_and_loads_the_average(tmp_path, tiny_text, tiny_options,
-                                                        monkeypatch, kind):
+def test_training_evaluates_keeps_and_loads_the_average(
+    tmp_path, tiny_text, tiny_options, monkeypatch, kind
+):
     trainers, real_fit = [], Trainer._fit
     monkeypatch.setattr(Trainer, "_fit", lambda self: trainers.append(self) or real_fit(self))
     trained = {}  # step -> the trained weights after it
 
     def snapshot(optimizer, args, kwargs):
         trainer = trainers[-1]
-        trained[trainer.loop.step] = {n: p.detach().clone() for n, p in trainer.raw_model.named_parameters()}
+        trained[trainer.loop.step] = {
+            n: p.detach().clone() for n, p in trainer.raw_model.named_parameters()
+        }
 
     steps, start, decay = 20, 0.3, 0.7
     hook = register_optimizer_step_post_hook(snapshot)
     try:
-        run = nextchar.train(text=tiny_text, out=tmp_path / "run", steps=steps, eval_every=4,
-                             eval_chars=0, precision="fp32", average=kind, average_start=start,
-                             average_decay=decay, **tiny_options).path
+        run = nextchar.train(
+            text=tiny_text,
+            out=tmp_path / "run",
+            steps=steps,
+            eval_every=4,
+            eval_chars=0,
+            precision="fp32",
+            average=kind,
+            average_start=start,
+            average_decay=decay,
+            **tiny_options,
+        ).path
     finally:
         hook.remove()
     assert sorted(trained) == list(range(1, steps + 1))
@@ -123,10 +135,15 @@ def test_averaging_turned_on_by_a_resume_starts_from_there(tmp_path, tiny_text, 
 
 
 def test_the_averaging_options_are_validated():
-    for options, says in [({"average": "mean"}, "--average must be one of none, ema, swa, got 'mean'"),
-                          ({"average_start": 1.0}, "--average-start must be a fraction of the run in [0, 1), got 1.0"),
-                          ({"average_decay": 1.0}, "--average-decay must be in (0, 1), got 1.0"),
-                          ({"average_decay": 0}, "--average-decay must be in (0, 1), got 0.0")]:
+    for options, says in [
+        ({"average": "mean"}, "--average must be one of none, ema, swa, got 'mean'"),
+        (
+            {"average_start": 1.0},
+            "--average-start must be a fraction of the run in [0, 1), got 1.0",
+        ),
+        ({"average_decay": 1.0}, "--average-decay must be in (0, 1), got 1.0"),
+        ({"average_decay": 0}, "--average-decay must be in (0, 1), got 0.0"),
+    ]:
         with pytest.raises(UserError) as refused:
             TrainConfig(**options)
         assert str(refused.value) == says

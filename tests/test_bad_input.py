@@ -27,8 +27,23 @@ from nextchar.corpus import iter_chunks
 from nextchar.errors import UserError
 from tiny import TINY
 
-TRAIN = ["--hidden", "32", "--layers", "1", "--embed", "16", "--batch-size", "4", "--seq-len", "16",
-         "--steps", "10", "--sample-chars", "20", "--quiet"]
+TRAIN = [
+    "--hidden",
+    "32",
+    "--layers",
+    "1",
+    "--embed",
+    "16",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "16",
+    "--steps",
+    "10",
+    "--sample-chars",
+    "20",
+    "--quiet",
+]
 LINE = "The quick brown fox jumps over the lazy dog; naïve café — déjà vu.\n"
 TEXT = "".join(f"{i}: {LINE}" for i in range(90))
 UTF8_PREFIX = "naïve café — déjà vu\n" * 3  # multibyte: byte offsets differ from char offsets
@@ -46,8 +61,11 @@ def user_error(proc) -> str:
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """The folder's files but the lock file (which names its latest holder)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != ".nextchar.lock"}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".nextchar.lock"
+    }
 
 
 def copy_run(src: Path, dst: Path) -> Path:
@@ -73,13 +91,21 @@ def bad_bytes() -> dict[str, tuple[bytes, int]]:
     latin1 = prefix + "Ça coûte très cher à Noël.\n".encode("latin-1") * 40  # 'Ç' = 0xC7, then 'a'
     elf = b"\x7fELF\x02\x01\x01\x00" + bytes(8) + b"\x02\x00\x3e\x00" + bytes(range(256)) * 4
     # 0x00..0x7f are ASCII; 0x80 (a continuation byte with no lead) is the first bad one
-    return {"sjis": (sjis, len(ascii_prefix)), "latin1": (latin1, len(prefix)),
-            "elf": (elf, 20 + 0x80)}
+    return {
+        "sjis": (sjis, len(ascii_prefix)),
+        "latin1": (latin1, len(prefix)),
+        "elf": (elf, 20 + 0x80),
+    }
 
 
 def run_cli(args: list, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nextchar", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "nextchar", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def run_main(args: list, cwd: Path) -> subprocess.CompletedProcess:
@@ -101,9 +127,22 @@ def run_main(args: list, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
-IN_PROCESS = {"no-text-files", "empty", "latin1", "elf", "prepare-sjis", "hidden-0", "out-in-proc",
-              "no-weights", "truncated", "corrupted", "vocab-bigger", "torch-zip", "resume-missing",
-              "resume-no-latest"}
+IN_PROCESS = {
+    "no-text-files",
+    "empty",
+    "latin1",
+    "elf",
+    "prepare-sjis",
+    "hidden-0",
+    "out-in-proc",
+    "no-weights",
+    "truncated",
+    "corrupted",
+    "vocab-bigger",
+    "torch-zip",
+    "resume-missing",
+    "resume-no-latest",
+}
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +185,8 @@ def world(tmp_path_factory):
     weights = {k: v for k, v in nextchar.load(run).module.state_dict().items()}
     torch.save(weights, damaged("torch-zip") / "best.safetensors")
     (damaged("pickled") / "best.safetensors").write_bytes(
-        pickle.dumps({"weights": Evil(root / "UNPICKLED")}, protocol=2))
+        pickle.dumps({"weights": Evil(root / "UNPICKLED")}, protocol=2)
+    )
     (damaged("no-latest") / "latest.safetensors").unlink()
     return root, run, snapshot(run)
 
@@ -188,8 +228,11 @@ def cli(world):
         "resume-changed-batch": ["train", "--resume", run, "--batch-size", "8", "--quiet"],
     }
     with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {name: pool.submit(run_cli, args, root) for name, args in cases.items()
-                   if name not in IN_PROCESS}
+        futures = {
+            name: pool.submit(run_cli, args, root)
+            for name, args in cases.items()
+            if name not in IN_PROCESS
+        }
         results = {name: run_main(args, root) for name, args in cases.items() if name in IN_PROCESS}
         return results | {name: future.result() for name, future in futures.items()}
 
@@ -206,6 +249,7 @@ def in_process(capsys, *args) -> str:
 
 
 # ---- input text ----------------------------------------------------------------------------
+
 
 def test_missing_file(world, cli):
     root = world[0]
@@ -268,12 +312,15 @@ def test_bad_byte_offset_across_chunk_boundaries(tmp_path, chunk_bytes):
                 pass
 
 
-@pytest.mark.parametrize("name, options, expect", [
-    ("sjis", {"encoding": "shift_jis"}, "日本語"),
-    ("latin1", {"encoding": "latin-1"}, "Ça coûte"),
-    ("latin1", {"errors": "replace"}, "\ufffd"),
-    ("elf", {"errors": "replace"}, "\ufffdELF"),
-])
+@pytest.mark.parametrize(
+    "name, options, expect",
+    [
+        ("sjis", {"encoding": "shift_jis"}, "日本語"),
+        ("latin1", {"encoding": "latin-1"}, "Ça coûte"),
+        ("latin1", {"errors": "replace"}, "\ufffd"),
+        ("elf", {"errors": "replace"}, "\ufffdELF"),
+    ],
+)
 def test_encoding_and_errors_replace_let_a_user_proceed(world, tmp_path, name, options, expect):
     path = world[0] / f"{name}.txt"
     run = nextchar.train(str(path), out=tmp_path / "run", steps=5, **options, **TINY)
@@ -284,6 +331,7 @@ def test_encoding_and_errors_replace_let_a_user_proceed(world, tmp_path, name, o
 
 
 # ---- impossible settings --------------------------------------------------------------------
+
 
 def test_hidden_zero(world, cli):
     assert "--hidden must be at least 1, got 0" in user_error(cli["hidden-0"])
@@ -296,21 +344,25 @@ def test_time_zero_or_malformed(world, cli, case):
     assert not (world[0] / "out-time").exists()
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--layers", "0", "--layers must be at least 1"),
-    ("--seq-len", "0", "--seq-len must be at least 1"),
-    ("--dropout", "1.5", "--dropout must be in [0, 1)"),
-    ("--dropout", "nan", "--dropout must be a finite number, got nan"),
-    ("--batch-size", "0", "--batch-size must be at least 1"),
-    ("--lr", "-1", "--lr must be positive"),
-    ("--time", "-3", "--time"),
-    ("--checkpoint-every", "soon", "must be a duration"),
-])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--layers", "0", "--layers must be at least 1"),
+        ("--seq-len", "0", "--seq-len must be at least 1"),
+        ("--dropout", "1.5", "--dropout must be in [0, 1)"),
+        ("--dropout", "nan", "--dropout must be a finite number, got nan"),
+        ("--batch-size", "0", "--batch-size must be at least 1"),
+        ("--lr", "-1", "--lr must be positive"),
+        ("--time", "-3", "--time"),
+        ("--checkpoint-every", "soon", "must be a duration"),
+    ],
+)
 def test_impossible_training_settings(tmp_path, capsys, flag, value, message):
     (tmp_path / "tiny.txt").write_text(TEXT)
     out = tmp_path / "out"
-    assert message in in_process(capsys, "train", tmp_path / "tiny.txt", "--out", out, *TRAIN,
-                                 flag, value)
+    assert message in in_process(
+        capsys, "train", tmp_path / "tiny.txt", "--out", out, *TRAIN, flag, value
+    )
     assert not out.exists()
 
 
@@ -318,15 +370,18 @@ def test_top_k_zero_is_refused(cli):
     assert "--top-k must be at least 1" in user_error(cli["top-k-0"])
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--top-k", "-2"], "--top-k must be at least 1"),
-    (["--top-p", "0"], "--top-p must be in (0, 1]"),
-    (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
-    (["--temperature", "0"], "--temperature must be positive"),
-    (["--temperature", "-0.5"], "--temperature must be positive"),
-    (["--temperature", "inf"], "--temperature must be a finite number, got inf"),
-    (["--length", "-1"], "--length must not be negative"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--top-k", "-2"], "--top-k must be at least 1"),
+        (["--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["--temperature", "0"], "--temperature must be positive"),
+        (["--temperature", "-0.5"], "--temperature must be positive"),
+        (["--temperature", "inf"], "--temperature must be a finite number, got inf"),
+        (["--length", "-1"], "--length must not be negative"),
+    ],
+)
 def test_impossible_sampling_settings(world, capsys, flags, message):
     assert message in in_process(capsys, "sample", world[1], "--length", "5", *flags)
 
@@ -340,6 +395,7 @@ def test_top_k_off_by_leaving_it_out(world):
 
 
 # ---- where the run goes ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("case", ["out-is-run", "out-is-run-bad-input", "resume-changed-batch"])
 def test_existing_run_is_untouched(world, cli, case):
@@ -359,12 +415,25 @@ def test_out_that_cannot_be_written(cli):
 
 # ---- sampling input -------------------------------------------------------------------------
 
+
 def test_prime_outside_the_vocabulary(world, cli, capsys):
     line = user_error(cli["prime-unknown"])
     assert "'Z' (U+005A)" in line and "(U+2603)" in line and "--unknown skip" in line
     with pytest.raises(SystemExit) as stop:
-        main(["sample", str(world[1]), "--prime", "Zebra\u2603", "--unknown", "skip",
-              "--length", "5", "--seed", "3"])
+        main(
+            [
+                "sample",
+                str(world[1]),
+                "--prime",
+                "Zebra\u2603",
+                "--unknown",
+                "skip",
+                "--length",
+                "5",
+                "--seed",
+                "3",
+            ]
+        )
     assert stop.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("ebra") and out.endswith("\n") and len(out) == 4 + 5 + 1
@@ -372,16 +441,20 @@ def test_prime_outside_the_vocabulary(world, cli, capsys):
 
 # ---- damaged run folders --------------------------------------------------------------------
 
-@pytest.mark.parametrize("case, message", [
-    ("no-weights", "best.safetensors is missing"),
-    ("truncated", "truncated or corrupted"),
-    ("corrupted", "checksum mismatch"),
-    ("newer", "format version 99, newer than this nextchar understands"),
-    ("vocab-bigger", "the vocab does not match the weights"),
-    ("vocab-swapped", "the vocab does not match the weights"),
-    ("torch-zip", "a zip archive (a torch.save checkpoint?), not safetensors"),
-    ("pickled", "a Python pickle, not safetensors"),
-])
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no-weights", "best.safetensors is missing"),
+        ("truncated", "truncated or corrupted"),
+        ("corrupted", "checksum mismatch"),
+        ("newer", "format version 99, newer than this nextchar understands"),
+        ("vocab-bigger", "the vocab does not match the weights"),
+        ("vocab-swapped", "the vocab does not match the weights"),
+        ("torch-zip", "a zip archive (a torch.save checkpoint?), not safetensors"),
+        ("pickled", "a Python pickle, not safetensors"),
+    ],
+)
 def test_damaged_run_folder_is_refused_with_the_reason(cli, case, message):
     assert message in user_error(cli[case])
 
@@ -406,6 +479,7 @@ def test_nothing_is_ever_unpickled(world, cli, monkeypatch):
 
 
 # ---- resuming -------------------------------------------------------------------------------
+
 
 def test_resume_needs_a_checkpoint(cli):
     assert "has no resumable checkpoint (latest.safetensors)" in user_error(cli["resume-no-latest"])

@@ -73,11 +73,13 @@ def test_a_lone_job_gives_the_text_of_generate(cell, precision, vocab):
         pytest.skip("no int8 kernel here")
     batcher = Batcher(sampler, max_streams=8)
     try:
-        for config in (SampleConfig(length=120, seed=3, prime="abc", temperature=0.9),
-                       SampleConfig(length=60, seed=4, num_samples=3),
-                       SampleConfig(length=50, seed=5, top_k=3, top_p=0.8, prime="b"),
-                       SampleConfig(length=40, greedy=True, prime="ab")):
-            reader, = run_jobs(batcher, [config])
+        for config in (
+            SampleConfig(length=120, seed=3, prime="abc", temperature=0.9),
+            SampleConfig(length=60, seed=4, num_samples=3),
+            SampleConfig(length=50, seed=5, top_k=3, top_p=0.8, prime="b"),
+            SampleConfig(length=40, greedy=True, prime="ab"),
+        ):
+            (reader,) = run_jobs(batcher, [config])
             assert reader.texts() == sampler.generate(config)
             assert reader.job.ended == "done" and reader.job.seed is not None
     finally:
@@ -92,9 +94,18 @@ def test_jobs_sharing_the_batch_give_their_lone_texts(noise_block, monkeypatch):
     of 7 steps, streams move on to their next block every few steps."""
     monkeypatch.setattr(Stream, "NOISE_BLOCK", noise_block)
     sampler = make_sampler("lstm")
-    configs = [SampleConfig(length=300 - 20 * i, seed=i, prime="ab"[: i % 3], temperature=(0.8, 1.0)[i % 2],
-                            top_k=4 if i % 4 == 3 else None, num_samples=1 + (i // 2) % 2, greedy=i == 5)
-               for i in range(10)]  # groups of jobs with the same settings, drawn together
+    configs = [
+        SampleConfig(
+            length=300 - 20 * i,
+            seed=i,
+            prime="ab"[: i % 3],
+            temperature=(0.8, 1.0)[i % 2],
+            top_k=4 if i % 4 == 3 else None,
+            num_samples=1 + (i // 2) % 2,
+            greedy=i == 5,
+        )
+        for i in range(10)
+    ]  # groups of jobs with the same settings, drawn together
     alone = [sampler.generate(c) for c in configs]
     batcher = Batcher(sampler, max_streams=32)
     try:
@@ -134,7 +145,7 @@ def test_limits_deadlines_and_empty_jobs():
         with pytest.raises(Busy):
             batcher.reserve(Job(SampleConfig(num_samples=3), deadline=time.monotonic() + 60))
         batcher.start(late)
-        empty, = run_jobs(batcher, [SampleConfig(length=0, prime="ab", seed=2)])
+        (empty,) = run_jobs(batcher, [SampleConfig(length=0, prime="ab", seed=2)])
         assert empty.texts() == ["ab"] and empty.job.ended == "done"
         deadline = time.monotonic() + 10
         while late.ended is None and time.monotonic() < deadline:
@@ -149,7 +160,7 @@ def test_limits_deadlines_and_empty_jobs():
 
 def test_close_ends_running_jobs():
     batcher = Batcher(make_sampler("lstm"), max_streams=2)
-    reader, = run_jobs(batcher, [SampleConfig(length=1_000_000, seed=1)])
+    (reader,) = run_jobs(batcher, [SampleConfig(length=1_000_000, seed=1)])
     while reader.job.produced < 3:
         time.sleep(0.001)
     batcher.close()

@@ -13,8 +13,13 @@ from processes import TINY_TEXT, TINY_TRAIN_FLAGS, cli
 
 TRAIN = TINY_TRAIN_FLAGS + ["--quiet"]
 TEXT = TINY_TEXT
-READERS = [["eval", "{run}"], ["eval", "{run}", "--split", "test", "--json"], ["report", "{run}"],
-           ["sample", "{run}", "--length", "5"], ["train", "--resume", "{run}", "--steps", "5"]]
+READERS = [
+    ["eval", "{run}"],
+    ["eval", "{run}", "--split", "test", "--json"],
+    ["report", "{run}"],
+    ["sample", "{run}", "--length", "5"],
+    ["train", "--resume", "{run}", "--steps", "5"],
+]
 
 
 @pytest.fixture
@@ -31,8 +36,11 @@ def reprepare(data: Path, text: str) -> None:
     assert cli("prepare", data.parent / "other.txt", "--out", data, "--force")[0] == 0
 
 
-@pytest.mark.parametrize("other", [TEXT.upper(), TEXT.replace("q", ""), TEXT[::-1]],
-                         ids=["larger-vocab", "smaller-vocab", "same-vocab"])
+@pytest.mark.parametrize(
+    "other",
+    [TEXT.upper(), TEXT.replace("q", ""), TEXT[::-1]],
+    ids=["larger-vocab", "smaller-vocab", "same-vocab"],
+)
 def test_every_reader_refuses_data_prepared_again_from_other_text(run_on_prepared, other):
     run, data = run_on_prepared
     reprepare(data, other)
@@ -70,5 +78,7 @@ def test_the_fingerprint_is_that_of_the_token_file(run_on_prepared):
     tokens = hashlib.blake2b((data / "tokens.bin").read_bytes(), digest_size=16).hexdigest()
     assert meta["fingerprint"] == fingerprint(meta["length"], meta["dtype"], vocab, tokens)
     assert json.loads((run / "source.json").read_text())["fingerprint"] == meta["fingerprint"]
-    inner = json.loads((run / "data" / "data.json").read_text()) if (run / "data").exists() else None
+    inner = (
+        json.loads((run / "data" / "data.json").read_text()) if (run / "data").exists() else None
+    )
     assert inner is None  # trained from a prepared folder: nothing copied

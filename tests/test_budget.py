@@ -10,8 +10,10 @@ from nextchar.budget import RUN_DEFAULTS, TRAIN_SHARE, num_params, plan, spend
 from nextchar.config import ModelConfig
 
 SHAKESPEARE_TRAIN = 1_003_854
-BASE = ModelConfig(vocab_size=65, **{k: v for k, v in RUN_DEFAULTS.items()
-                                     if k in ("cell", "layers", "embed", "hidden")})
+BASE = ModelConfig(
+    vocab_size=65,
+    **{k: v for k, v in RUN_DEFAULTS.items() if k in ("cell", "layers", "embed", "hidden")},
+)
 
 
 def params_of(width):
@@ -26,9 +28,20 @@ def width_at(level, train_chars=SHAKESPEARE_TRAIN):
 # BENCHMARKS.md, "The budget rule": validation nats/char of each width trained at a compute level
 # (width, regularised: dropout 0.3 and weight decay 0.2)
 SWEEP = {
-    2.7e12: {(192, False): 1.4372, (256, False): 1.4295, (320, False): 1.4574, (384, False): 1.5020},
-    5.4e12: {(192, False): 1.4187, (256, False): 1.3885, (320, False): 1.3928, (384, False): 1.4012,
-             (448, False): 1.4052, (512, False): 1.4212},
+    2.7e12: {
+        (192, False): 1.4372,
+        (256, False): 1.4295,
+        (320, False): 1.4574,
+        (384, False): 1.5020,
+    },
+    5.4e12: {
+        (192, False): 1.4187,
+        (256, False): 1.3885,
+        (320, False): 1.3928,
+        (384, False): 1.4012,
+        (448, False): 1.4052,
+        (512, False): 1.4212,
+    },
     7.8e12: {(256, False): 1.3905, (320, False): 1.3845, (384, False): 1.3761, (448, True): 1.4225},
     1.8e13: {(384, False): 1.4040, (448, False): 1.3805, (768, True): 1.3853},
 }
@@ -42,7 +55,9 @@ def test_the_rule_picks_a_width_within_noise_of_the_sweeps_validation_optimum(le
     same kind stands for it."""
     chosen, data_limited, _ = width_at(level)
     swept = [w for w, regularised in SWEEP[level] if regularised == data_limited]
-    assert swept, f"the sweep has no {'regularised' if data_limited else 'plain'} point at {level:g}"
+    assert swept, (
+        f"the sweep has no {'regularised' if data_limited else 'plain'} point at {level:g}"
+    )
     nearest = min(swept, key=lambda w: abs(w - chosen))
     assert nearest == chosen or chosen not in swept
     assert SWEEP[level][nearest, data_limited] <= 1.005 * min(SWEEP[level].values())
@@ -64,13 +79,14 @@ def test_many_passes_over_a_small_text_buy_a_larger_regularised_model():
 
 
 def test_a_faster_machine_never_gets_a_smaller_model():
-    levels = [1e10 * 1.5 ** i for i in range(30)]
+    levels = [1e10 * 1.5**i for i in range(30)]
     widths = [width_at(level)[0] for level in levels]
     assert widths == sorted(widths) and widths[0] == 128 and widths[-1] >= 1024
 
 
 def _fake_speed(monkeypatch, param_chars_per_s):
     """Timings of a machine whose training throughput is K / parameters."""
+
     def step_seconds(config, batch, seq_len, device, precisions, budget_s=0.0):
         return {p: batch * seq_len * num_params(config) / param_chars_per_s for p in precisions}
 
@@ -89,8 +105,15 @@ def test_plan_sizes_the_model_from_the_measured_speed(monkeypatch, fresh_cache, 
 
 def test_plan_keeps_what_the_user_named(monkeypatch, fresh_cache):
     _fake_speed(monkeypatch, 4e13 / 510 / TRAIN_SHARE)  # data-limited on tinyshakespeare
-    named = plan({"time": 600.0, "hidden": 200, "lr": 1e-3, "dropout": 0.1}, BASE, 32, 64,
-                 SHAKESPEARE_TRAIN, torch.device("cpu"), "fp32")
+    named = plan(
+        {"time": 600.0, "hidden": 200, "lr": 1e-3, "dropout": 0.1},
+        BASE,
+        32,
+        64,
+        SHAKESPEARE_TRAIN,
+        torch.device("cpu"),
+        "fp32",
+    )
     assert "hidden" not in named.options and "lr" not in named.options
     assert "dropout" not in named.options and named.options["weight_decay"] == 0.2
     fixed = plan({"steps": 100}, BASE, 32, 64, SHAKESPEARE_TRAIN, torch.device("cpu"), "fp32")

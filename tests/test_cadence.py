@@ -22,7 +22,9 @@ def test_evaluations_by_steps_or_by_the_clock():
     by_steps = Cadence.plan(TrainConfig(steps=95), windows=12)  # a tenth of the run: every 9 steps
     assert by_steps.by_steps and by_steps.eval_every == 9
     assert [s for s in range(40) if by_steps.eval_by_steps(s)] == [9, 18, 27, 36]
-    assert not by_steps.eval_by_clock(1e9, by_steps.eval_interval())  # no budget: never by the clock
+    assert not by_steps.eval_by_clock(
+        1e9, by_steps.eval_interval()
+    )  # no budget: never by the clock
     timed = Cadence.plan(TrainConfig(steps=95, time=300.0), windows=12)
     assert not timed.by_steps and timed.eval_every == 0 and timed.eval_interval() == 30.0
     assert timed.eval_by_clock(30.0, 30.0) and not timed.eval_by_clock(29.9, 30.0)
@@ -42,8 +44,9 @@ def test_the_budget_keeps_back_time_for_the_last_evaluation_and_save():
 
 
 def test_saves_between_evaluations():
-    cadence = Cadence.plan(TrainConfig(steps=100, checkpoint_every=2.5, checkpoint_every_steps=7),
-                           windows=12)
+    cadence = Cadence.plan(
+        TrainConfig(steps=100, checkpoint_every=2.5, checkpoint_every_steps=7), windows=12
+    )
     assert [s for s in range(30) if cadence.save_by_steps(s)] == [7, 14, 21, 28]
     assert cadence.save_by_clock(2.5) and not cadence.save_by_clock(2.4)
     never = Cadence.plan(TrainConfig(steps=100, checkpoint_every=0.0), windows=12)

@@ -26,8 +26,15 @@ from nextchar.evaluate import EvalResult
 from nextchar.model import CharRNN
 
 CONFIG = ModelConfig(vocab_size=7, cell="lstm", embed=4, hidden=6, layers=2)
-RESULT = EvalResult(chars=90, nats_per_char=1.25, bits_per_char=1.8, perplexity=3.49, accuracy=0.5,
-                    unknown_chars=2, unknown_symbols=["\u2603"])
+RESULT = EvalResult(
+    chars=90,
+    nats_per_char=1.25,
+    bits_per_char=1.8,
+    perplexity=3.49,
+    accuracy=0.5,
+    unknown_chars=2,
+    unknown_symbols=["\u2603"],
+)
 
 
 def trained_point() -> ResumePoint:
@@ -38,13 +45,27 @@ def trained_point() -> ResumePoint:
     logits, hidden = model(torch.randint(0, 7, (3, 5)))  # (B, T, V)
     logits.sum().backward()
     optimizer.step()
-    return ResumePoint(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                       loop=LoopState(step=12, elapsed=3.5, chars_seen=180, best_val=1.25,
-                                      best_result=RESULT, next_eval_time=20.0, last_eval_step=10),
-                       rng_cpu=torch.get_rng_state(), hidden=tuple(h.detach() for h in hidden),
-                       average={k: v * 0.5 for k, v in model.state_dict().items()},
-                       average_kind="ema", average_count=4, world_size=1, batch_size=3,
-                       vocab="0123456789abcdef")
+    return ResumePoint(
+        model=model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        loop=LoopState(
+            step=12,
+            elapsed=3.5,
+            chars_seen=180,
+            best_val=1.25,
+            best_result=RESULT,
+            next_eval_time=20.0,
+            last_eval_step=10,
+        ),
+        rng_cpu=torch.get_rng_state(),
+        hidden=tuple(h.detach() for h in hidden),
+        average={k: v * 0.5 for k, v in model.state_dict().items()},
+        average_kind="ema",
+        average_count=4,
+        world_size=1,
+        batch_size=3,
+        vocab="0123456789abcdef",
+    )
 
 
 def same(a: dict, b: dict) -> bool:
@@ -65,7 +86,9 @@ def test_a_resume_point_round_trips(tmp_path):
     optimizer = torch.optim.AdamW(CharRNN(CONFIG).parameters(), lr=1e-2)
     optimizer.load_state_dict(loaded.optimizer)
     again = optimizer.state_dict()
-    assert again["param_groups"] == json.loads(json.dumps(point.optimizer["param_groups"]))  # betas: a list
+    assert again["param_groups"] == json.loads(
+        json.dumps(point.optimizer["param_groups"])
+    )  # betas: a list
     for index, entries in point.optimizer["state"].items():
         assert same(again["state"][index], entries)
 
@@ -85,8 +108,19 @@ def test_loop_state_infinities_and_a_run_without_extras(tmp_path):
 def test_an_older_resume_point_reads_with_fresh_counters(tmp_path):
     """Checkpoints from before chars_seen, best_result, next_eval_time and last_eval_step."""
     tensors, meta = load_checkpoint(save_and_return(tmp_path))
-    old = {k: v for k, v in meta.items() if k not in
-           ("checksum", "chars_seen", "best_result", "next_eval_time", "last_eval_step", "vocab")}
+    old = {
+        k: v
+        for k, v in meta.items()
+        if k
+        not in (
+            "checksum",
+            "chars_seen",
+            "best_result",
+            "next_eval_time",
+            "last_eval_step",
+            "vocab",
+        )
+    }
     save_checkpoint(tmp_path / "old.safetensors", tensors, old)
     loaded = load_resume(tmp_path / "old.safetensors")
     assert loaded.loop == LoopState(step=12, elapsed=3.5, best_val=1.25)
@@ -101,8 +135,15 @@ def save_and_return(tmp_path):
 
 def test_weights_round_trip_and_the_average_is_the_model(tmp_path):
     point = trained_point()
-    save_weights(tmp_path / "best.safetensors", point.model, step=8, val=RESULT, vocab="v",
-                 average_kind="swa", average_count=2)
+    save_weights(
+        tmp_path / "best.safetensors",
+        point.model,
+        step=8,
+        val=RESULT,
+        vocab="v",
+        average_kind="swa",
+        average_count=2,
+    )
     weights, meta = read_weights(tmp_path / "best.safetensors")
     assert same(weights, point.model)
     assert meta["kind"] == "weights" and meta["step"] == 8 and meta["vocab"] == "v"

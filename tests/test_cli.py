@@ -7,13 +7,33 @@ import time
 
 import pytest
 
-TINY_FLAGS = ["--hidden", "32", "--layers", "1", "--embed", "16", "--batch-size", "4", "--seq-len", "16",
-              "--lr", "0.01", "--sample-chars", "20", "--warmup-steps", "5"]
+TINY_FLAGS = [
+    "--hidden",
+    "32",
+    "--layers",
+    "1",
+    "--embed",
+    "16",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "16",
+    "--lr",
+    "0.01",
+    "--sample-chars",
+    "20",
+    "--warmup-steps",
+    "5",
+]
 
 
 def nextchar(*args, check=True, timeout=120):
-    proc = subprocess.run([sys.executable, "-m", "nextchar", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nextchar", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stderr}")
     return proc
@@ -23,9 +43,13 @@ def nextchar(*args, check=True, timeout=120):
 def trained_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
     text = folder / "input.txt"
-    text.write_text("".join(f"line {i}: to be or not to be, that is the question.\n" for i in range(120)))
+    text.write_text(
+        "".join(f"line {i}: to be or not to be, that is the question.\n" for i in range(120))
+    )
     run = folder / "run"
-    proc = nextchar("train", text, "--out", run, "--steps", 40, "--eval-every", 20, "--json", *TINY_FLAGS)
+    proc = nextchar(
+        "train", text, "--out", run, "--steps", 40, "--eval-every", 20, "--json", *TINY_FLAGS
+    )
     return run, text, json.loads(proc.stdout)
 
 
@@ -55,8 +79,23 @@ def test_sample_streams_and_repeats(trained_run):
     a = nextchar("sample", run, "--prime", "to be", "--length", 50, "--seed", 3).stdout
     b = nextchar("sample", run, "--prime", "to be", "--length", 50, "--seed", 3).stdout
     assert a == b and a.startswith("to be") and len(a.rstrip("\n")) == 55
-    many = json.loads(nextchar("sample", run, "--num-samples", 3, "--length", 20, "--json",
-                               "--temperature", 0.7, "--top-k", 5, "--top-p", 0.9).stdout)
+    many = json.loads(
+        nextchar(
+            "sample",
+            run,
+            "--num-samples",
+            3,
+            "--length",
+            20,
+            "--json",
+            "--temperature",
+            0.7,
+            "--top-k",
+            5,
+            "--top-p",
+            0.9,
+        ).stdout
+    )
     assert len(many["samples"]) == 3
     greedy = nextchar("sample", run, "--greedy", "--length", 30, "--prime", "line").stdout
     assert greedy == nextchar("sample", run, "--greedy", "--length", 30, "--prime", "line").stdout
@@ -68,7 +107,9 @@ def test_sample_precision_still_names_the_weight_format(trained_run):
     new = nextchar("sample", run, "--length", 30, "--seed", 2, "--weights", "fp32")
     old = nextchar("sample", run, "--length", 30, "--seed", 2, "--precision", "fp32")
     assert old.stdout == new.stdout and new.stderr == ""
-    assert old.stderr == "nextchar sample: --precision is deprecated here; it is now --weights fp32\n"
+    assert (
+        old.stderr == "nextchar sample: --precision is deprecated here; it is now --weights fp32\n"
+    )
 
 
 def test_unknown_prime_is_a_one_line_error(trained_run):
@@ -99,21 +140,39 @@ def test_help_is_fast():
     # only a hang or a heavy import fails this on a loaded machine; the floor (0.5 s) is measured
     # in bench/startup_memory.py, and the import check below is the exact one
     assert time.perf_counter() - started < 30
-    assert "torch" not in subprocess.run(
-        [sys.executable, "-c", "import sys, nextchar.cli; print(sorted(sys.modules))"],
-        capture_output=True, text=True).stdout
+    assert (
+        "torch"
+        not in subprocess.run(
+            [sys.executable, "-c", "import sys, nextchar.cli; print(sorted(sys.modules))"],
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
 
 
 def test_hihello_cli():
     lines = nextchar("hihello").stdout.splitlines()
     assert len(lines) == 15 and lines[-1].startswith("predicted string: ihello\t epoch: 15, loss: ")
-    records = [json.loads(line) for line in nextchar("hihello", "--feed", "sequence", "--json").stdout.splitlines()]
-    assert [r["epoch"] for r in records] == list(range(1, 16)) and records[-1]["predicted"] == "ihello"
+    records = [
+        json.loads(line)
+        for line in nextchar("hihello", "--feed", "sequence", "--json").stdout.splitlines()
+    ]
+    assert [r["epoch"] for r in records] == list(range(1, 16)) and records[-1][
+        "predicted"
+    ] == "ihello"
     assert records[-1]["loss"] < records[0]["loss"]
 
 
-@pytest.mark.parametrize("args", [["hihello", "--epochs", "0"], ["hihello", "--lr", "-1"],
-                                  ["hihello", "--text", "a"], ["hihello", "--bogus"], ["train", "--time", "soon"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["hihello", "--epochs", "0"],
+        ["hihello", "--lr", "-1"],
+        ["hihello", "--text", "a"],
+        ["hihello", "--bogus"],
+        ["train", "--time", "soon"],
+    ],
+)
 def test_usage_errors_are_one_line_exit_2(args):
     proc = nextchar(*args, check=False)
     assert proc.returncode == 2

@@ -10,8 +10,23 @@ import pytest
 from nextchar.cli import main
 from nextchar.cli.commands import _finite
 
-TRAIN = ["--hidden", "16", "--layers", "1", "--embed", "8", "--batch-size", "4", "--seq-len", "16",
-         "--steps", "3", "--sample-chars", "0", "--quiet"]
+TRAIN = [
+    "--hidden",
+    "16",
+    "--layers",
+    "1",
+    "--embed",
+    "8",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "16",
+    "--steps",
+    "3",
+    "--sample-chars",
+    "0",
+    "--quiet",
+]
 TEXT = "".join(f"{i}: the quick brown fox jumps over the lazy dog.\n" for i in range(60))
 
 
@@ -25,6 +40,7 @@ def cli(*args) -> tuple[int, str, str]:
 def strict_json(text: str):
     def refuse(constant):
         raise AssertionError(f"{constant} is not JSON")
+
     return json.loads(text, parse_constant=refuse)
 
 
@@ -46,14 +62,22 @@ def test_eval_json_of_text_with_nothing_to_score_is_a_clear_error(run, tmp_path)
 
 
 def test_json_never_holds_nan():
-    assert _finite({"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": -float("inf")}}) == \
-        {"a": None, "b": [1.5, None], "c": {"d": None}}
+    assert _finite({"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": -float("inf")}}) == {
+        "a": None,
+        "b": [1.5, None],
+        "c": {"d": None},
+    }
 
 
-@pytest.mark.parametrize("flags, named", [(["--hidden", "32"], "--hidden"),
-                                          (["--val-frac", "0.2"], "--val-frac"),
-                                          (["--seed", "7"], "--seed"),
-                                          (["--cell", "gru", "--test-frac", "0.1"], "--cell, --test-frac")])
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--hidden", "32"], "--hidden"),
+        (["--val-frac", "0.2"], "--val-frac"),
+        (["--seed", "7"], "--seed"),
+        (["--cell", "gru", "--test-frac", "0.1"], "--cell, --test-frac"),
+    ],
+)
 def test_resume_refuses_flags_it_cannot_honour(run, flags, named):
     code, _, err = cli("train", "--resume", run, *flags)
     assert code == 2 and f"cannot change {named} when resuming" in err
@@ -61,7 +85,10 @@ def test_resume_refuses_flags_it_cannot_honour(run, flags, named):
 
 @pytest.mark.parametrize("command", ["plot", "report"])
 def test_output_paths_are_checked_before_the_work(run, tmp_path, command):
-    for out, says in [(tmp_path / "no" / "x.out", "does not exist"), (tmp_path, "is a folder"),
-                      ("", "is empty")]:
+    for out, says in [
+        (tmp_path / "no" / "x.out", "does not exist"),
+        (tmp_path, "is a folder"),
+        ("", "is empty"),
+    ]:
         code, _, err = cli(command, run, "--out", out)
         assert code == 2 and says in err and len(err.splitlines()) == 1, err

@@ -16,8 +16,25 @@ from processes import cli, cli_output
 
 LINE = "The quick brown fox jumps over the lazy dog; naïve café — déjà vu.\n"
 TEXT = "".join(f"{i}: {LINE}" for i in range(90))
-FLAGS = ["--hidden", "32", "--layers", "1", "--embed", "16", "--batch-size", "4", "--seq-len", "16",
-         "--lr", "1e-2", "--sample-chars", "0", "--precision", "fp32", "--quiet"]
+FLAGS = [
+    "--hidden",
+    "32",
+    "--layers",
+    "1",
+    "--embed",
+    "16",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "16",
+    "--lr",
+    "1e-2",
+    "--sample-chars",
+    "0",
+    "--precision",
+    "fp32",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +44,12 @@ def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli-runs")
     (folder / "tiny.txt").write_text(TEXT)
     run = folder / "run"
-    assert cli("train", folder / "tiny.txt", "--out", run, *FLAGS, "--steps", 40,
-               "--eval-every", 20)[0] == 0
+    assert (
+        cli("train", folder / "tiny.txt", "--out", run, *FLAGS, "--steps", 40, "--eval-every", 20)[
+            0
+        ]
+        == 0
+    )
     code, err = cli("train", "--resume", run, "--steps", 50, "--lr", 3, "--quiet")
     assert code == 0, err
     assert load_checkpoint(run / "best.safetensors")[1]["step"] == 40
@@ -74,15 +95,28 @@ def test_eval_split_scores_the_runs_own_splits(run):
 
 def test_checkpoint_latest_for_eval_and_sample(run):
     ids = split_ids(run, "val")
-    best, latest = (eval_json(run, "--checkpoint", which)["nats_per_char"] for which in ("best", "latest"))
+    best, latest = (
+        eval_json(run, "--checkpoint", which)["nats_per_char"] for which in ("best", "latest")
+    )
     assert latest == pytest.approx(one_pass_nats(run, "latest", ids), rel=1e-4)
     assert best == pytest.approx(one_pass_nats(run, "best", ids), rel=1e-4)
     assert latest > best + 0.01
 
     texts = {}
     for which in ("best", "latest"):
-        code, out, err = cli_output("sample", run, "--checkpoint", which, "--greedy", "--prime",
-                                    "The", "--length", 40, "--weights", "fp32")
+        code, out, err = cli_output(
+            "sample",
+            run,
+            "--checkpoint",
+            which,
+            "--greedy",
+            "--prime",
+            "The",
+            "--length",
+            40,
+            "--weights",
+            "fp32",
+        )
         assert code == 0, err
         texts[which] = out.rstrip("\n")
         model, vocab = load_model(run, which)[:2]

@@ -22,7 +22,9 @@ def _targets_seen(streams: Streams) -> np.ndarray:
     return counts
 
 
-@pytest.mark.parametrize("n,batch,seq", [(2, 1, 1), (100, 3, 7), (101, 4, 5), (1000, 7, 64), (65, 64, 1)])
+@pytest.mark.parametrize(
+    "n,batch,seq", [(2, 1, 1), (100, 3, 7), (101, 4, 5), (1000, 7, 64), (65, 64, 1)]
+)
 def test_every_target_exactly_once(n, batch, seq):
     counts = _targets_seen(Streams(np.zeros(n, dtype=np.uint8), batch, seq))
     assert counts[0] == 0 and np.all(counts[1:] == 1)
@@ -90,8 +92,9 @@ def test_small_chunks_give_the_same_tokens(tmp_path, monkeypatch):
 
     chunks = list(corpus.iter_chunks(path, chunk_bytes=7))
     assert "".join(chunks) == text
-    monkeypatch.setattr("nextchar.encode.iter_chunks",
-                        lambda p, e, r: corpus.iter_chunks(p, e, r, chunk_bytes=7))
+    monkeypatch.setattr(
+        "nextchar.encode.iter_chunks", lambda p, e, r: corpus.iter_chunks(p, e, r, chunk_bytes=7)
+    )
     small = np.array(load_prepared(prepare([str(path)], tmp_path / "d2")).tokens)
     assert np.array_equal(whole, small)
 
@@ -119,8 +122,19 @@ def test_a_prepared_split_is_the_runs_split_unless_named(tmp_path):
     from processes import TINY_TEXT, TINY_TRAIN_FLAGS, cli
 
     (tmp_path / "t.txt").write_text(TINY_TEXT)
-    assert cli("prepare", tmp_path / "t.txt", "--out", tmp_path / "prep", "--val-frac", "0.2",
-               "--test-frac", "0.1")[0] == 0
+    assert (
+        cli(
+            "prepare",
+            tmp_path / "t.txt",
+            "--out",
+            tmp_path / "prep",
+            "--val-frac",
+            "0.2",
+            "--test-frac",
+            "0.1",
+        )[0]
+        == 0
+    )
     assert cli("train", tmp_path / "prep", "--out", tmp_path / "run", *TINY_TRAIN_FLAGS)[0] == 0
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["data"]["val_frac"] == pytest.approx(0.2, abs=1e-3)
@@ -129,7 +143,17 @@ def test_a_prepared_split_is_the_runs_split_unless_named(tmp_path):
     data = folder.split_data(folder.read_config())
     prepared = json.loads((tmp_path / "prep" / "data.json").read_text())["splits"]
     assert {k: list(v) for k, v in data.splits.items()} == {k: list(v) for k, v in prepared.items()}
-    assert cli("train", tmp_path / "prep", "--out", tmp_path / "run2", "--val-frac", "0.05",
-               *TINY_TRAIN_FLAGS)[0] == 0
+    assert (
+        cli(
+            "train",
+            tmp_path / "prep",
+            "--out",
+            tmp_path / "run2",
+            "--val-frac",
+            "0.05",
+            *TINY_TRAIN_FLAGS,
+        )[0]
+        == 0
+    )
     config = json.loads((tmp_path / "run2" / "config.json").read_text())
     assert config["data"]["val_frac"] == 0.05

@@ -33,7 +33,10 @@ def corpus(tmp_path) -> Path:
 def test_training_on_a_folder_skips_nextchars_own_and_says_so(tmp_path, corpus):
     code, err = cli("train", corpus, "--out", tmp_path / "r2", *TRAIN)
     assert code == 0, err
-    sources = [s["path"] for s in json.loads((tmp_path / "r2" / "data" / "data.json").read_text())["sources"]]
+    sources = [
+        s["path"]
+        for s in json.loads((tmp_path / "r2" / "data" / "data.json").read_text())["sources"]
+    ]
     assert sources == [str(corpus / "a.txt"), str(corpus / "notes" / "b.md")]
     assert f"skipped {corpus / 'run'}/: a run folder of nextchar's own" in err
     assert f"skipped {corpus / 'prep'}/: a prepared data folder of nextchar's own" in err
@@ -46,8 +49,11 @@ def test_quiet_prepare_says_nothing_and_skips_the_same(tmp_path, corpus):
     code, err = cli("prepare", corpus, "--out", tmp_path / "d", "--quiet")
     assert (code, err) == (0, "")
     sources = [s["path"] for s in json.loads((tmp_path / "d" / "data.json").read_text())["sources"]]
-    assert sources == [str(p) for p in discover([corpus])] == [str(corpus / "a.txt"),
-                                                               str(corpus / "notes" / "b.md")]
+    assert (
+        sources
+        == [str(p) for p in discover([corpus])]
+        == [str(corpus / "a.txt"), str(corpus / "notes" / "b.md")]
+    )
 
 
 def test_a_run_folder_given_as_input_is_refused(corpus):

@@ -38,14 +38,51 @@ from processes import wait_until
 
 LINE = "The quick brown fox jumps over the lazy dog; naïve café — déjà vu.\n"
 TEXT = "".join(f"{i}: {LINE}" for i in range(90))
-FLAGS = ["--hidden", "32", "--layers", "1", "--embed", "16", "--batch-size", "4", "--seq-len", "16",
-         "--lr", "1e-2", "--warmup-steps", "5", "--sample-chars", "20", "--log-every", "5",
-         "--dropout", "0", "--seed", "7", "--device", "cpu", "--quiet",
-         # fp32: the 1e-5 agreement below is about the arithmetic of DDP, not bf16 rounding
-         "--precision", "fp32"]
-OPTIONS = {"hidden": 32, "layers": 1, "embed": 16, "batch_size": 4, "seq_len": 16, "lr": 1e-2,
-           "warmup_steps": 5, "sample_chars": 20, "log_every": 5, "dropout": 0.0, "seed": 7,
-           "device": "cpu", "precision": "fp32"}
+FLAGS = [
+    "--hidden",
+    "32",
+    "--layers",
+    "1",
+    "--embed",
+    "16",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "16",
+    "--lr",
+    "1e-2",
+    "--warmup-steps",
+    "5",
+    "--sample-chars",
+    "20",
+    "--log-every",
+    "5",
+    "--dropout",
+    "0",
+    "--seed",
+    "7",
+    "--device",
+    "cpu",
+    "--quiet",
+    # fp32: the 1e-5 agreement below is about the arithmetic of DDP, not bf16 rounding
+    "--precision",
+    "fp32",
+]
+OPTIONS = {
+    "hidden": 32,
+    "layers": 1,
+    "embed": 16,
+    "batch_size": 4,
+    "seq_len": 16,
+    "lr": 1e-2,
+    "warmup_steps": 5,
+    "sample_chars": 20,
+    "log_every": 5,
+    "dropout": 0.0,
+    "seed": 7,
+    "device": "cpu",
+    "precision": "fp32",
+}
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
@@ -56,16 +93,34 @@ def text_dir(tmp_path) -> Path:
 
 
 def single(*args, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nextchar", *map(str, args)], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "nextchar", *map(str, args)],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def torchrun(nproc: int, *args, cwd: Path, env: dict | None = None) -> subprocess.Popen:
     """`torchrun --standalone --nproc-per-node N -m nextchar ARGS` (a free port of its own)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-           str(nproc), "--monitor-interval", "0.1", "-m", "nextchar", *map(str, args)]
-    return subprocess.Popen(cmd, cwd=cwd, env=env or ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        "--monitor-interval",
+        "0.1",
+        "-m",
+        "nextchar",
+        *map(str, args),
+    ]
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
@@ -119,13 +174,19 @@ def alive(pid: int) -> bool:
 
 # ---- two processes = one process --------------------------------------------------------------
 
+
 def test_two_processes_reach_the_weights_of_one(text_dir):
     steps = ["--steps", "30"]
     one = single("train", "tiny.txt", "--out", "one", *FLAGS, *steps, cwd=text_dir)
     assert one.returncode == 0, one.stderr
-    code, err = finish(torchrun(2, "train", "tiny.txt", "--out", "two", *FLAGS, *steps, cwd=text_dir))
+    code, err = finish(
+        torchrun(2, "train", "tiny.txt", "--out", "two", *FLAGS, *steps, cwd=text_dir)
+    )
     assert code == 0, err
-    a, b = model_tensors(text_dir / "one/latest.safetensors"), model_tensors(text_dir / "two/latest.safetensors")
+    a, b = (
+        model_tensors(text_dir / "one/latest.safetensors"),
+        model_tensors(text_dir / "two/latest.safetensors"),
+    )
     assert max_difference(a, b) < 1e-5
     # the carried state of all streams, gathered in rank order, is the one process's state
     hidden_one, meta = load_checkpoint(text_dir / "one/latest.safetensors")
@@ -145,7 +206,10 @@ def test_two_processes_reach_the_weights_of_one(text_dir):
     assert single("train", "--resume", "one", *more, "--quiet", cwd=text_dir).returncode == 0
     resumed = single("train", "--resume", "two", *more, "--quiet", cwd=text_dir)
     assert resumed.returncode == 0, resumed.stderr
-    a, b = model_tensors(text_dir / "one/latest.safetensors"), model_tensors(text_dir / "two/latest.safetensors")
+    a, b = (
+        model_tensors(text_dir / "one/latest.safetensors"),
+        model_tensors(text_dir / "two/latest.safetensors"),
+    )
     assert max_difference(a, b) < 1e-5
 
 
@@ -153,10 +217,30 @@ def test_two_processes_match_the_plain_loop_with_ragged_windows(text_dir):
     """Loss scaling across ranks: each rank's summed loss x world / the global count of scored
     targets, averaged by DDP, is the one-process loss. The last window of each epoch has 56 scored
     targets on rank 0 and 53 on rank 1, where a per-rank mean would weigh them wrongly."""
-    options = {**test_trainer.MODEL, **test_trainer.TRAIN, **test_trainer.CASES["adamw, decay, clipping, wsd"]}
+    options = {
+        **test_trainer.MODEL,
+        **test_trainer.TRAIN,
+        **test_trainer.CASES["adamw, decay, clipping, wsd"],
+    }
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
-    code, err = finish(torchrun(2, "train", "tiny.txt", "--out", "two", *flags, "--steps", "30",
-                                "--precision", "fp32", "--device", "cpu", "--quiet", cwd=text_dir))
+    code, err = finish(
+        torchrun(
+            2,
+            "train",
+            "tiny.txt",
+            "--out",
+            "two",
+            *flags,
+            "--steps",
+            "30",
+            "--precision",
+            "fp32",
+            "--device",
+            "cpu",
+            "--quiet",
+            cwd=text_dir,
+        )
+    )
     assert code == 0, err
     run = text_dir / "two"
     config = RunFolder(run).read_config()
@@ -164,9 +248,15 @@ def test_two_processes_match_the_plain_loop_with_ragged_windows(text_dir):
     torch.manual_seed(options["seed"])
     initial = CharRNN(config.model).state_dict()
     model, (h, c) = plain_loop.train(
-        initial, data.split("train"), V=config.model.vocab_size, E=options["embed"],
-        H=options["hidden"], L=options["layers"], steps=30,
-        **{k: v for k, v in options.items() if k not in ("embed", "hidden", "layers", "seed")})
+        initial,
+        data.split("train"),
+        V=config.model.vocab_size,
+        E=options["embed"],
+        H=options["hidden"],
+        L=options["layers"],
+        steps=30,
+        **{k: v for k, v in options.items() if k not in ("embed", "hidden", "layers", "seed")},
+    )
     tensors, meta = load_checkpoint(run / "latest.safetensors")
     assert meta["world_size"] == 2 and meta["step"] == 30
     # measured: 3.6e-7 (weights), 1.4e-6 of the state's size (the LSTM's cell state grows to 26
@@ -179,12 +269,15 @@ def test_two_processes_match_the_plain_loop_with_ragged_windows(text_dir):
 def test_batch_not_divisible_by_processes_is_refused(text_dir):
     flags = [f for f in FLAGS]
     flags[flags.index("--batch-size") + 1] = "3"
-    code, err = finish(torchrun(2, "train", "tiny.txt", "--out", "r", *flags, "--steps", "5", cwd=text_dir))
+    code, err = finish(
+        torchrun(2, "train", "tiny.txt", "--out", "r", *flags, "--steps", "5", cwd=text_dir)
+    )
     assert code != 0
     assert "--batch-size 3 must be divisible by the number of processes (2)" in err
 
 
 # ---- a rank that dies or hangs --------------------------------------------------------------
+
 
 def test_killed_rank_ends_the_run_and_resume_finishes_it(text_dir):
     args = ["train", "tiny.txt", *FLAGS, "--steps", "400", "--checkpoint-every", "20"]
@@ -208,7 +301,10 @@ def test_killed_rank_ends_the_run_and_resume_finishes_it(text_dir):
     assert code == 0, err
     final = records(run, "final")[-1]
     assert final["step"] == records(text_dir / "reference", "final")[-1]["step"] == 400
-    a, b = model_tensors(run / "latest.safetensors"), model_tensors(text_dir / "reference/latest.safetensors")
+    a, b = (
+        model_tensors(run / "latest.safetensors"),
+        model_tensors(text_dir / "reference/latest.safetensors"),
+    )
     assert all(torch.isfinite(v).all() for v in a.values())
     assert max_difference(a, b) == 0.0  # the resume point holds everything: the very same weights
 
@@ -216,8 +312,19 @@ def test_killed_rank_ends_the_run_and_resume_finishes_it(text_dir):
 def test_ctrl_c_stops_every_rank_at_one_step_with_a_checkpoint(text_dir):
     """A terminal's Ctrl-C reaches torchrun and its workers, and torchrun passes it on again."""
     run = text_dir / "run"
-    proc = torchrun(2, "train", "tiny.txt", "--out", "run", *FLAGS, "--steps", "100000",
-                    "--checkpoint-every", "100000", cwd=text_dir)
+    proc = torchrun(
+        2,
+        "train",
+        "tiny.txt",
+        "--out",
+        "run",
+        *FLAGS,
+        "--steps",
+        "100000",
+        "--checkpoint-every",
+        "100000",
+        cwd=text_dir,
+    )
     wait_until(lambda: len(records(run, "train")) >= 2, proc)
     # rank 0 holds the run's lock: a second writer is refused, naming it
     second = single("train", "tiny.txt", "--out", "run", "--force", "--steps", "3", cwd=text_dir)
@@ -228,7 +335,9 @@ def test_ctrl_c_stops_every_rank_at_one_step_with_a_checkpoint(text_dir):
     code, err = finish(proc)
     assert code != 0
     stops = [line for line in err.splitlines() if line.startswith("nextchar train")]
-    assert len(stops) == 2 and stops[0] == stops[1] and "SIGINT received: stopped at step" in stops[0], err
+    assert (
+        len(stops) == 2 and stops[0] == stops[1] and "SIGINT received: stopped at step" in stops[0]
+    ), err
     _, meta = load_checkpoint(run / "latest.safetensors")
     assert f"stopped at step {meta['step']} and saved" in stops[0]
 
@@ -238,8 +347,22 @@ def test_stopped_rank_times_out_with_a_clear_message(text_dir):
     # The timeout holds from the start: rank 1 waits for rank 0 to prepare the run (--eval-chars
     # spares it the timing of an evaluation), which took over 5 s at a load average of 8.
     env = dict(ENV, NEXTCHAR_DIST_TIMEOUT="10")
-    proc = torchrun(2, "train", "tiny.txt", "--out", "run", *FLAGS, "--steps", "100000",
-                    "--checkpoint-every", "100000", "--eval-chars", "0", cwd=text_dir, env=env)
+    proc = torchrun(
+        2,
+        "train",
+        "tiny.txt",
+        "--out",
+        "run",
+        *FLAGS,
+        "--steps",
+        "100000",
+        "--checkpoint-every",
+        "100000",
+        "--eval-chars",
+        "0",
+        cwd=text_dir,
+        env=env,
+    )
     wait_until(lambda: len(records(run, "train")) >= 2, proc)
     rank0, rank1 = worker_pid(proc, 0), worker_pid(proc, 1)
     os.kill(rank1, signal.SIGSTOP)  # alive, holding its sockets open, answering nothing
@@ -262,17 +385,26 @@ def test_stopped_rank_times_out_with_a_clear_message(text_dir):
 
 # ---- --time: every rank stops at the same step ----------------------------------------------
 
-def _rank_on_a_clock(rank: int, world: int, port: int, folder: str, text: str,
-                     seconds_per_step: list[float]) -> None:
+
+def _rank_on_a_clock(
+    rank: int, world: int, port: int, folder: str, text: str, seconds_per_step: list[float]
+) -> None:
     """A rank whose trainer reads a virtual clock (clock.py) at its own pace; it writes the step
     it stopped at to folder/../rank-N.json."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
-                      RANK=str(rank), LOCAL_RANK=str(rank), NEXTCHAR_DIST_TIMEOUT="30")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(world),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        NEXTCHAR_DIST_TIMEOUT="30",
+    )
     torch.set_num_threads(1)
     virtual_clock(seconds_per_step[rank])
     result = launch([text], folder, quiet=True, options=dict(OPTIONS, time=20, eval_chars=0))
-    (Path(folder).parent / f"rank-{rank}.json").write_text(json.dumps(
-        {"steps": result.steps, "stop": result.stop_reason}))
+    (Path(folder).parent / f"rank-{rank}.json").write_text(
+        json.dumps({"steps": result.steps, "stop": result.stop_reason})
+    )
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # as in _rank below
@@ -283,8 +415,12 @@ def test_every_rank_stops_together_on_time(text_dir):
     or the one still stepping would wait for the other forever. On virtual clocks of 1 s and
     1.25 s a step, rank 1 finds --time 20 up after 16 steps, and both stop there."""
     text = str(text_dir / "tiny.txt")
-    torch.multiprocessing.spawn(_rank_on_a_clock, nprocs=2, join=True,
-                                args=(2, _free_port(), str(text_dir / "run"), text, [1.0, 1.25]))
+    torch.multiprocessing.spawn(
+        _rank_on_a_clock,
+        nprocs=2,
+        join=True,
+        args=(2, _free_port(), str(text_dir / "run"), text, [1.0, 1.25]),
+    )
     results = [json.loads((text_dir / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert results == [{"steps": 16, "stop": "time"}] * 2
     assert load_checkpoint(text_dir / "run" / "latest.safetensors")[1]["step"] == 16
@@ -292,6 +428,7 @@ def test_every_rank_stops_together_on_time(text_dir):
 
 
 # ---- a non-finite loss on one rank ----------------------------------------------------------
+
 
 class _LossWithInf:
     """F for the trainer whose cross_entropy adds +inf at the given (1-based) calls: the loss is
@@ -304,15 +441,26 @@ class _LossWithInf:
     def cross_entropy(self, *args, **kwargs):
         self.calls += 1
         loss = torch.nn.functional.cross_entropy(*args, **kwargs)
-        return loss + math.inf if self.calls in self.bad or "all" in self.bad and self.calls >= 3 else loss
+        return (
+            loss + math.inf
+            if self.calls in self.bad or "all" in self.bad and self.calls >= 3
+            else loss
+        )
 
     def __getattr__(self, name):
         return getattr(torch.nn.functional, name)
 
 
-def _rank(rank: int, world: int, port: int, folder: str, text: str, bad_rank: int, steps: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
-                      RANK=str(rank), LOCAL_RANK=str(rank))
+def _rank(
+    rank: int, world: int, port: int, folder: str, text: str, bad_rank: int, steps: int
+) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(world),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     trainer.F = _LossWithInf({4} if rank == bad_rank else ())
     launch([text], folder, quiet=True, options=dict(OPTIONS, steps=steps))
@@ -332,18 +480,22 @@ def _free_port() -> int:
 
 def test_inf_loss_on_one_rank_is_skipped_by_every_rank(text_dir, monkeypatch):
     text = str(text_dir / "tiny.txt")
-    torch.multiprocessing.spawn(_rank, args=(2, _free_port(), str(text_dir / "two"), text, 1, 12),
-                                nprocs=2, join=True)
+    torch.multiprocessing.spawn(
+        _rank, args=(2, _free_port(), str(text_dir / "two"), text, 1, 12), nprocs=2, join=True
+    )
     for name, bad in (("one", {4}), ("clean", set())):
         monkeypatch.setattr(trainer, "F", _LossWithInf(bad))
         launch([text], text_dir / name, quiet=True, options=dict(OPTIONS, steps=12))
-    two, one, clean = (model_tensors(text_dir / n / "latest.safetensors") for n in ("two", "one", "clean"))
+    two, one, clean = (
+        model_tensors(text_dir / n / "latest.safetensors") for n in ("two", "one", "clean")
+    )
     assert max_difference(one, clean) > 1e-4  # skipping step 4 matters...
     assert max_difference(two, one) < 1e-5  # ...and both ranks skipped it
     assert [r["step"] for r in records(text_dir / "two", "skipped")] == [4]
 
 
 # ---- GPU code paths that run on a CPU -------------------------------------------------------
+
 
 def test_device_side_skip_matches_the_host_side_skip(text_dir, monkeypatch):
     """On CUDA the finite check stays on the device (fused AdamW with found_inf, counts read at
@@ -354,8 +506,12 @@ def test_device_side_skip_matches_the_host_side_skip(text_dir, monkeypatch):
         monkeypatch.setattr(trainer, "F", _LossWithInf({4, 9, 10}))
         launch([text], text_dir / f"defer-{defer}", quiet=True, options=dict(OPTIONS, steps=14))
     host, device = (text_dir / f"defer-{d}" for d in (False, True))
-    assert max_difference(model_tensors(host / "latest.safetensors"),
-                          model_tensors(device / "latest.safetensors")) < 1e-5
+    assert (
+        max_difference(
+            model_tensors(host / "latest.safetensors"), model_tensors(device / "latest.safetensors")
+        )
+        < 1e-5
+    )
     assert [r["step"] for r in records(host, "skipped")] == [4, 9, 10]
     assert [(r["step"], r["count"]) for r in records(device, "skipped")] == [(5, 1), (10, 2)]
 
@@ -363,8 +519,9 @@ def test_device_side_skip_matches_the_host_side_skip(text_dir, monkeypatch):
         monkeypatch.setattr(trainer, "defers_checks", lambda device, defer=defer: defer)
         monkeypatch.setattr(trainer, "F", _LossWithInf({"all"}))
         with pytest.raises(Diverged, match="non-finite steps in a row"):
-            launch([text], text_dir / f"diverge-{defer}", quiet=True,
-                           options=dict(OPTIONS, steps=30))
+            launch(
+                [text], text_dir / f"diverge-{defer}", quiet=True, options=dict(OPTIONS, steps=30)
+            )
 
 
 def test_checkpoint_from_a_gpu_run_resumes_and_samples_on_the_cpu(text_dir, monkeypatch):

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "lesson.md"
-BLOCK = re.compile(r"^```python\n(.*?)^```\n(?:\s*^```text\n(.*?)^```\n)?", re.MULTILINE | re.DOTALL)
+BLOCK = re.compile(
+    r"^```python\n(.*?)^```\n(?:\s*^```text\n(.*?)^```\n)?", re.MULTILINE | re.DOTALL
+)
 
 
 def doc_blocks(markdown: str) -> list[tuple[str, str | None]]:
@@ -23,8 +25,10 @@ def doc_blocks(markdown: str) -> list[tuple[str, str | None]]:
 
 
 def test_doc_block_parser():
-    markdown = ("# t\n```python\nprint(1)\n```\n\n```text\n1\n```\nprose\n"
-                "```python\nx = 2\n```\nmore\n```text\nnot an output\n```\n")
+    markdown = (
+        "# t\n```python\nprint(1)\n```\n\n```text\n1\n```\nprose\n"
+        "```python\nx = 2\n```\nmore\n```text\nnot an output\n```\n"
+    )
     assert doc_blocks(markdown) == [("print(1)\n", "1\n"), ("x = 2\n", None)]
 
 

@@ -59,17 +59,31 @@ def curl(command: str, base: str) -> httpx.Response:
         i += 1
     assert url.startswith("localhost:8000/"), url
     method = "POST" if data is not None else "GET"
-    return httpx.request(method, base + url[len("localhost:8000"):], headers=headers,
-                         content=data.encode() if data is not None else None, timeout=30)
+    return httpx.request(
+        method,
+        base + url[len("localhost:8000") :],
+        headers=headers,
+        content=data.encode() if data is not None else None,
+        timeout=30,
+    )
 
 
 def same_shape(expected, actual, where="answer") -> None:
     """The same keys at every level and the same kinds of values (int and float alike); each item
     of a list shaped like one of the items shown."""
-    kind = lambda v: "number" if isinstance(v, (int, float)) and not isinstance(v, bool) else type(v).__name__  # noqa: E731
+
+    def kind(v):
+        return (
+            "number"
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+            else type(v).__name__
+        )
+
     assert kind(expected) == kind(actual), f"{where}: {expected!r} vs {actual!r}"
     if isinstance(expected, dict):
-        assert sorted(expected) == sorted(actual), f"{where}: keys {sorted(expected)} vs {sorted(actual)}"
+        assert sorted(expected) == sorted(actual), (
+            f"{where}: keys {sorted(expected)} vs {sorted(actual)}"
+        )
         for key in expected:
             same_shape(expected[key], actual[key], f"{where}.{key}")
     elif isinstance(expected, list) and expected:
@@ -82,11 +96,15 @@ def same_shape(expected, actual, where="answer") -> None:
                 except AssertionError as exc:
                     problems.append(str(exc))
             else:
-                raise AssertionError(f"{where}[]: {item!r} is shaped like no item shown ({problems[0]})")
+                raise AssertionError(
+                    f"{where}[]: {item!r} is shaped like no item shown ({problems[0]})"
+                )
 
 
 def test_block_parsing():
-    markdown = "x\n```bash\ncurl -s a \\\n  -d '{}'\n```\n\n```json\n{}\n```\n```python\nprint(1)\n```\n"
+    markdown = (
+        "x\n```bash\ncurl -s a \\\n  -d '{}'\n```\n\n```json\n{}\n```\n```python\nprint(1)\n```\n"
+    )
     assert curl_examples(markdown) == [("curl -s a    -d '{}'\n", "json", "{}\n")]
     with pytest.raises(AssertionError):
         same_shape({"a": [1]}, {"a": ["x"]})
@@ -98,8 +116,18 @@ def test_block_parsing():
 def shakespeare(tmp_path_factory):
     """A tiny model trained briefly on the bundled corpus: the docs' vocabulary."""
     out = tmp_path_factory.mktemp("docs") / "shakespeare"
-    nextchar.train(out=out, steps=20, hidden=32, layers=1, embed=8, batch_size=4, seq_len=16,
-                   eval_chars=2000, sample_chars=0, quiet=True)
+    nextchar.train(
+        out=out,
+        steps=20,
+        hidden=32,
+        layers=1,
+        embed=8,
+        batch_size=4,
+        seq_len=16,
+        eval_chars=2000,
+        sample_chars=0,
+        quiet=True,
+    )
     return out
 
 
@@ -119,11 +147,15 @@ def test_the_curl_examples_answer_as_shown(shakespeare):
                     assert answer.status_code == 200, (command, answer.text)
                     same_shape(expected, answer.json())
             else:
-                assert kind == "text" and answer.headers["content-type"].startswith("text/event-stream")
+                assert kind == "text" and answer.headers["content-type"].startswith(
+                    "text/event-stream"
+                )
                 expected, got = events(shown.splitlines()), events(answer.text.splitlines())
                 assert [e for e, _ in got][0] == "start" and [e for e, _ in got][-1] == "done"
                 assert {e for e, _ in got[1:-1]} == {e for e, _ in expected[1:-1]} == {"text"}
-                for (name, data), (_, shown_data) in zip(got[:1] + got[-1:], expected[:1] + expected[-1:]):
+                for (name, data), (_, shown_data) in zip(
+                    got[:1] + got[-1:], expected[:1] + expected[-1:]
+                ):
                     same_shape(shown_data, data, name)
         assert not problems.errors()
 
@@ -131,8 +163,9 @@ def test_the_curl_examples_answer_as_shown(shakespeare):
 def run_python(code: str, cwd: Path) -> str:
     """A block in a fresh interpreter; it must not have imported torch or nextchar."""
     check = '\nimport sys\nassert not {"torch", "nextchar"} & set(sys.modules), "imported torch or nextchar"\n'
-    done = subprocess.run([sys.executable, "-c", code + check], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code + check], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 

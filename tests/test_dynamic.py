@@ -22,7 +22,9 @@ from processes import TINY_TEXT, TINY_TRAIN_FLAGS
 @pytest.fixture
 def model() -> CharRNN:
     torch.manual_seed(0)
-    return CharRNN(ModelConfig(vocab_size=12, cell="lstm", embed=8, hidden=24, layers=2, dropout=0.2))
+    return CharRNN(
+        ModelConfig(vocab_size=12, cell="lstm", embed=8, hidden=24, layers=2, dropout=0.2)
+    )
 
 
 @pytest.fixture
@@ -50,7 +52,7 @@ def hand_written_steps(model, ids, lr, decay, window, windows) -> tuple[float, C
     tokens = torch.from_numpy(ids)
     total, hidden = 0.0, None
     for start in range(0, windows * window, window):
-        x, y = tokens[start:start + window][None], tokens[start + 1:start + window + 1]
+        x, y = tokens[start : start + window][None], tokens[start + 1 : start + window + 1]
         logits, hidden = reference(x, hidden)
         loss = F.cross_entropy(logits[0], y)
         total += loss.item() * window
@@ -65,7 +67,7 @@ def hand_written_steps(model, ids, lr, decay, window, windows) -> tuple[float, C
 
 def test_each_step_is_a_hand_written_sgd_step(model, ids):
     lr, decay, window = 0.5, 0.1, 50
-    ids = ids[:3 * window + 1]
+    ids = ids[: 3 * window + 1]
     total, _ = hand_written_steps(model, ids, lr, decay, window, 3)
     result = score_dynamic(model, ids, DynamicConfig(lr=lr, decay=decay, window=window))
     assert result.nats_per_char == pytest.approx(total / (3 * window), rel=1e-6)
@@ -88,15 +90,18 @@ def test_bad_settings_are_refused():
 
 
 def nextchar(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nextchar", *map(str, args)], capture_output=True,
-                          text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "nextchar", *map(str, args)], capture_output=True, text=True
+    )
 
 
 def test_cli_reports_static_and_dynamic_side_by_side_and_leaves_the_run(tmp_path):
     (tmp_path / "t.txt").write_text(TINY_TEXT)
     run = tmp_path / "run"
     assert nextchar("train", tmp_path / "t.txt", "--out", run, *TINY_TRAIN_FLAGS).returncode == 0
-    digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir() if p.is_file()}
+    digest = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir() if p.is_file()
+    }
     # a text that repeats one line: adapting to it must make it cheaper than the static score
     text = tmp_path / "repeat.txt"
     text.write_text("7: a lazy fox jumps over the quick brown dog.\n" * 40)
@@ -108,7 +113,9 @@ def test_cli_reports_static_and_dynamic_side_by_side_and_leaves_the_run(tmp_path
     plain = nextchar("eval", run, "--split", "val", "--dynamic")
     lines = plain.stdout.splitlines()
     assert lines[0].startswith("val split: ") and lines[1].startswith("val split, dynamic (lr ")
-    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir() if p.is_file()}
+    after = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir() if p.is_file()
+    }
     assert after == digest
     refused = nextchar("eval", run, "--dynamic", "--dynamic-window", "0")
     assert refused.returncode == 2 and "--dynamic-window" in refused.stderr
@@ -117,11 +124,13 @@ def test_cli_reports_static_and_dynamic_side_by_side_and_leaves_the_run(tmp_path
 def test_adapting_ends_with_the_hand_written_weights_and_leaves_the_model(model, ids):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     lr, decay, window = 0.5, 0.1, 50
-    adapted = adapt(model, ids[:3 * window + 1], DynamicConfig(lr=lr, decay=decay, window=window))
+    adapted = adapt(model, ids[: 3 * window + 1], DynamicConfig(lr=lr, decay=decay, window=window))
     _, reference = hand_written_steps(model, ids, lr, decay, window, 3)
     for (name, got), (_, want) in zip(adapted.named_parameters(), reference.named_parameters()):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
-    assert not torch.allclose(dict(adapted.named_parameters())["head.weight"], before["head.weight"])
+    assert not torch.allclose(
+        dict(adapted.named_parameters())["head.weight"], before["head.weight"]
+    )
     assert not any(p.requires_grad for p in adapted.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     unchanged = adapt(model, ids, DynamicConfig(lr=0.0))
@@ -132,7 +141,9 @@ def test_sample_adapt_learns_from_the_prime_and_refuses_without_one(tmp_path):
     (tmp_path / "t.txt").write_text(TINY_TEXT)
     run = tmp_path / "run"
     assert nextchar("train", tmp_path / "t.txt", "--out", run, *TINY_TRAIN_FLAGS).returncode == 0
-    digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir() if p.is_file()}
+    digest = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir() if p.is_file()
+    }
     prime = "7: a lazy fox jumps over the quick brown dog.\n" * 20
     common = ["--prime", prime, "--length", "200", "--seed", "3", "--weights", "fp32"]
     plain = nextchar("sample", run, *common)
@@ -143,9 +154,15 @@ def test_sample_adapt_learns_from_the_prime_and_refuses_without_one(tmp_path):
     # learning rate 0 adapts nothing: the very text of a plain sample with that seed
     still = nextchar("sample", run, *common, "--adapt", "--dynamic-lr", "0")
     assert still.stdout == plain.stdout
-    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir() if p.is_file()}
+    after = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir() if p.is_file()
+    }
     assert after == digest
-    for bad in (["--adapt"], ["--adapt", "--prime", "a"], ["--adapt", "--prime", "ab", "--dynamic-window", "0"]):
+    for bad in (
+        ["--adapt"],
+        ["--adapt", "--prime", "a"],
+        ["--adapt", "--prime", "ab", "--dynamic-window", "0"],
+    ):
         refused = nextchar("sample", run, *bad)
         assert refused.returncode == 2, bad
         assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr

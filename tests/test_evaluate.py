@@ -47,8 +47,10 @@ def recall_text(records: int, seed: int) -> np.ndarray:
     """Records "K.....?K\n": a random key, 2-40 dots, a question mark, the key again. The second
     K can only be told from the first, up to 42 characters back."""
     rng = np.random.default_rng(seed)
-    text = "".join(f"{k}{'.' * int(n)}?{k}\n" for k, n in
-                   zip(rng.choice(list(KEYS), records), rng.integers(2, 41, records)))
+    text = "".join(
+        f"{k}{'.' * int(n)}?{k}\n"
+        for k, n in zip(rng.choice(list(KEYS), records), rng.integers(2, 41, records))
+    )
     return np.array([RECALL_SYMBOLS.index(c) for c in text])
 
 
@@ -105,5 +107,5 @@ def test_stream_layout_scores_each_target_once():
         read_from, read_len, score_from = _layout(n, s, burn)
         covered = np.zeros(n, dtype=int)
         for a, length, skip in zip(read_from, read_len, score_from):
-            covered[a + skip:a + length] += 1
+            covered[a + skip : a + length] += 1
         assert np.all(covered == 1)

@@ -28,15 +28,35 @@ from nextchar.runfolder import load_model
 from processes import cli, wait_until
 from tiny import TINY
 
-TRAIN = ["--hidden", "32", "--layers", "1", "--embed", "16", "--batch-size", "4", "--seq-len", "16",
-         "--sample-chars", "20", "--log-every", "5", "--quiet"]
+TRAIN = [
+    "--hidden",
+    "32",
+    "--layers",
+    "1",
+    "--embed",
+    "16",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "16",
+    "--sample-chars",
+    "20",
+    "--log-every",
+    "5",
+    "--quiet",
+]
 LINE = "The quick brown fox jumps over the lazy dog; naïve café — déjà vu.\n"
 TEXT = "".join(f"{i}: {LINE}" for i in range(90))
 
 
 def start(*args, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "nextchar", *map(str, args)], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nextchar", *map(str, args)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def logged_steps(run: Path) -> list[int]:
@@ -59,12 +79,25 @@ def stray_temps(run: Path) -> list[Path]:
 
 # ---- signals --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, signum, code):
     (tmp_path / "tiny.txt").write_text(TEXT)
     run = tmp_path / "run"
-    proc = start("train", "tiny.txt", "--out", "run", *TRAIN, "--steps", 100000,
-                 "--checkpoint-every", 100000, "--eval-every", 100000, cwd=tmp_path)
+    proc = start(
+        "train",
+        "tiny.txt",
+        "--out",
+        "run",
+        *TRAIN,
+        "--steps",
+        100000,
+        "--checkpoint-every",
+        100000,
+        "--eval-every",
+        100000,
+        cwd=tmp_path,
+    )
     wait_until(lambda: len(logged_steps(run)) >= 2, proc)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
@@ -87,7 +120,9 @@ def test_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, signum, code
 
 
 @pytest.mark.parametrize("second_at", ["step", "save"])
-def test_a_second_ctrl_c_aborts_at_once_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, second_at):
+def test_a_second_ctrl_c_aborts_at_once_and_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch, second_at
+):
     """The first Ctrl-C asks for a clean stop: finish the step, save, exit 130. A second one, in
     that step or while its checkpoint is being written, aborts at once (exit 130, "interrupted"):
     the half-written file is removed and the previous checkpoint stays, and --resume goes on."""
@@ -111,8 +146,21 @@ def test_a_second_ctrl_c_aborts_at_once_and_keeps_the_last_checkpoint(tmp_path, 
 
     monkeypatch.setattr(nextchar.data.Streams, "window", window)
     monkeypatch.setattr(atomic.os, "fsync", fsync)
-    code, err = cli("train", tmp_path / "tiny.txt", "--out", run, *TRAIN, "--precision", "fp32",
-                    "--steps", 100, "--checkpoint-every", 5, "--eval-every", 1000)
+    code, err = cli(
+        "train",
+        tmp_path / "tiny.txt",
+        "--out",
+        run,
+        *TRAIN,
+        "--precision",
+        "fp32",
+        "--steps",
+        100,
+        "--checkpoint-every",
+        5,
+        "--eval-every",
+        1000,
+    )
     assert (code, err) == (130, "nextchar train: interrupted\n")
     assert reads[0] == 13  # nothing ran after the second Ctrl-C
     assert load_checkpoint(run / "latest.safetensors")[1]["step"] == 10
@@ -126,12 +174,25 @@ def test_a_second_ctrl_c_aborts_at_once_and_keeps_the_last_checkpoint(tmp_path, 
 # atomic write of NAME. With a checkpoint every step, latest.safetensors's N-th write is at step N;
 # with an evaluation every 4 steps, best.safetensors's 2nd is at step 8 (before latest's 8th).
 
-KILL_FLAGS = [*TRAIN, "--precision", "fp32", "--steps", 12, "--eval-every", 4, "--checkpoint-every", 1]
+KILL_FLAGS = [
+    *TRAIN,
+    "--precision",
+    "fp32",
+    "--steps",
+    12,
+    "--eval-every",
+    4,
+    "--checkpoint-every",
+    1,
+]
 
 
 def evals(run: Path) -> list[tuple]:
-    return [(r["step"], r["val_loss"], r["sample"]) for r in runfolder.RunFolder(run).read_metrics()
-            if r["kind"] == "eval"]
+    return [
+        (r["step"], r["val_loss"], r["sample"])
+        for r in runfolder.RunFolder(run).read_metrics()
+        if r["kind"] == "eval"
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -146,15 +207,31 @@ def uninterrupted(tmp_path_factory) -> Path:
     return folder / "run"
 
 
-@pytest.mark.parametrize("name, point", [("latest.safetensors", p) for p in atomic.FAULT_POINTS]
-                         + [("best.safetensors", "partial")])
+@pytest.mark.parametrize(
+    "name, point",
+    [("latest.safetensors", p) for p in atomic.FAULT_POINTS] + [("best.safetensors", "partial")],
+)
 def test_sigkill_inside_a_checkpoint_write_loses_nothing(tmp_path, uninterrupted, name, point):
     (tmp_path / "tiny.txt").write_text(TEXT)
     run = tmp_path / "run"
     nth = 6 if name == "latest.safetensors" else 2
-    proc = subprocess.run([sys.executable, "-m", "nextchar", "train", "tiny.txt", "--out", "run",
-                           *map(str, KILL_FLAGS)], cwd=tmp_path, capture_output=True, text=True,
-                          env=dict(os.environ, NEXTCHAR_FAULT=f"{point}:{name}:{nth}"), timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nextchar",
+            "train",
+            "tiny.txt",
+            "--out",
+            "run",
+            *map(str, KILL_FLAGS),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, NEXTCHAR_FAULT=f"{point}:{name}:{nth}"),
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
     # the last complete checkpoints are in place: the new one only from its rename on
@@ -178,7 +255,9 @@ def test_sigkill_inside_a_checkpoint_write_loses_nothing(tmp_path, uninterrupted
     resumed = nextchar.train(resume=run)
     assert resumed.steps == 12 and stray_temps(run) == []
     for kept in ("latest.safetensors", "best.safetensors"):  # the run ends as if never killed
-        assert_same_tensors(load_checkpoint(run / kept)[0], load_checkpoint(uninterrupted / kept)[0])
+        assert_same_tensors(
+            load_checkpoint(run / kept)[0], load_checkpoint(uninterrupted / kept)[0]
+        )
     assert evals(run) == evals(uninterrupted)
     steps = logged_steps(run)
     assert steps == sorted(set(steps)), "metrics of a lost future were not dropped"
@@ -205,7 +284,11 @@ def test_a_write_is_synced_before_its_rename_and_the_folder_after(tmp_path, monk
     target = folder / "latest.safetensors"
     nextchar.checkpoint.save_checkpoint(target, {"w": torch.ones(3)}, {"step": 1})
     temporary = str(folder / f".latest.safetensors.tmp-{os.getpid()}")
-    assert calls == [("fsync", temporary), ("rename", temporary, str(target)), ("fsync", str(folder))]
+    assert calls == [
+        ("fsync", temporary),
+        ("rename", temporary, str(target)),
+        ("fsync", str(folder)),
+    ]
     assert load_checkpoint(target)[1]["step"] == 1
 
 
@@ -213,7 +296,9 @@ def test_stray_partial_temp_files_are_ignored_and_cleaned(tmp_path):
     run = Path(nextchar.train(text=TEXT, out=tmp_path / "run", steps=10, eval_every=5, **TINY).path)
     latest = (run / "latest.safetensors").read_bytes()
     best = (run / "best.safetensors").read_bytes()
-    (run / ".latest.safetensors.tmp-123").write_bytes(latest[: len(latest) // 2])  # killed mid-write
+    (run / ".latest.safetensors.tmp-123").write_bytes(
+        latest[: len(latest) // 2]
+    )  # killed mid-write
     (run / ".best.safetensors.tmp-99999").write_bytes(b"\x00" * 10)
     (run / ".metrics.jsonl.tmp-5").write_text('{"kind": "train", "st')
     (run / ".data.tmp-77").mkdir()  # a prepare killed half way
@@ -229,6 +314,7 @@ def test_stray_partial_temp_files_are_ignored_and_cleaned(tmp_path):
 
 
 # ---- divergence -----------------------------------------------------------------------------
+
 
 @pytest.fixture
 def nan_losses(monkeypatch):
@@ -256,7 +342,10 @@ def test_a_non_finite_step_is_skipped_and_logged(tmp_path, nan_losses):
     skipped = [r for r in runfolder.RunFolder(run.path).read_metrics() if r["kind"] == "skipped"]
     assert [r["step"] for r in skipped] == [12, 13]
     for name in ("best", "latest"):
-        assert all(torch.isfinite(t).all() for t in model_tensors(run.path / f"{name}.safetensors").values())
+        assert all(
+            torch.isfinite(t).all()
+            for t in model_tensors(run.path / f"{name}.safetensors").values()
+        )
 
 
 def test_repeated_non_finite_steps_stop_with_the_last_good_checkpoint(tmp_path, nan_losses, capsys):
@@ -265,8 +354,20 @@ def test_repeated_non_finite_steps_stop_with_the_last_good_checkpoint(tmp_path, 
     (tmp_path / "tiny.txt").write_text(TEXT)
     nan_losses.update(range(26, 1000))
     with pytest.raises(SystemExit) as stop:
-        main(["train", str(tmp_path / "tiny.txt"), "--out", str(tmp_path / "run"), "--steps", "60",
-              "--eval-every", "10", "--quiet", *flags])
+        main(
+            [
+                "train",
+                str(tmp_path / "tiny.txt"),
+                "--out",
+                str(tmp_path / "run"),
+                "--steps",
+                "60",
+                "--eval-every",
+                "10",
+                "--quiet",
+                *flags,
+            ]
+        )
     err = capsys.readouterr().err
     assert stop.value.code == 1 and len(err.splitlines()) == 1, err
     assert re.search(r"training diverged: 5 non-finite steps in a row (at|by) step 30", err)
@@ -278,10 +379,13 @@ def test_repeated_non_finite_steps_stop_with_the_last_good_checkpoint(tmp_path, 
 
     # the kept checkpoints are those of the same run stopped cleanly at step 20
     nan_losses.clear()
-    clean = nextchar.train(text=TEXT, out=tmp_path / "clean", steps=20, eval_every=10, **options).path
+    clean = nextchar.train(
+        text=TEXT, out=tmp_path / "clean", steps=20, eval_every=10, **options
+    ).path
     for name in ("best", "latest"):
-        assert_same_tensors(model_tensors(run / f"{name}.safetensors"),
-                            model_tensors(clean / f"{name}.safetensors"))
+        assert_same_tensors(
+            model_tensors(run / f"{name}.safetensors"), model_tensors(clean / f"{name}.safetensors")
+        )
     assert nextchar.train(resume=run, lr=3e-3, steps=30).steps == 30  # and it goes on
 
 
@@ -309,6 +413,7 @@ def test_non_finite_weights_never_replace_good_ones(tmp_path, monkeypatch):
 
 # ---- disk full ------------------------------------------------------------------------------
 
+
 def no_space(*args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -316,7 +421,9 @@ def no_space(*args, **kwargs):
 @pytest.fixture
 def finished_run(tmp_path):
     run = Path(nextchar.train(text=TEXT, out=tmp_path / "run", steps=10, eval_every=5, **TINY).path)
-    return run, {name: (run / name).read_bytes() for name in ("latest.safetensors", "best.safetensors")}
+    return run, {
+        name: (run / name).read_bytes() for name in ("latest.safetensors", "best.safetensors")
+    }
 
 
 def test_disk_full_on_rename_keeps_the_old_checkpoint(finished_run, monkeypatch, capsys):
@@ -375,6 +482,7 @@ def test_disk_full_on_metrics_is_a_clear_error(finished_run, monkeypatch):
 
 # ---- how much work a crash can lose ---------------------------------------------------------
 
+
 def test_default_checkpoint_cadence_bounds_lost_work(tmp_path, monkeypatch):
     """README: a resumable checkpoint every 2 minutes by default, so a crash at any moment loses
     at most that much training. Measured on a virtual clock where a step takes 10 s: the longest
@@ -389,16 +497,18 @@ def test_default_checkpoint_cadence_bounds_lost_work(tmp_path, monkeypatch):
         return real_save(path, tensors, meta)
 
     monkeypatch.setattr(nextchar.checkpoint, "save_checkpoint", save_checkpoint)
-    run = nextchar.train(text=TEXT, out=tmp_path / "run", steps=60, eval_every=1000,
-                         precision="fp32", **TINY)
+    run = nextchar.train(
+        text=TEXT, out=tmp_path / "run", steps=60, eval_every=1000, precision="fp32", **TINY
+    )
     assert run.steps == 60 and saved[-1] == 600.0
     worst_loss = max(b - a for a, b in zip([0.0, *saved], saved))  # a kill just before a save
     assert worst_loss <= 120 + 10, saved
     assert len(saved) >= 5  # checkpoints came from the cadence, not only the run's end
 
 
-@pytest.mark.parametrize("every", [{"checkpoint_every_steps": 7, "checkpoint_every": 0.0},
-                                   {"checkpoint_every": 1.25}])
+@pytest.mark.parametrize(
+    "every", [{"checkpoint_every_steps": 7, "checkpoint_every": 0.0}, {"checkpoint_every": 1.25}]
+)
 def test_checkpoints_between_evaluations(tmp_path, monkeypatch, every):
     """Every 7 steps, or every 1.25 s on a virtual clock where a step takes 0.25 s: every 5 steps
     (times that binary floating point holds exactly)."""
@@ -411,7 +521,16 @@ def test_checkpoints_between_evaluations(tmp_path, monkeypatch, every):
         return real_save(path, tensors, meta)
 
     monkeypatch.setattr(nextchar.checkpoint, "save_checkpoint", save_checkpoint)
-    nextchar.train(text=TEXT, out=tmp_path / "run", steps=30, eval_every=1000, precision="fp32",
-                   **TINY, **every)
+    nextchar.train(
+        text=TEXT,
+        out=tmp_path / "run",
+        steps=30,
+        eval_every=1000,
+        precision="fp32",
+        **TINY,
+        **every,
+    )
     steps = [step for name, step in saved if name == "latest.safetensors"]
-    assert steps == ([7, 14, 21, 28, 30] if "checkpoint_every_steps" in every else [5, 10, 15, 20, 25, 30])
+    assert steps == (
+        [7, 14, 21, 28, 30] if "checkpoint_every_steps" in every else [5, 10, 15, 20, 25, 30]
+    )

@@ -25,8 +25,11 @@ FILES = ["best.safetensors", "config.json", "vocab.json"]
 @pytest.fixture(scope="module")
 def original(tmp_path_factory):
     """A trained tiny run, its files' bytes, and what its model says about a fixed input."""
-    run = Path(nextchar.train(text=TEXT, out=tmp_path_factory.mktemp("fuzz") / "run", steps=10,
-                              eval_every=5, **TINY).path)
+    run = Path(
+        nextchar.train(
+            text=TEXT, out=tmp_path_factory.mktemp("fuzz") / "run", steps=10, eval_every=5, **TINY
+        ).path
+    )
     model, vocab, _, _ = load_model(run)
     with torch.no_grad():
         logits = model(torch.arange(len(vocab))[None])[0]
@@ -54,7 +57,9 @@ def damage(draw, names):
     byte, an overwritten stretch, or a truncation."""
     name, data = draw(st.sampled_from(names))
     data = bytearray(data)
-    kind = draw(st.sampled_from(["flip", "flip-header", "insert", "delete", "overwrite", "truncate"]))
+    kind = draw(
+        st.sampled_from(["flip", "flip-header", "insert", "delete", "overwrite", "truncate"])
+    )
     if kind in ("flip", "flip-header"):
         # the first few hundred bytes of a safetensors file are its JSON header
         end = min(len(data), 600) if kind == "flip-header" else len(data)
@@ -68,7 +73,7 @@ def damage(draw, names):
         del data[at]
     elif kind == "overwrite":
         at = draw(st.integers(0, len(data) - 1))
-        data[at:at + 8] = draw(st.binary(min_size=1, max_size=8))
+        data[at : at + 8] = draw(st.binary(min_size=1, max_size=8))
     else:
         data = data[: draw(st.integers(0, len(data) - 1))]
     return name, bytes(data)

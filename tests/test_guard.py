@@ -43,7 +43,9 @@ def test_deferred_the_optimizer_skips_and_the_counts_add_up_between_reads():
     for finite in PATTERN[5:]:
         guard.step(optimizer, torch.tensor(finite))
     skipped, longest = guard.read()
-    assert (skipped, longest) == (2, 3) and guard.diverged(longest)  # the run went on across the read
+    assert (skipped, longest) == (2, 3) and guard.diverged(
+        longest
+    )  # the run went on across the read
     assert guard.due(10, log_every=5) and not guard.due(11, log_every=5)
     assert NonFiniteGuard(torch.device("cpu"), defer=False, max_bad_steps=3).due(11, log_every=5)
 

@@ -20,18 +20,28 @@ from nextchar.errors import UserError
 from nextchar.vocab import Vocab
 from tiny import TINY
 
-MIXED = ("plain ASCII line\r\n", "naïve café — déjà vu\n", "日本語のテキスト、中文字符\n",
-         "emoji 😀🎉 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢\n", "a zero width no-break space \ufeff inside\n", "\tτέλος\n")
+MIXED = (
+    "plain ASCII line\r\n",
+    "naïve café — déjà vu\n",
+    "日本語のテキスト、中文字符\n",
+    "emoji 😀🎉 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢\n",
+    "a zero width no-break space \ufeff inside\n",
+    "\tτέλος\n",
+)
 
 
 def mixed_text(lines: int = 400) -> str:
     return "".join(MIXED[i * 7 % len(MIXED)] for i in range(lines))
 
 
-def prepared_tokens(path, out, chunk_bytes: int, monkeypatch, fast: bool = True) -> tuple[list, np.ndarray]:
+def prepared_tokens(
+    path, out, chunk_bytes: int, monkeypatch, fast: bool = True
+) -> tuple[list, np.ndarray]:
     """Prepare `path` with both passes reading `chunk_bytes` at a time; (symbols, tokens)."""
     monkeypatch.setattr(encode, "iter_bytes", lambda p: corpus.iter_bytes(p, chunk_bytes))
-    monkeypatch.setattr(encode, "iter_chunks", lambda p, e, r: corpus.iter_chunks(p, e, r, chunk_bytes))
+    monkeypatch.setattr(
+        encode, "iter_chunks", lambda p, e, r: corpus.iter_chunks(p, e, r, chunk_bytes)
+    )
     monkeypatch.setattr(encode, "is_utf8", lambda encoding: fast)
     loaded = load_prepared(prepare([str(path)], out))
     return loaded.vocab.symbols, np.array(loaded.tokens)
@@ -99,11 +109,20 @@ def test_large_vocabulary_prepares_and_trains(tmp_path):
     folder = prepare([str(path)], tmp_path / "data")
     prepared = load_prepared(folder)
     assert prepared.tokens.dtype == np.uint16 and len(prepared.vocab) == len(set(text)) == 4011
-    run = nextchar.train(str(folder), out=tmp_path / "run", steps=60,
-                         **dict(TINY, lr=3e-2, batch_size=8, seq_len=32, log_every=10))
-    losses = [r["loss"] for r in map(json.loads, (run.path / "metrics.jsonl").read_text().splitlines())
-              if r["kind"] == "train"]
-    assert losses[-1] < 2.0 < 5.0 < losses[0]  # from ln(4011) = 8.3 to near the ~0.8 a rare symbol a line costs
+    run = nextchar.train(
+        str(folder),
+        out=tmp_path / "run",
+        steps=60,
+        **dict(TINY, lr=3e-2, batch_size=8, seq_len=32, log_every=10),
+    )
+    losses = [
+        r["loss"]
+        for r in map(json.loads, (run.path / "metrics.jsonl").read_text().splitlines())
+        if r["kind"] == "train"
+    ]
+    assert (
+        losses[-1] < 2.0 < 5.0 < losses[0]
+    )  # from ln(4011) = 8.3 to near the ~0.8 a rare symbol a line costs
     model = nextchar.load(run.path)
     assert model.config.model.vocab_size == 4011
     sample = model.generate("日", 40, seed=0)
@@ -112,9 +131,13 @@ def test_large_vocabulary_prepares_and_trains(tmp_path):
 
 def _child_peak_rss_mib(args: list[str], cwd) -> tuple[float, float]:
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "nextchar", *args], cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nextchar", *args],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     assert proc.returncode == 0, proc.stderr.read().decode()
@@ -131,7 +154,10 @@ def test_prepare_memory_does_not_grow_with_the_corpus(tmp_path):
     big, _ = _child_peak_rss_mib(["prepare", "big.txt", "--out", "big"], tmp_path)
     # 40 MB of this text decodes to 160 MB of UCS-4: holding it whole would show
     assert big < small + 30, (small, big)
-    assert load_prepared(tmp_path / "big").tokens.shape[0] == 20 * load_prepared(tmp_path / "small").tokens.shape[0]
+    assert (
+        load_prepared(tmp_path / "big").tokens.shape[0]
+        == 20 * load_prepared(tmp_path / "small").tokens.shape[0]
+    )
 
 
 def test_training_on_a_huge_memory_mapped_corpus_never_loads_it(tmp_path):
@@ -147,8 +173,23 @@ def test_training_on_a_huge_memory_mapped_corpus_never_loads_it(tmp_path):
     meta.update(length=length, splits=split_bounds(length, 0.05, 0.05))
     (folder / "data.json").write_text(json.dumps(meta))
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
-    rss, seconds = _child_peak_rss_mib(["train", "data", "--out", "run", *flags, "--steps", "6",
-                                        "--eval-chars", "2000", "--device", "cpu", "--quiet"], tmp_path)
+    rss, seconds = _child_peak_rss_mib(
+        [
+            "train",
+            "data",
+            "--out",
+            "run",
+            *flags,
+            "--steps",
+            "6",
+            "--eval-chars",
+            "2000",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        tmp_path,
+    )
     # the memory shows the corpus was not loaded; the time only catches reading it all on a slow
     # disk, with a margin for a loaded two-core machine (about 10 s here when it is idle)
     assert rss < 1024 and seconds < 120, (rss, seconds)

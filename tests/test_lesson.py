@@ -29,12 +29,15 @@ def rnn_by_hand(rnn: nn.RNN, xs: torch.Tensor, h0: torch.Tensor) -> torch.Tensor
     """h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh) for one sequence xs (T, I), h0 (H,)."""
     h, outs = h0, []
     for x_t in xs:
-        h = torch.tanh(rnn.weight_ih_l0 @ x_t + rnn.bias_ih_l0 + rnn.weight_hh_l0 @ h + rnn.bias_hh_l0)
+        h = torch.tanh(
+            rnn.weight_ih_l0 @ x_t + rnn.bias_ih_l0 + rnn.weight_hh_l0 @ h + rnn.bias_hh_l0
+        )
         outs.append(h)
     return torch.stack(outs)  # (T, H)
 
 
 # --- 1. one-hot characters ---------------------------------------------------------------------
+
 
 def test_one_hot_helo_and_hihello():
     helo = Vocab.from_text("hello", order="first")
@@ -57,6 +60,7 @@ def test_one_hot_batch_stacks_words_and_refuses_ragged_ones():
 
 # --- 2-4. nn.RNN: one step, unfolding, batching ------------------------------------------------
 
+
 def test_one_rnn_step_shapes_and_value():
     torch.manual_seed(0)
     rnn = nn.RNN(input_size=4, hidden_size=2, batch_first=True)
@@ -77,7 +81,7 @@ def test_unfolding_equals_naive_loop_and_closed_form():
     assert outs.shape == (1, 5, 2)
     h, stepped = h0, []
     for t in range(5):
-        o, h = rnn(xs[:, t:t + 1], h)
+        o, h = rnn(xs[:, t : t + 1], h)
         stepped.append(o)
     assert torch.allclose(torch.cat(stepped, dim=1), outs, atol=1e-6)
     assert torch.allclose(h, h_last, atol=1e-6)
@@ -93,12 +97,13 @@ def test_batched_rows_equal_each_sequence_alone():
     outs, h_last = rnn(one_hot_batch(helo, words), h0)
     assert outs.shape == (3, 5, 2) and h_last.shape == (1, 3, 2)
     for b, word in enumerate(words):
-        alone, _ = rnn(helo.one_hot(word).unsqueeze(0), h0[:, b:b + 1].contiguous())
+        alone, _ = rnn(helo.one_hot(word).unsqueeze(0), h0[:, b : b + 1].contiguous())
         assert torch.allclose(outs[b], alone[0], atol=1e-6)
         assert torch.allclose(outs[b], rnn_by_hand(rnn, helo.one_hot(word), h0[0, b]), atol=1e-6)
 
 
 # --- the lesson model --------------------------------------------------------------------------
+
 
 def test_lesson_inputs_shift_the_text_by_one():
     vocab = Vocab.from_text("hihello", order="first")
@@ -136,8 +141,10 @@ def test_model_shapes_follow_embed_and_hidden():
     assert logits.shape == (2, 6, 5) and h.shape == (1, 2, 8)
 
 
-@pytest.mark.parametrize("settings", [dict(cell="rnn"), dict(cell="lstm", hidden=7),
-                                      dict(cell="gru", embed=10, hidden=8)])
+@pytest.mark.parametrize(
+    "settings",
+    [dict(cell="rnn"), dict(cell="lstm", hidden=7), dict(cell="gru", embed=10, hidden=8)],
+)
 def test_model_fed_char_by_char_equals_whole_sequence(settings):
     torch.manual_seed(4)
     model = LessonModel(5, **settings)
@@ -145,12 +152,13 @@ def test_model_fed_char_by_char_equals_whole_sequence(settings):
     whole, _ = model(x)
     hidden, steps = None, []
     for t in range(6):
-        logits, hidden = model(x[:, t:t + 1], hidden)
+        logits, hidden = model(x[:, t : t + 1], hidden)
         steps.append(logits)
     assert torch.allclose(torch.cat(steps, dim=1), whole, atol=1e-6)
 
 
 # --- training ----------------------------------------------------------------------------------
+
 
 def plain_lesson_losses(seed: int, epochs: int) -> tuple[list[float], list[str]]:
     """The classic lesson written with plain torch.nn: losses and predictions per epoch."""
@@ -189,8 +197,16 @@ def test_variant_epoch_one_loss_equals_plain_torch():
     assert result.loss == pytest.approx(loss.item(), abs=1e-5)
 
 
-@pytest.mark.parametrize("settings", [dict(), dict(cell="lstm"), dict(cell="gru", seed=3),
-                                      dict(embed=10, hidden=8, cell="lstm"), dict(hidden=6)])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(),
+        dict(cell="lstm"),
+        dict(cell="gru", seed=3),
+        dict(embed=10, hidden=8, cell="lstm"),
+        dict(hidden=6),
+    ],
+)
 def test_char_and_sequence_feeding_train_the_same(settings):
     by_char = list(train_lesson(LessonConfig(feed="char", **settings)))
     by_sequence = list(train_lesson(LessonConfig(feed="sequence", **settings)))
@@ -214,7 +230,9 @@ def test_default_run_reaches_ihello_and_its_loss_falls():
 @pytest.mark.parametrize("feed", ["char", "sequence"])
 def test_embedding_variant_reaches_ihello(cell, feed):
     for seed in (0, 1, 2):
-        last = list(train_lesson(LessonConfig(cell=cell, feed=feed, embed=10, hidden=8, seed=seed)))[-1]
+        last = list(
+            train_lesson(LessonConfig(cell=cell, feed=feed, embed=10, hidden=8, seed=seed))
+        )[-1]
         assert last.predicted == "ihello", (cell, feed, seed)
 
 
@@ -228,25 +246,29 @@ def test_other_words_train_too():
 
 # --- printing and validation -------------------------------------------------------------------
 
+
 def test_format_line_is_the_classic_line():
     line = format_line(EpochResult(epoch=5, loss=5.60749, predicted="ihello"))
     assert line == "predicted string: ihello\t epoch: 5, loss: 5.607"
 
 
-@pytest.mark.parametrize("settings, flag", [
-    (dict(text="h"), "--text"),
-    (dict(text=""), "--text"),
-    (dict(epochs=0), "--epochs"),
-    (dict(epochs=-3), "--epochs"),
-    (dict(lr=0.0), "--lr"),
-    (dict(lr=-0.1), "--lr"),
-    (dict(lr=float("nan")), "--lr"),
-    (dict(lr=float("inf")), "--lr"),
-    (dict(cell="rnn-relu"), "--cell"),
-    (dict(feed="batch"), "--feed"),
-    (dict(embed=-1), "--embed"),
-    (dict(hidden=-1), "--hidden"),
-])
+@pytest.mark.parametrize(
+    "settings, flag",
+    [
+        (dict(text="h"), "--text"),
+        (dict(text=""), "--text"),
+        (dict(epochs=0), "--epochs"),
+        (dict(epochs=-3), "--epochs"),
+        (dict(lr=0.0), "--lr"),
+        (dict(lr=-0.1), "--lr"),
+        (dict(lr=float("nan")), "--lr"),
+        (dict(lr=float("inf")), "--lr"),
+        (dict(cell="rnn-relu"), "--cell"),
+        (dict(feed="batch"), "--feed"),
+        (dict(embed=-1), "--embed"),
+        (dict(hidden=-1), "--hidden"),
+    ],
+)
 def test_config_mistakes_are_user_errors_naming_the_flag(settings, flag):
     with pytest.raises(UserError, match=flag):
         LessonConfig(**settings)

@@ -14,19 +14,42 @@ import pytest
 from nextchar.folderlock import LOCK, acquire
 from processes import wait_until
 
-TRAIN = ["--hidden", "16", "--layers", "1", "--embed", "8", "--batch-size", "4", "--seq-len", "16",
-         "--sample-chars", "0", "--quiet"]
+TRAIN = [
+    "--hidden",
+    "16",
+    "--layers",
+    "1",
+    "--embed",
+    "8",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "16",
+    "--sample-chars",
+    "0",
+    "--quiet",
+]
 TEXT = "".join(f"{i}: the quick brown fox jumps over the lazy dog.\n" for i in range(60))
 
 
 def nextchar(*args, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nextchar", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "nextchar", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def start(*args, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "nextchar", *map(str, args)], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nextchar", *map(str, args)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def held_by(folder: Path, pid: int) -> bool:
@@ -52,12 +75,17 @@ def text_file(tmp_path) -> Path:
 
 def test_a_second_writer_is_refused_while_the_first_trains(tmp_path, text_file):
     run = tmp_path / "run"
-    first = start("train", text_file, "--out", run, "--time", "120", "--eval-every", "5", *TRAIN,
-                  cwd=tmp_path)
+    first = start(
+        "train", text_file, "--out", run, "--time", "120", "--eval-every", "5", *TRAIN, cwd=tmp_path
+    )
     try:
         wait_until(lambda: held_by(run, first.pid) and (run / "best.safetensors").exists(), first)
-        line = refused_as_busy(nextchar("train", text_file, "--out", run, "--force", *TRAIN,
-                                        "--steps", "3", cwd=tmp_path), first.pid)
+        line = refused_as_busy(
+            nextchar(
+                "train", text_file, "--out", run, "--force", *TRAIN, "--steps", "3", cwd=tmp_path
+            ),
+            first.pid,
+        )
         assert "training since" in line
         refused_as_busy(nextchar("train", "--resume", run, cwd=tmp_path), first.pid)
         sample = nextchar("sample", run, "--length", "5", "--seed", "1", cwd=tmp_path)  # a reader
@@ -73,18 +101,25 @@ def test_a_second_writer_is_refused_while_the_first_trains(tmp_path, text_file):
 
 def test_two_resumes_at_once_one_is_refused(tmp_path, text_file):
     run = tmp_path / "run"
-    assert nextchar("train", text_file, "--out", run, "--steps", "5", *TRAIN, cwd=tmp_path).returncode == 0
+    assert (
+        nextchar("train", text_file, "--out", run, "--steps", "5", *TRAIN, cwd=tmp_path).returncode
+        == 0
+    )
     first = start("train", "--resume", run, "--steps", "100000", "--quiet", cwd=tmp_path)
     try:
         wait_until(lambda: held_by(run, first.pid), first)
-        line = refused_as_busy(nextchar("train", "--resume", run, "--steps", "8", cwd=tmp_path),
-                               first.pid)
+        line = refused_as_busy(
+            nextchar("train", "--resume", run, "--steps", "8", cwd=tmp_path), first.pid
+        )
         assert "resuming since" in line
     finally:
         first.send_signal(signal.SIGINT)  # saves, then exits 130
         first.communicate(timeout=120)
-    steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-             if r.get("kind") == "train"]
+    steps = [
+        r["step"]
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if r.get("kind") == "train"
+    ]
     assert steps == sorted(steps)  # one history, not two interleaved ones
 
 
@@ -99,6 +134,8 @@ def test_a_folder_being_prepared_is_not_written_by_another(tmp_path, text_file):
         data = tmp_path / "data"
         data.mkdir()
         with acquire(data, "preparing data"):
-            refused_as_busy(nextchar("prepare", text_file, "--out", data, cwd=tmp_path), os.getpid())
+            refused_as_busy(
+                nextchar("prepare", text_file, "--out", data, cwd=tmp_path), os.getpid()
+            )
         assert sorted(p.name for p in run.iterdir()) == [LOCK]
         assert sorted(p.name for p in data.iterdir()) == [LOCK]

@@ -20,7 +20,7 @@ def test_forward_equals_naive_loop_and_plain_torch(cell, embed):
     state = None
     steps = []
     for t in range(9):
-        out, state = model(idx[:, t:t + 1], state)
+        out, state = model(idx[:, t : t + 1], state)
         steps.append(out)
     assert torch.allclose(torch.cat(steps, 1), logits, atol=1e-5)
     # the fused single-step path used for sampling
@@ -34,7 +34,9 @@ def test_forward_equals_naive_loop_and_plain_torch(cell, embed):
     # plain torch.nn with the same weights
     x = model.embed(idx) if embed else nn.functional.one_hot(idx, 11).float()
     out, _ = model.rnn(x)
-    assert torch.allclose(nn.functional.linear(out, model.head.weight, model.head.bias), logits, atol=1e-6)
+    assert torch.allclose(
+        nn.functional.linear(out, model.head.weight, model.head.bias), logits, atol=1e-6
+    )
 
 
 def test_lstm_cell_closed_form():
@@ -78,7 +80,11 @@ def test_training_layer_by_layer_is_the_fused_rnn_without_the_masks(cell, monkey
     model = CharRNN(ModelConfig(vocab_size=9, cell=cell, embed=5, hidden=7, layers=3, dropout=0.3))
     idx = torch.randint(0, 9, (2, 6))
     state = model.init_hidden(2)
-    state = tuple(torch.randn_like(t) for t in state) if isinstance(state, tuple) else torch.randn_like(state)
+    state = (
+        tuple(torch.randn_like(t) for t in state)
+        if isinstance(state, tuple)
+        else torch.randn_like(state)
+    )
     monkeypatch.setattr(model_module, "dropout", lambda x, p, training: x)
     model.train()
     logits, hidden = model(idx, state)
@@ -89,8 +95,10 @@ def test_training_layer_by_layer_is_the_fused_rnn_without_the_masks(cell, monkey
     ref_logits, ref_hidden = model(idx, state)
     ref_logits.square().sum().backward()
     assert torch.allclose(logits, ref_logits, atol=1e-6)
-    for a, b in zip(hidden if isinstance(hidden, tuple) else [hidden],
-                    ref_hidden if isinstance(ref_hidden, tuple) else [ref_hidden]):
+    for a, b in zip(
+        hidden if isinstance(hidden, tuple) else [hidden],
+        ref_hidden if isinstance(ref_hidden, tuple) else [ref_hidden],
+    ):
         assert torch.allclose(a, b, atol=1e-6)
     for g, p in zip(grads, model.parameters()):
         assert torch.allclose(g, p.grad, atol=1e-5)

@@ -19,22 +19,41 @@ from nextchar.config import (
     is_option,
 )
 
-NOT_FLAGS = {"vocab_size",  # filled in from the data
-             "max_bad_steps",  # a safety limit, not a user's choice
-             "checkpoint_every_steps"}  # --checkpoint-every 500 (steps) or 10m (seconds)
+NOT_FLAGS = {
+    "vocab_size",  # filled in from the data
+    "max_bad_steps",  # a safety limit, not a user's choice
+    "checkpoint_every_steps",
+}  # --checkpoint-every 500 (steps) or 10m (seconds)
 # per command: the config classes its flags are made from (prefix, the fields taken: all when
 # None), and its own flags, about the command itself rather than the library's options
 COMMANDS = {
-    "train": ([(DataConfig, "", None), (ModelConfig, "", None), (TrainConfig, "", None)],
-              {"inputs", "out", "force", "resume", "quiet", "json"}),
+    "train": (
+        [(DataConfig, "", None), (ModelConfig, "", None), (TrainConfig, "", None)],
+        {"inputs", "out", "force", "resume", "quiet", "json"},
+    ),
     "prepare": ([(DataConfig, "", None)], {"inputs", "out", "force", "quiet"}),
-    "eval": ([(DataConfig, "", ("encoding", "errors")), (DynamicConfig, "dynamic_", None)],
-             {"run", "texts", "split", "checkpoint", "device", "precision", "dynamic", "json"}),
-    "sample": ([(SampleConfig, "", None), (DynamicConfig, "dynamic_", None)],
-               {"run", "checkpoint", "device", "weights", "adapt", "json"}),
-    "serve": ([(ServeLimits, "", None)],
-              {"runs", "host", "port", "api_key", "allow_public", "weights", "checkpoint",
-               "device", "quiet"}),
+    "eval": (
+        [(DataConfig, "", ("encoding", "errors")), (DynamicConfig, "dynamic_", None)],
+        {"run", "texts", "split", "checkpoint", "device", "precision", "dynamic", "json"},
+    ),
+    "sample": (
+        [(SampleConfig, "", None), (DynamicConfig, "dynamic_", None)],
+        {"run", "checkpoint", "device", "weights", "adapt", "json"},
+    ),
+    "serve": (
+        [(ServeLimits, "", None)],
+        {
+            "runs",
+            "host",
+            "port",
+            "api_key",
+            "allow_public",
+            "weights",
+            "checkpoint",
+            "device",
+            "quiet",
+        },
+    ),
 }
 
 
@@ -49,15 +68,22 @@ def flags_of(command: str) -> dict:
 
 
 def config_classes() -> list[type]:
-    return [c for c in vars(config).values()
-            if isinstance(c, type) and dataclasses.is_dataclass(c) and c.__module__ == config.__name__]
+    return [
+        c
+        for c in vars(config).values()
+        if isinstance(c, type) and dataclasses.is_dataclass(c) and c.__module__ == config.__name__
+    ]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_config_field_has_a_flag_and_every_flag_a_field(command):
     sources, own = COMMANDS[command]
-    fields = {prefix + f.name for cls, prefix, only in sources for f in dataclasses.fields(cls)
-              if f.name not in NOT_FLAGS and (only is None or f.name in only)}
+    fields = {
+        prefix + f.name
+        for cls, prefix, only in sources
+        for f in dataclasses.fields(cls)
+        if f.name not in NOT_FLAGS and (only is None or f.name in only)
+    }
     flags = set(flags_of(command)) - own
     assert fields - flags == set(), "config fields without a flag"
     assert flags - fields == set(), "flags without a config field"
@@ -65,8 +91,12 @@ def test_every_config_field_has_a_flag_and_every_flag_a_field(command):
 
 def test_fields_that_are_no_flags_are_the_ones_named_here():
     """A field left out of the CLI is a decision: NOT_FLAGS lists each with its reason."""
-    internal = {f.name for cls in config_classes() for f in dataclasses.fields(cls)
-                if not is_option(f) and cls is not config.RunConfig}
+    internal = {
+        f.name
+        for cls in config_classes()
+        for f in dataclasses.fields(cls)
+        if not is_option(f) and cls is not config.RunConfig
+    }
     assert internal == NOT_FLAGS
 
 
@@ -102,19 +132,42 @@ def test_train_flags_default_to_none_so_the_library_fills_the_rest():
 
 
 def test_train_options_given_reach_the_library_by_field_name():
-    args = build_parser().parse_args(["train", "--hidden", "8", "--no-compile", "--time", "2m",
-                                      "--checkpoint-every", "500", "--errors", "replace"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--hidden",
+            "8",
+            "--no-compile",
+            "--time",
+            "2m",
+            "--checkpoint-every",
+            "500",
+            "--errors",
+            "replace",
+        ]
+    )
     assert options_given(args, DataConfig, ModelConfig, TrainConfig) == {
-        "hidden": 8, "compile": False, "time": 120.0, "checkpoint_every": 0.0,
-        "checkpoint_every_steps": 500, "errors": "replace"}
+        "hidden": 8,
+        "compile": False,
+        "time": 120.0,
+        "checkpoint_every": 0.0,
+        "checkpoint_every_steps": 500,
+        "errors": "replace",
+    }
     args = build_parser().parse_args(["train", "--checkpoint-every", "10m"])
     assert options_given(args, TrainConfig) == {"checkpoint_every": 600.0}
 
 
-@pytest.mark.parametrize("argv, cls, prefix", [
-    (["sample", "RUN"], SampleConfig, ""), (["sample", "RUN"], DynamicConfig, "dynamic_"),
-    (["eval", "RUN"], DynamicConfig, "dynamic_"), (["serve", "RUN"], ServeLimits, ""),
-    (["prepare", "T", "--out", "D"], DataConfig, "")])
+@pytest.mark.parametrize(
+    "argv, cls, prefix",
+    [
+        (["sample", "RUN"], SampleConfig, ""),
+        (["sample", "RUN"], DynamicConfig, "dynamic_"),
+        (["eval", "RUN"], DynamicConfig, "dynamic_"),
+        (["serve", "RUN"], ServeLimits, ""),
+        (["prepare", "T", "--out", "D"], DataConfig, ""),
+    ],
+)
 def test_flags_left_out_give_the_config_defaults(argv, cls, prefix):
     assert config_from(build_parser().parse_args(argv), cls, prefix) == cls()
 

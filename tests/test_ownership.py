@@ -29,7 +29,9 @@ def refused(code_and_err) -> str:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -58,7 +60,9 @@ def test_training_into_the_input_folder_is_refused(tmp_path, monkeypatch):
     (tmp_path / "data" / "corpus.txt").write_text(TEXT)
     monkeypatch.chdir(tmp_path)
     for force in ([], ["--force"]):
-        assert "holds no nextchar run" in refused(cli("train", "data/", "--out", ".", *TRAIN, *force))
+        assert "holds no nextchar run" in refused(
+            cli("train", "data/", "--out", ".", *TRAIN, *force)
+        )
     assert (tmp_path / "data" / "corpus.txt").read_text() == TEXT
 
 
@@ -94,7 +98,9 @@ def test_prepare_replaces_only_a_folder_it_marked(tmp_path, text_file):
     (data / "notes.md").write_text("mine")  # a marked folder with a user's file in it
     meta["nextchar"] = "nextchar prepared data"
     (data / "data.json").write_text(json.dumps(meta))
-    assert "files nextchar did not make" in refused(cli("prepare", text_file, "--out", data, "--force"))
+    assert "files nextchar did not make" in refused(
+        cli("prepare", text_file, "--out", data, "--force")
+    )
     assert (data / "notes.md").read_text() == "mine"
 
 
@@ -103,11 +109,13 @@ def test_force_replaces_a_run(tmp_path, text_file):
     is the new run alone."""
     run = tmp_path / "run"
     assert cli("train", text_file, "--out", run, *TRAIN)[0] == 0
-    (run / "report.html").write_text("<html>the old run</html>")  # as `report` and `plot` leave them
+    (run / "report.html").write_text(
+        "<html>the old run</html>"
+    )  # as `report` and `plot` leave them
     (run / "curves.png").write_bytes(b"\x89PNG the old run")
     assert "--force to overwrite it" in refused(cli("train", text_file, "--out", run, *TRAIN))
     (tmp_path / "u.txt").write_text(TEXT.upper())
-    new = [*TRAIN[:TRAIN.index("--steps")], "--steps", "5", *TRAIN[TRAIN.index("--steps") + 2:]]
+    new = [*TRAIN[: TRAIN.index("--steps")], "--steps", "5", *TRAIN[TRAIN.index("--steps") + 2 :]]
     assert cli("train", tmp_path / "u.txt", "--out", run, *new, "--force")[0] == 0
 
     vocab = Vocab.from_json((run / "vocab.json").read_text())

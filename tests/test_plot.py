@@ -16,8 +16,17 @@ from nextchar.runfolder import RunFolder
 
 LINE = 'He said "the quick (brown) fox" jumps over the lazy dog; naïve café.\n'
 TEXT = "".join(f"{i}: {LINE}" for i in range(120))
-TINY = dict(hidden=32, layers=1, embed=16, batch_size=4, seq_len=16, eval_every=10,
-            sample_chars=20, log_every=5, quiet=True)
+TINY = dict(
+    hidden=32,
+    layers=1,
+    embed=16,
+    batch_size=4,
+    seq_len=16,
+    eval_every=10,
+    sample_chars=20,
+    log_every=5,
+    quiet=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +82,21 @@ def test_figure_overlays_runs_in_two_panels(runs):
     assert by_time.get_xlabel() == "wall time (s)"
     for axes in (by_chars, by_time):
         lines = {line.get_label(): line for line in axes.get_lines()}
-        assert set(lines) == {"lstm 1x32 (first) train", "lstm 1x32 (first) val",
-                              "gru 1x32 (second) train", "gru 1x32 (second) val"}
+        assert set(lines) == {
+            "lstm 1x32 (first) train",
+            "lstm 1x32 (first) val",
+            "gru 1x32 (second) train",
+            "gru 1x32 (second) val",
+        }
         assert lines["lstm 1x32 (first) val"].get_marker() == "o"
         assert lines["lstm 1x32 (first) train"].get_marker() in ("None", "", None)
-        assert lines["lstm 1x32 (first) train"].get_linewidth() < lines["lstm 1x32 (first) val"].get_linewidth()
-        assert lines["gru 1x32 (second) val"].get_color() != lines["lstm 1x32 (first) val"].get_color()
+        assert (
+            lines["lstm 1x32 (first) train"].get_linewidth()
+            < lines["lstm 1x32 (first) val"].get_linewidth()
+        )
+        assert (
+            lines["gru 1x32 (second) val"].get_color() != lines["lstm 1x32 (first) val"].get_color()
+        )
     val = {line.get_label(): line for line in by_chars.get_lines()}["gru 1x32 (second) val"]
     assert list(val.get_xdata()) == [r["chars"] for r in records(second, "eval")]
     assert list(val.get_ydata()) == pytest.approx([r["val_bpc"] for r in records(second, "eval")])

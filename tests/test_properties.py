@@ -22,8 +22,12 @@ from nextchar.vocab import Vocab
 # marks, controls, CR and LF
 CHARS = st.characters(exclude_categories=("Cs",))
 TEXTS = st.text(CHARS, min_size=1, max_size=200)
-TRICKY = ["e\u0301\u0301 \U0001F600\U0001F1EB\U0001F1F7", "a\r\nb\rc\n", "\ufeff\x00\U0010FFFF\u200d",
-          "\u0915\u094d\u0937 \ud7ff\ue000"]
+TRICKY = [
+    "e\u0301\u0301 \U0001f600\U0001f1eb\U0001f1f7",
+    "a\r\nb\rc\n",
+    "\ufeff\x00\U0010ffff\u200d",
+    "\u0915\u094d\u0937 \ud7ff\ue000",
+]
 
 
 @given(TEXTS)
@@ -52,7 +56,9 @@ def test_text_survives_preparation_and_chunked_decoding(text, chunk_bytes):
         assert "".join(iter_chunks(path, chunk_bytes=chunk_bytes)) == expected
         if len(set(expected)) < 2:
             return
-        data = load_prepared(prepare([path], Path(tmp) / "data", DataConfig(val_frac=0, test_frac=0)))
+        data = load_prepared(
+            prepare([path], Path(tmp) / "data", DataConfig(val_frac=0, test_frac=0))
+        )
         assert data.vocab == Vocab.from_text(expected)
         assert data.vocab.decode(np.asarray(data.tokens)) == expected
         assert len(data.tokens) == len(expected)
@@ -89,14 +95,16 @@ def test_streams_cover_each_target_once_per_epoch(length, batch_size, seq_len, w
         per = batch_size // world
         for w in range(len(streams)):
             x, y, valid = streams.window(w)
-            parts = [Streams(tokens, batch_size, seq_len, rows=slice(r * per, (r + 1) * per)).window(w)
-                     for r in range(world)]
+            parts = [
+                Streams(tokens, batch_size, seq_len, rows=slice(r * per, (r + 1) * per)).window(w)
+                for r in range(world)
+            ]
             assert np.array_equal(np.concatenate([p[0] for p in parts]), x)
             assert np.array_equal(np.concatenate([p[1] for p in parts]), y)
             assert all(p[2] == valid for p in parts)  # valid counts the global batch
 
 
-VOCAB = Vocab(list("\nab\u00e9 \U0001F600\u0301xyz"))
+VOCAB = Vocab(list("\nab\u00e9 \U0001f600\u0301xyz"))
 
 
 @pytest.fixture(scope="module")
@@ -113,17 +121,39 @@ def samplers():
 
 
 @settings(max_examples=80, deadline=None)
-@given(temperature=st.floats(min_value=0, max_value=1e300, exclude_min=True),
-       top_k=st.none() | st.integers(1, len(VOCAB) + 3),
-       top_p=st.floats(min_value=0, max_value=1, exclude_min=True),
-       greedy=st.booleans(), num_samples=st.integers(1, 3), seed=st.integers(0, 2**32 - 1),
-       prime=st.text(st.sampled_from(VOCAB.symbols), max_size=4), which=st.integers(0, 1))
-@example(temperature=5e-324, top_k=1, top_p=5e-324, greedy=False, num_samples=2, seed=0, prime="",
-         which=1)
-def test_sampling_emits_only_vocabulary_characters(samplers, temperature, top_k, top_p, greedy,
-                                                   num_samples, seed, prime, which):
-    config = SampleConfig(length=12, temperature=temperature, top_k=top_k, top_p=top_p,
-                          greedy=greedy, num_samples=num_samples, seed=seed, prime=prime)
+@given(
+    temperature=st.floats(min_value=0, max_value=1e300, exclude_min=True),
+    top_k=st.none() | st.integers(1, len(VOCAB) + 3),
+    top_p=st.floats(min_value=0, max_value=1, exclude_min=True),
+    greedy=st.booleans(),
+    num_samples=st.integers(1, 3),
+    seed=st.integers(0, 2**32 - 1),
+    prime=st.text(st.sampled_from(VOCAB.symbols), max_size=4),
+    which=st.integers(0, 1),
+)
+@example(
+    temperature=5e-324,
+    top_k=1,
+    top_p=5e-324,
+    greedy=False,
+    num_samples=2,
+    seed=0,
+    prime="",
+    which=1,
+)
+def test_sampling_emits_only_vocabulary_characters(
+    samplers, temperature, top_k, top_p, greedy, num_samples, seed, prime, which
+):
+    config = SampleConfig(
+        length=12,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        greedy=greedy,
+        num_samples=num_samples,
+        seed=seed,
+        prime=prime,
+    )
     texts = samplers[which].generate(config)
     assert len(texts) == num_samples
     for text in texts:

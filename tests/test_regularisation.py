@@ -47,7 +47,11 @@ def plain_rnn(model: CharRNN, layer: int | None = None) -> nn.Module:
 
 def random_state(model: CharRNN, batch: int):
     state = model.init_hidden(batch)
-    return tuple(torch.randn_like(t) for t in state) if isinstance(state, tuple) else torch.randn_like(state)
+    return (
+        tuple(torch.randn_like(t) for t in state)
+        if isinstance(state, tuple)
+        else torch.randn_like(state)
+    )
 
 
 def as_list(hidden):
@@ -56,12 +60,17 @@ def as_list(hidden):
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "rnn-relu"])
 @pytest.mark.parametrize("between", [0.0, 0.3])
-def test_weight_dropped_cell_is_the_plain_cell_with_the_masked_weight(cell, between, masks, monkeypatch):
+def test_weight_dropped_cell_is_the_plain_cell_with_the_masked_weight(
+    cell, between, masks, monkeypatch
+):
     """Outputs, final state and gradients equal nn.LSTM/GRU/RNN whose W_hh is the drawn mask times
     the raw weight (one fused call, or layer by layer when dropout runs between the layers)."""
     torch.manual_seed(0)
-    model = CharRNN(ModelConfig(vocab_size=9, cell=cell, embed=5, hidden=7, layers=2,
-                                dropout=between, weight_drop=0.5)).train()
+    model = CharRNN(
+        ModelConfig(
+            vocab_size=9, cell=cell, embed=5, hidden=7, layers=2, dropout=between, weight_drop=0.5
+        )
+    ).train()
     monkeypatch.setattr(model_module, "dropout", lambda x, p, training: x)  # only W_hh masks left
     idx, state = torch.randint(0, 9, (3, 6)), random_state(model, 3)
     logits, hidden = model(idx, state)
@@ -82,16 +91,24 @@ def test_weight_dropped_cell_is_the_plain_cell_with_the_masked_weight(cell, betw
         assert torch.allclose(a, b, atol=1e-6)
     for k, (_, mask) in enumerate(masks):
         # d loss / d W_hh = mask * d loss / d (masked W_hh); the other weights as they are
-        assert torch.allclose(getattr(model.rnn, f"weight_hh_l{k}").grad,
-                              getattr(reference, f"weight_hh_l{k}").grad * mask, atol=1e-5)
+        assert torch.allclose(
+            getattr(model.rnn, f"weight_hh_l{k}").grad,
+            getattr(reference, f"weight_hh_l{k}").grad * mask,
+            atol=1e-5,
+        )
         for name in ("weight_ih", "bias_ih", "bias_hh"):
-            assert torch.allclose(getattr(model.rnn, f"{name}_l{k}").grad,
-                                  getattr(reference, f"{name}_l{k}").grad, atol=1e-5)
+            assert torch.allclose(
+                getattr(model.rnn, f"{name}_l{k}").grad,
+                getattr(reference, f"{name}_l{k}").grad,
+                atol=1e-5,
+            )
 
 
 def test_weight_drop_draws_a_new_mask_per_window(masks):
     torch.manual_seed(0)
-    model = CharRNN(ModelConfig(vocab_size=9, embed=5, hidden=16, layers=1, weight_drop=0.25)).train()
+    model = CharRNN(
+        ModelConfig(vocab_size=9, embed=5, hidden=16, layers=1, weight_drop=0.25)
+    ).train()
     idx = torch.randint(0, 9, (2, 5))
     model(idx)
     model(idx)
@@ -106,8 +123,19 @@ def test_evaluation_uses_the_raw_weights_and_draws_no_mask(cell, masks):
     """With every regulariser on, an eval-mode model (what eval, dynamic evaluation and the
     sampler's StepModel read) is the plain stacked cell on the raw weights."""
     torch.manual_seed(0)
-    model = CharRNN(ModelConfig(vocab_size=9, cell=cell, embed=5, hidden=8, layers=2, dropout=0.3,
-                                locked_dropout=True, weight_drop=0.5, embed_drop=0.2)).eval()
+    model = CharRNN(
+        ModelConfig(
+            vocab_size=9,
+            cell=cell,
+            embed=5,
+            hidden=8,
+            layers=2,
+            dropout=0.3,
+            locked_dropout=True,
+            weight_drop=0.5,
+            embed_drop=0.2,
+        )
+    ).eval()
     idx, state = torch.randint(0, 9, (2, 7)), random_state(model, 2)
     logits, hidden = model(idx, state)
     assert masks == []
@@ -132,14 +160,15 @@ def test_locked_dropout_in_the_model_is_the_plain_stack_with_one_mask_per_stream
     """Layer by layer: plain layer 0, its output times a (B, 1, H) mask, plain layer 1, the
     output times another, then the head."""
     torch.manual_seed(0)
-    model = CharRNN(ModelConfig(vocab_size=9, embed=5, hidden=7, layers=2, dropout=0.5,
-                                locked_dropout=True)).train()
+    model = CharRNN(
+        ModelConfig(vocab_size=9, embed=5, hidden=7, layers=2, dropout=0.5, locked_dropout=True)
+    ).train()
     idx, state = torch.randint(0, 9, (3, 6)), random_state(model, 3)
     logits, _ = model(idx, state)
     assert [shape for shape, _ in masks] == [(3, 1, 7), (3, 1, 7)]
     x = model.embed(idx)
     for k, (_, mask) in enumerate(masks):
-        x, _ = plain_rnn(model, k)(x, (state[0][k:k + 1], state[1][k:k + 1]))
+        x, _ = plain_rnn(model, k)(x, (state[0][k : k + 1], state[1][k : k + 1]))
         x = x * mask
     assert torch.allclose(logits, model.head(x), atol=1e-6)
 
@@ -150,7 +179,9 @@ def test_embedding_dropout_zeroes_whole_rows_of_the_table(embed, masks):
     scaled); a dropped character gets no gradient anywhere in the window."""
     torch.manual_seed(0)
     V = 12
-    model = CharRNN(ModelConfig(vocab_size=V, embed=embed, hidden=8, layers=1, embed_drop=0.5)).train()
+    model = CharRNN(
+        ModelConfig(vocab_size=V, embed=embed, hidden=8, layers=1, embed_drop=0.5)
+    ).train()
     idx = torch.randint(0, V, (4, 10))
     logits, _ = model(idx)
     [(shape, rows)] = masks
@@ -162,22 +193,28 @@ def test_embedding_dropout_zeroes_whole_rows_of_the_table(embed, masks):
         logits.sum().backward()
         dropped = rows[:, 0] == 0
         assert dropped.any() and (~dropped).any()
-        assert torch.equal(model.embed.weight.grad[dropped], torch.zeros_like(model.embed.weight.grad[dropped]))
+        assert torch.equal(
+            model.embed.weight.grad[dropped], torch.zeros_like(model.embed.weight.grad[dropped])
+        )
         seen = torch.zeros(V, dtype=torch.bool)
         seen[idx.unique()] = True
         assert (model.embed.weight.grad[~dropped & seen].abs().sum(1) > 0).all()
 
 
 def test_the_options_are_validated_like_the_others():
-    for options, says in [({"weight_drop": 1.0}, "--weight-drop must be in [0, 1), got 1.0"),
-                          ({"embed_drop": -0.1}, "--embed-drop must be in [0, 1), got -0.1"),
-                          ({"locked_dropout": 1}, "--locked-dropout must be true or false, got 1")]:
+    for options, says in [
+        ({"weight_drop": 1.0}, "--weight-drop must be in [0, 1), got 1.0"),
+        ({"embed_drop": -0.1}, "--embed-drop must be in [0, 1), got -0.1"),
+        ({"locked_dropout": 1}, "--locked-dropout must be true or false, got 1"),
+    ]:
         with pytest.raises(UserError) as refused:
             ModelConfig(**options)
         assert str(refused.value) == says
 
 
-def test_a_run_folder_from_before_these_options_still_loads_and_resumes(tmp_path, tiny_text, tiny_options):
+def test_a_run_folder_from_before_these_options_still_loads_and_resumes(
+    tmp_path, tiny_text, tiny_options
+):
     """config.json written before weight drop, locked dropout, embedding dropout and averaging
     existed: every reader takes the defaults for them (all off)."""
     run = tmp_path / "run"
@@ -189,7 +226,11 @@ def test_a_run_folder_from_before_these_options_still_loads_and_resumes(tmp_path
         del raw["train"][key]
     (run / "config.json").write_text(json.dumps(raw))
     config = RunConfig.from_json((run / "config.json").read_text())
-    assert (config.model.weight_drop, config.model.embed_drop, config.model.locked_dropout) == (0.0, 0.0, False)
+    assert (config.model.weight_drop, config.model.embed_drop, config.model.locked_dropout) == (
+        0.0,
+        0.0,
+        False,
+    )
     assert config.train.average == "none"
     model = nextchar.load(run)
     assert model.evaluate(tiny_text[:200]).chars > 0
@@ -202,10 +243,19 @@ def test_the_report_summary_names_the_regularisers_and_the_average(tmp_path):
     from nextchar.runfolder import RunFolder
     from nextchar.vocab import Vocab
 
-    model = ModelConfig(vocab_size=5, embed=4, hidden=8, dropout=0.3, locked_dropout=True,
-                        weight_drop=0.25, embed_drop=0.1)
+    model = ModelConfig(
+        vocab_size=5,
+        embed=4,
+        hidden=8,
+        dropout=0.3,
+        locked_dropout=True,
+        weight_drop=0.25,
+        embed_drop=0.1,
+    )
     config = RunConfig(DataConfig(), model, TrainConfig(average="ema", average_start=0.6))
     rows = dict(_summary(RunFolder(tmp_path), CharRNN(model), Vocab("abcde"), config, {}, [], None))
-    assert rows["model"] == ("lstm, 2 layers x 8 hidden, embedding 4, locked dropout 0.3, "
-                             "weight drop 0.25, embedding dropout 0.1")
+    assert rows["model"] == (
+        "lstm, 2 layers x 8 hidden, embedding 4, locked dropout 0.3, "
+        "weight drop 0.25, embedding dropout 0.1"
+    )
     assert rows["weights"] == "averaged (ema, decay 0.999) from 60% of the run"

@@ -29,8 +29,19 @@ SECTIONS = ("summary", "curves", "samples", "surprisal-view", "neuron-view")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "tiny"
-    nextchar.train(text=TEXT, out=out, steps=40, hidden=HIDDEN, layers=1, embed=16, batch_size=4,
-                   seq_len=16, eval_every=10, sample_chars=30, quiet=True)
+    nextchar.train(
+        text=TEXT,
+        out=out,
+        steps=40,
+        hidden=HIDDEN,
+        layers=1,
+        embed=16,
+        batch_size=4,
+        seq_len=16,
+        eval_every=10,
+        sample_chars=30,
+        quiet=True,
+    )
     return out
 
 
@@ -48,7 +59,7 @@ def val_passage(run) -> str:
     """The run's val split, read straight from its data folder: the report's default passage."""
     data = load_prepared(run / "data")
     lo, hi = data.splits["val"]
-    return data.vocab.decode(np.asarray(data.tokens[lo:min(hi, lo + 2000)]))
+    return data.vocab.decode(np.asarray(data.tokens[lo : min(hi, lo + 2000)]))
 
 
 VOID = {"br", "img", "meta", "input", "hr", "link", "source", "wbr"}
@@ -88,11 +99,17 @@ class Elements(HTMLParser):
             self.open[-1]["text"] += data
 
 
-def elements(page: str, container: str, tag: str | None = None, cls: str | None = None) -> list[dict]:
+def elements(
+    page: str, container: str, tag: str | None = None, cls: str | None = None
+) -> list[dict]:
     parser = Elements(container)
     parser.feed(page)
-    return [e for e in parser.found if (tag is None or e["tag"] == tag)
-            and (cls is None or cls in e["attrs"].get("class", "").split())]
+    return [
+        e
+        for e in parser.found
+        if (tag is None or e["tag"] == tag)
+        and (cls is None or cls in e["attrs"].get("class", "").split())
+    ]
 
 
 def reference_bits(module, vocab, text: str) -> torch.Tensor:
@@ -104,6 +121,7 @@ def reference_bits(module, vocab, text: str) -> torch.Tensor:
 
 
 # ---- the page --------------------------------------------------------------------------------
+
 
 def test_report_is_written_into_the_run(run, report):
     assert report == run / "report.html"
@@ -128,8 +146,9 @@ def test_report_needs_no_network(report):
 
 def test_summary_shows_the_run(run, report, model):
     rows = {}
-    for row in re.findall(r"<tr><td>(.*?)</td><td[^>]*>(.*?)</td></tr>",
-                          report.read_text(encoding="utf-8")):
+    for row in re.findall(
+        r"<tr><td>(.*?)</td><td[^>]*>(.*?)</td></tr>", report.read_text(encoding="utf-8")
+    ):
         rows[row[0]] = row[1]
     final = [r for r in RunFolder(run).read_metrics() if r["kind"] == "final"][-1]
     assert rows["vocabulary"] == f"{len(model.vocab)} symbols"
@@ -149,10 +168,13 @@ def test_samples_from_every_evaluation(run, report):
     for pre, record in zip(pres, evals):
         assert pre["text"] == record["sample"]  # escaped in the page, whitespace kept
     metas = [e["text"] for e in elements(page, "samples", "div", "meta")]
-    assert metas[0].startswith("step 10 ") and f"val {evals[0]['val_bpc']:.3f} bits/char" in metas[0]
+    assert (
+        metas[0].startswith("step 10 ") and f"val {evals[0]['val_bpc']:.3f} bits/char" in metas[0]
+    )
 
 
 # ---- surprisal -------------------------------------------------------------------------------
+
 
 def test_one_span_per_character_in_both_views(run, report):
     page = report.read_text(encoding="utf-8")
@@ -215,10 +237,13 @@ def test_unknown_characters_are_shown_but_not_scored(run, model, tmp_path):
 
 # ---- neurons ---------------------------------------------------------------------------------
 
+
 def test_neuron_view_embeds_the_top_layer_activations(run, report, model):
     page = report.read_text(encoding="utf-8")
     passage = val_passage(run)
-    match = re.search(r'<script type="application/json" id="activations">(.*?)</script>', page, re.S)
+    match = re.search(
+        r'<script type="application/json" id="activations">(.*?)</script>', page, re.S
+    )
     data = json.loads(match.group(1))
     units = np.array(data["units"], dtype=float) / data["scale"]  # (H, N)
     assert units.shape == (HIDDEN, len(passage))
@@ -264,6 +289,7 @@ def test_unit_correlations_find_the_planted_unit():
 
 # ---- mistakes --------------------------------------------------------------------------------
 
+
 def test_missing_text_file_is_a_user_error(run, tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         write_report(run, text_file=tmp_path / "nope.txt", out=tmp_path / "r.html")
@@ -290,6 +316,7 @@ def test_a_run_without_metrics_still_reports(run, tmp_path):
 
 # ---- in a browser ----------------------------------------------------------------------------
 
+
 def chromium() -> str:
     for name in ("chromium", "chromium-browser"):
         found = shutil.which(name)
@@ -303,9 +330,17 @@ def chromium() -> str:
 
 
 def run_chromium(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+    ]
     return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=180)
 
 
@@ -328,7 +363,8 @@ def test_report_renders_in_chromium(run, report, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report.png"
     shot.unlink(missing_ok=True)
-    taken = run_chromium(browser, tmp_path / "profile", f"--screenshot={shot}",
-                         "--window-size=1200,2000", url)
+    taken = run_chromium(
+        browser, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,2000", url
+    )
     assert taken.returncode == 0, taken.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

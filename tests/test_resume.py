@@ -29,8 +29,19 @@ from nextchar.runfolder import RunFolder
 LINE = "The quick brown fox jumps over the lazy dog; naïve café — déjà vu.\n"
 TEXT = "".join(f"{i}: {LINE}" for i in range(90))
 # about 20 windows per epoch, so 40 steps cross an epoch boundary
-OPTIONS = {"hidden": 32, "layers": 2, "embed": 16, "dropout": 0.2, "batch_size": 8, "seq_len": 32,
-           "lr": 1e-2, "warmup_steps": 5, "sample_chars": 20, "log_every": 5, "steps": 40}
+OPTIONS = {
+    "hidden": 32,
+    "layers": 2,
+    "embed": 16,
+    "dropout": 0.2,
+    "batch_size": 8,
+    "seq_len": 32,
+    "lr": 1e-2,
+    "warmup_steps": 5,
+    "sample_chars": 20,
+    "log_every": 5,
+    "steps": 40,
+}
 FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in OPTIONS.items()] + ["--quiet"]
 
 INTERRUPT_AT = textwrap.dedent("""
@@ -80,16 +91,24 @@ def flip_cached_timings() -> None:
 
 
 def evals(run: Path) -> list[tuple]:
-    return [(r["step"], r["val_loss"], r["sample"]) for r in RunFolder(run).read_metrics()
-            if r["kind"] == "eval"]
+    return [
+        (r["step"], r["val_loss"], r["sample"])
+        for r in RunFolder(run).read_metrics()
+        if r["kind"] == "eval"
+    ]
 
 
 def test_cli_run_interrupted_by_sigint_and_resumed_is_bit_identical(tmp_path):
     (tmp_path / "tiny.txt").write_text(TEXT)
 
     def cli(*args):
-        return subprocess.run([sys.executable, *map(str, args)], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, *map(str, args)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     warm = cli("-m", "nextchar", "train", "tiny.txt", "--out", "warm", *FLAGS)  # `auto` timed once:
     assert warm.returncode == 0, warm.stderr  # both runs below read the same cached verdict
@@ -109,18 +128,29 @@ def test_cli_run_interrupted_by_sigint_and_resumed_is_bit_identical(tmp_path):
 
 # averaging from step 12 of 40, so that the interruptions below land before and after its start;
 # with every regulariser on, as their masks use the RNG
-VARIANTS = {"lstm": {}, "gru": {"cell": "gru"},
-            "lstm-ema": {"average": "ema", "average_start": 0.3, "average_decay": 0.8,
-                         "weight_drop": 0.3, "embed_drop": 0.1, "locked_dropout": True},
-            "gru-swa": {"cell": "gru", "average": "swa", "average_start": 0.3}}
+VARIANTS = {
+    "lstm": {},
+    "gru": {"cell": "gru"},
+    "lstm-ema": {
+        "average": "ema",
+        "average_start": 0.3,
+        "average_decay": 0.8,
+        "weight_drop": 0.3,
+        "embed_drop": 0.1,
+        "locked_dropout": True,
+    },
+    "gru-swa": {"cell": "gru", "average": "swa", "average_start": 0.3},
+}
 
 
 @pytest.fixture(scope="module")
 def whole_runs(tmp_path_factory):
     """The uninterrupted reference runs, in-process, one per variant."""
     folder = tmp_path_factory.mktemp("whole")
-    return {name: Path(nextchar.train(text=TEXT, out=folder / name, **OPTIONS, **options).path)
-            for name, options in VARIANTS.items()}
+    return {
+        name: Path(nextchar.train(text=TEXT, out=folder / name, **OPTIONS, **options).path)
+        for name, options in VARIANTS.items()
+    }
 
 
 def interrupt_at(monkeypatch, stop_at: int) -> None:
@@ -135,16 +165,21 @@ def interrupt_at(monkeypatch, stop_at: int) -> None:
     monkeypatch.setattr(nextchar.data.Streams, "window", interrupting_window)
 
 
-@pytest.mark.parametrize("variant, stops", [
-    ("lstm", [4]),  # stopped at step 4 (checkpoint k stops after step k), an evaluation step
-    ("lstm", [10]),
-    ("lstm", [24]),  # just past the epoch boundary (23 windows)
-    ("lstm", [8, 13, 9]),  # interrupted three times: at steps 8, 21 and 30
-    ("gru", [30]),
-    ("lstm-ema", [8, 13, 9]),  # before averaging starts, then twice after
-    ("gru-swa", [14]),
-])
-def test_in_process_interrupted_runs_are_bit_identical(tmp_path, monkeypatch, whole_runs, variant, stops):
+@pytest.mark.parametrize(
+    "variant, stops",
+    [
+        ("lstm", [4]),  # stopped at step 4 (checkpoint k stops after step k), an evaluation step
+        ("lstm", [10]),
+        ("lstm", [24]),  # just past the epoch boundary (23 windows)
+        ("lstm", [8, 13, 9]),  # interrupted three times: at steps 8, 21 and 30
+        ("gru", [30]),
+        ("lstm-ema", [8, 13, 9]),  # before averaging starts, then twice after
+        ("gru-swa", [14]),
+    ],
+)
+def test_in_process_interrupted_runs_are_bit_identical(
+    tmp_path, monkeypatch, whole_runs, variant, stops
+):
     run = tmp_path / "run"
     for session, stop_at in enumerate(stops):
         interrupt_at(monkeypatch, stop_at)
@@ -163,7 +198,9 @@ def test_in_process_interrupted_runs_are_bit_identical(tmp_path, monkeypatch, wh
     kinds = [(r["kind"], r["step"]) for r in RunFolder(run).read_metrics()]
     assert kinds == [(r["kind"], r["step"]) for r in RunFolder(whole_runs[variant]).read_metrics()]
     if "average" in VARIANTS[variant]:
-        assert load_checkpoint(run / "latest.safetensors")[1]["average"]["count"] == 29  # steps 12-40
+        assert (
+            load_checkpoint(run / "latest.safetensors")[1]["average"]["count"] == 29
+        )  # steps 12-40
 
 
 def test_resume_of_a_finished_run_changes_nothing_but_can_extend_it(tmp_path, whole_runs):

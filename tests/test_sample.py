@@ -4,13 +4,7 @@ import torch
 from nextchar.config import ModelConfig, SampleConfig
 from nextchar.errors import UserError
 from nextchar.model import CharRNN
-from nextchar.sample import (
-    Sampler,
-    check_prime,
-    draw,
-    filter_logits,
-    sample_precision,
-)
+from nextchar.sample import Sampler, check_prime, draw, filter_logits, sample_precision
 from nextchar.stepping import StepModel
 from nextchar.vocab import Vocab
 
@@ -62,8 +56,9 @@ def test_a_seed_fixes_each_sample_whatever_else_is_asked(precision):
     assert len(set(four)) == 4
     assert sampler.generate(SampleConfig(length=120, seed=5, prime="ab")) == four[:1]
     assert sampler.generate(SampleConfig(length=120, seed=5, num_samples=2, prime="ab")) == four[:2]
-    assert sampler.generate(SampleConfig(length=60, seed=5, num_samples=3, prime="ab")) == \
-        [t[:62] for t in four[:3]]
+    assert sampler.generate(SampleConfig(length=60, seed=5, num_samples=3, prime="ab")) == [
+        t[:62] for t in four[:3]
+    ]
     assert sampler.generate(SampleConfig(length=120, seed=6, prime="ab"))[0] != four[0]
 
 
@@ -77,8 +72,9 @@ def test_a_long_prime_is_run_in_chunks_exactly(sampler, monkeypatch):
     monkeypatch.setattr(sample_module, "PRIME_CHUNK_VALUES", 1)  # the smallest chunk: 64 chars
     calls = []
     original = sampler.model.rnn.forward
-    monkeypatch.setattr(sampler.model.rnn, "forward",
-                        lambda *a, **k: calls.append(a[0].shape) or original(*a, **k))
+    monkeypatch.setattr(
+        sampler.model.rnn, "forward", lambda *a, **k: calls.append(a[0].shape) or original(*a, **k)
+    )
     chunked = sampler.generate(SampleConfig(length=40, greedy=True, prime=prime))
     assert chunked == whole and len(calls) == 8 and max(shape[1] for shape in calls) == 64
 
@@ -138,8 +134,12 @@ def test_rows_join_and_leave_a_stepped_batch(cell):
     b = tuple(torch.randn_like(t) for t in b) if cell == "lstm" else torch.randn_like(b)
     idx = torch.randint(0, 40, (5,))
     with torch.no_grad():
-        apart = torch.cat([stepper.step(idx[:2], stepper.from_module_hidden(a))[0],
-                           stepper.step(idx[2:], stepper.from_module_hidden(b))[0]])
+        apart = torch.cat(
+            [
+                stepper.step(idx[:2], stepper.from_module_hidden(a))[0],
+                stepper.step(idx[2:], stepper.from_module_hidden(b))[0],
+            ]
+        )
         joined = stepper.join([stepper.from_module_hidden(a), stepper.from_module_hidden(b)])
         assert torch.allclose(stepper.step(idx, joined)[0], apart, atol=1e-5)
         rows = torch.tensor([4, 1])  # what stepped above, then one step more for two rows
@@ -161,8 +161,11 @@ def test_auto_precision_by_batch_and_shape(sampler, monkeypatch, fresh_cache):
         timed.append((batch, candidates))
         return {"fp32": 1.0, "bf16": 0.5 if batch >= 8 else 2.0, "int8": 0.4 if batch < 8 else 3.0}
 
-    monkeypatch.setattr(sample, "sample_step_seconds",
-                        lambda m, b, c: {k: v for k, v in fake(m, b, c).items() if k in c})
+    monkeypatch.setattr(
+        sample,
+        "sample_step_seconds",
+        lambda m, b, c: {k: v for k, v in fake(m, b, c).items() if k in c},
+    )
     monkeypatch.setattr(sample.autotune, "bf16_possible", lambda device: True)
     assert sample_precision("auto", model, 1).value == "int8"
     assert sample_precision("auto", model, 8).value == "bf16"
@@ -171,7 +174,11 @@ def test_auto_precision_by_batch_and_shape(sampler, monkeypatch, fresh_cache):
     odd = CharRNN(ModelConfig(vocab_size=5, cell="lstm", embed=4, hidden=12, layers=1))
     assert sample_precision("auto", odd, 1).value == "fp32"  # no int8 candidate; bf16 slower
     # timed once per shape and batch; the repeated question came from the cache
-    assert timed == [(1, ("fp32", "bf16", "int8")), (8, ("fp32", "bf16", "int8")), (1, ("fp32", "bf16"))]
+    assert timed == [
+        (1, ("fp32", "bf16", "int8")),
+        (8, ("fp32", "bf16", "int8")),
+        (1, ("fp32", "bf16")),
+    ]
     with pytest.raises(UserError, match="multiple of 16"):
         sample_precision("int8", odd, 1)
     with pytest.raises(UserError, match="--weights"):
@@ -188,8 +195,10 @@ def test_every_precision_samples_reproducibly(sampler, precision):
         assert all(set(t) <= set(sampler.vocab.symbols) for t in texts)
 
 
-@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, 1.0), (0.5, None, 1.0), (2.0, 3, 1.0),
-                                                       (1.0, None, 0.7), (1e-6, None, 1.0)])
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p",
+    [(1.0, None, 1.0), (0.5, None, 1.0), (2.0, 3, 1.0), (1.0, None, 0.7), (1e-6, None, 1.0)],
+)
 def test_gumbel_max_draws_follow_the_softmax(temperature, top_k, top_p):
     """Frequencies of many independent draws match softmax(logits / T) on the kept set."""
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])

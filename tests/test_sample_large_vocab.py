@@ -14,7 +14,9 @@ from nextchar.stepping import StepModel
 from nextchar.vocab import Vocab
 
 
-def step_through(model: CharRNN, precision: str, idx: torch.Tensor) -> tuple[StepModel, torch.Tensor]:
+def step_through(
+    model: CharRNN, precision: str, idx: torch.Tensor
+) -> tuple[StepModel, torch.Tensor]:
     """Logits (B, T, V) of stepping `idx` (B, T) one character at a time from a zero state."""
     stepper = StepModel(model, precision)
     state = stepper.from_module_hidden(model.init_hidden(idx.size(0)))

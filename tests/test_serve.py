@@ -31,8 +31,19 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("serve") / "tiny"
-    nextchar.train(text=TINY_TEXT, out=out, steps=40, hidden=32, layers=2, embed=8, batch_size=4,
-                   seq_len=16, lr=1e-2, sample_chars=0, quiet=True)
+    nextchar.train(
+        text=TINY_TEXT,
+        out=out,
+        steps=40,
+        hidden=32,
+        layers=2,
+        embed=8,
+        batch_size=4,
+        seq_len=16,
+        lr=1e-2,
+        sample_chars=0,
+        quiet=True,
+    )
     return out
 
 
@@ -56,7 +67,9 @@ def running(runs, limits=None, api_key=None, keep_alive_s=5):
     limits = limits or ServeLimits()
     models = load_models([str(r) for r in runs], limits, precision="fp32")
     sock = bind("127.0.0.1", 0)
-    server = make_server(create_app(models, limits, api_key), access_log=False, keep_alive_s=keep_alive_s)
+    server = make_server(
+        create_app(models, limits, api_key), access_log=False, keep_alive_s=keep_alive_s
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     problems = Problems()
@@ -145,16 +158,25 @@ def raw_generate(url: str, body: bytes, length: int | None = None) -> socket.soc
     left open for the caller to read or drop."""
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=10)
-    sock.sendall(f"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(body) if length is None else length}\r\n\r\n".encode() + body)
+    sock.sendall(
+        f"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body) if length is None else length}\r\n\r\n".encode()
+        + body
+    )
     return sock
 
 
 # ---- the API -----------------------------------------------------------------------------------
 
+
 def test_health_models_and_the_page_files(client, run):
-    assert client.get("/healthz").json() == {"status": "ok", "models": 1, "streams": 0, "max_streams": 128}
-    model, = client.get("/v1/models").json()["models"]
+    assert client.get("/healthz").json() == {
+        "status": "ok",
+        "models": 1,
+        "streams": 0,
+        "max_streams": 128,
+    }
+    (model,) = client.get("/v1/models").json()["models"]
     config = json.loads((run / "config.json").read_text())["model"]
     assert model["name"] == "tiny" and model["cell"] == config["cell"] == "lstm"
     assert (model["layers"], model["hidden"], model["embed"]) == (2, 32, 8)
@@ -167,7 +189,9 @@ def test_health_models_and_the_page_files(client, run):
         assert response.status_code == 200
         assert "default-src 'none'" in response.headers["content-security-policy"]
         # nothing from the network: no absolute URL, no protocol-relative one
-        assert not re.search(r"(https?:)?//[a-z0-9]", re.sub(r"/\*.*?\*/", "", response.text), re.I), path
+        assert not re.search(
+            r"(https?:)?//[a-z0-9]", re.sub(r"/\*.*?\*/", "", response.text), re.I
+        ), path
     report_css = (ROOT / "src" / "nextchar" / "report" / "page.css").read_text(encoding="utf-8")
     assert client.get("/page.css").text.startswith(report_css)  # the report's style, declared once
 
@@ -175,9 +199,28 @@ def test_health_models_and_the_page_files(client, run):
 def test_a_lone_seeded_request_is_nextchar_sample(client, run):
     body = {"prime": "the ", "length": 120, "seed": 1234, "temperature": 0.8}
     answer = client.post("/v1/generate", json=body).json()
-    expected = json.loads(cli_sample(run, "--prime", "the ", "--length", 120, "--seed", 1234,
-                                     "--temperature", 0.8, "--weights", "fp32", "--json"))
-    assert answer == {"model": "tiny", "seed": 1234, "prime": "the ", "samples": expected["samples"]}
+    expected = json.loads(
+        cli_sample(
+            run,
+            "--prime",
+            "the ",
+            "--length",
+            120,
+            "--seed",
+            1234,
+            "--temperature",
+            0.8,
+            "--weights",
+            "fp32",
+            "--json",
+        )
+    )
+    assert answer == {
+        "model": "tiny",
+        "seed": 1234,
+        "prime": "the ",
+        "samples": expected["samples"],
+    }
     streamed = stream(client, body)
     assert [name for name, _ in streamed][0] == "start" and streamed[-1] == ("done", {"chars": 120})
     assert {name for name, _ in streamed[1:-1]} == {"text"}
@@ -187,14 +230,35 @@ def test_a_lone_seeded_request_is_nextchar_sample(client, run):
     first = client.post("/v1/generate", json=body).json()
     again = client.post("/v1/generate", json={**body, "seed": first["seed"]}).json()
     assert again["samples"] == first["samples"] and len(first["samples"]) == 3
-    printed = cli_sample(run, "--length", 50, "--num-samples", 3, "--top-k", 5, "--top-p", 0.9,
-                         "--seed", first["seed"], "--weights", "fp32")
+    printed = cli_sample(
+        run,
+        "--length",
+        50,
+        "--num-samples",
+        3,
+        "--top-k",
+        5,
+        "--top-p",
+        0.9,
+        "--seed",
+        first["seed"],
+        "--weights",
+        "fp32",
+    )
     assert printed == "\n\n".join(first["samples"]) + "\n"
 
 
 def test_concurrent_streams_share_steps_and_keep_their_texts(client, url, service):
-    bodies = [{"prime": "ab"[: i % 3], "length": 400 + 37 * i, "seed": 100 + i,
-               "temperature": (0.7, 1.0)[i % 2], "num_samples": 1 + i % 2} for i in range(8)]
+    bodies = [
+        {
+            "prime": "ab"[: i % 3],
+            "length": 400 + 37 * i,
+            "seed": 100 + i,
+            "temperature": (0.7, 1.0)[i % 2],
+            "num_samples": 1 + i % 2,
+        }
+        for i in range(8)
+    ]
     alone = [client.post("/v1/generate", json=b).json()["samples"] for b in bodies]
     batcher = service[1][0].batcher
     widest = batcher.widest
@@ -215,14 +279,21 @@ def test_concurrent_streams_share_steps_and_keep_their_texts(client, url, servic
 
 def test_a_disconnected_client_frees_its_slot_at_once(run):
     limits = ServeLimits(max_length=10**7)  # the dropped requests would run for minutes
-    with running([run], limits) as (url, models, problems), httpx.Client(base_url=url, timeout=30) as client:
+    with (
+        running([run], limits) as (url, models, problems),
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
         keep = {"length": 3000, "seed": 7}
         expected = client.post("/v1/generate", json=keep).json()["samples"]
         kept = []
-        other = threading.Thread(target=lambda: kept.append(streamed_texts(stream(httpx.Client(base_url=url), keep))))
+        other = threading.Thread(
+            target=lambda: kept.append(streamed_texts(stream(httpx.Client(base_url=url), keep)))
+        )
         other.start()
         for streamed in (True, False):
-            sock = raw_generate(url, json.dumps({"length": 10**7, "seed": 8, "stream": streamed}).encode())
+            sock = raw_generate(
+                url, json.dumps({"length": 10**7, "seed": 8, "stream": streamed}).encode()
+            )
             if streamed:
                 head = b""
                 while b"event: start" not in head:
@@ -264,9 +335,14 @@ BAD = [  # (body or raw bytes, headers, status, field, words in the message)
 ]
 
 
-@pytest.mark.parametrize("body, headers, status, field, words", BAD,
-                         ids=[f"{s}-{f}-{i}" for i, (_, _, s, f, _) in enumerate(BAD)])
-def test_bad_generate_requests_are_4xx_naming_the_field(client, body, headers, status, field, words):
+@pytest.mark.parametrize(
+    "body, headers, status, field, words",
+    BAD,
+    ids=[f"{s}-{f}-{i}" for i, (_, _, s, f, _) in enumerate(BAD)],
+)
+def test_bad_generate_requests_are_4xx_naming_the_field(
+    client, body, headers, status, field, words
+):
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     response = client.post("/v1/generate", content=content, headers=headers)
     assert response.status_code == status, response.text
@@ -278,7 +354,9 @@ def test_bad_requests_leave_running_streams_alone(client, url, service):
     body = {"length": 2500, "seed": 21, "prime": "the"}
     expected = client.post("/v1/generate", json=body).json()["samples"]
     got = []
-    worker = threading.Thread(target=lambda: got.append(streamed_texts(stream(httpx.Client(base_url=url), body))))
+    worker = threading.Thread(
+        target=lambda: got.append(streamed_texts(stream(httpx.Client(base_url=url), body)))
+    )
     worker.start()
     wait_for(lambda: streams_in_use(client) == 1)
     for content, headers, status, _, _ in BAD:
@@ -287,7 +365,9 @@ def test_bad_requests_leave_running_streams_alone(client, url, service):
     # chunked, with no length: counted as it arrives
     big = client.post("/v1/generate", content=iter([b"{" + b" " * 65536] * 20), headers=JSON)
     assert big.status_code == 413
-    assert client.get("/v1/generate").status_code == 405 and client.get("/nowhere").status_code == 404
+    assert (
+        client.get("/v1/generate").status_code == 405 and client.get("/nowhere").status_code == 404
+    )
     worker.join(60)
     assert got == [expected]
     assert not service[2].errors()
@@ -311,7 +391,7 @@ def test_score_matches_eval_and_the_report(client, run):
     expected = model.evaluate(text, "fp32")
     assert answer["chars"] == expected.chars
     assert answer["bits_per_char"] == pytest.approx(expected.bits_per_char, abs=1e-4)
-    assert answer["perplexity"] == pytest.approx(2 ** expected.bits_per_char, rel=1e-4)
+    assert answer["perplexity"] == pytest.approx(2**expected.bits_per_char, rel=1e-4)
     assert answer["accuracy"] == pytest.approx(expected.accuracy)
     assert (answer["unknown_chars"], answer["unknown_symbols"]) == (2, ["€", "☃"])
     chars = answer["characters"]
@@ -328,9 +408,14 @@ def test_score_matches_eval_and_the_report(client, run):
     assert chars[0]["bits"] is None and chars[0]["known"]
     lone = client.post("/v1/score", content=b'{"text": "the \\ud800 fox"}', headers=JSON)
     assert lone.status_code == 200 and lone.json()["unknown_symbols"] == ["\ud800"]
-    for body, field in (({"text": "x" * 20_001}, "text"), ({"text": "€"}, "text"), ({}, "text"),
-                        ({"text": 5}, "text"), ({"text": "ab", "model": "x"}, "model"),
-                        ({"text": "ab", "top": 3}, "top")):
+    for body, field in (
+        ({"text": "x" * 20_001}, "text"),
+        ({"text": "€"}, "text"),
+        ({}, "text"),
+        ({"text": 5}, "text"),
+        ({"text": "ab", "model": "x"}, "model"),
+        ({"text": "ab", "top": 3}, "top"),
+    ):
         response = client.post("/v1/score", json=body)
         assert response.status_code == 422 and response.json()["error"]["field"] == field, body
 
@@ -343,7 +428,10 @@ def test_score_can_add_a_dynamic_figure_beside_the_static_one(client, run):
     assert answer["dynamic"]["chars"] == expected.chars == answer["chars"]
     assert answer["dynamic"]["bits_per_char"] == pytest.approx(expected.bits_per_char, rel=1e-6)
     assert answer["dynamic"]["bits_per_char"] != pytest.approx(answer["bits_per_char"], rel=1e-4)
-    assert (answer["dynamic"]["lr"], answer["dynamic"]["window"]) == (DynamicConfig().lr, DynamicConfig().window)
+    assert (answer["dynamic"]["lr"], answer["dynamic"]["window"]) == (
+        DynamicConfig().lr,
+        DynamicConfig().window,
+    )
     del answer["dynamic"]
     assert answer == static  # the static figures and the per-character view are unchanged
     response = client.post("/v1/score", json={"text": text, "dynamic": "yes"})
@@ -352,16 +440,26 @@ def test_score_can_add_a_dynamic_figure_beside_the_static_one(client, run):
 
 # ---- limits, keys, exposure ----------------------------------------------------------------------
 
+
 def test_capacity_and_timeouts(run):
     limits = ServeLimits(max_streams=2, max_length=10**7, request_timeout=0.5)
-    with running([run], limits) as (url, _, problems), httpx.Client(base_url=url, timeout=30) as client:
-        assert client.post("/v1/generate", json={"num_samples": 3}).json()["error"]["field"] == "num_samples"
+    with (
+        running([run], limits) as (url, _, problems),
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        assert (
+            client.post("/v1/generate", json={"num_samples": 3}).json()["error"]["field"]
+            == "num_samples"
+        )
         late = client.post("/v1/generate", json={"length": 10**7})
         assert late.status_code == 503 and late.json()["error"]["field"] == "length"
         assert "--request-timeout" in late.json()["error"]["message"]
         found = stream(client, {"length": 10**7})
         assert found[-1][0] == "error" and found[-1][1]["error"]["field"] == "length"
-        socks = [raw_generate(url, json.dumps({"length": 10**7, "stream": True}).encode()) for _ in range(2)]
+        socks = [
+            raw_generate(url, json.dumps({"length": 10**7, "stream": True}).encode())
+            for _ in range(2)
+        ]
         wait_for(lambda: streams_in_use(client) == 2)
         busy = client.post("/v1/generate", json={"length": 5})
         assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
@@ -393,9 +491,13 @@ def test_api_key(run):
     with running([run], api_key="s3cret") as (url, _, _), httpx.Client(base_url=url) as client:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
             response = client.get("/v1/models", headers=headers)
-            assert response.status_code == 401 and response.json()["error"]["field"] == "authorization"
+            assert (
+                response.status_code == 401 and response.json()["error"]["field"] == "authorization"
+            )
             assert response.headers["www-authenticate"] == "Bearer"
-            assert client.post("/v1/generate", json={"length": 3}, headers=headers).status_code == 401
+            assert (
+                client.post("/v1/generate", json={"length": 3}, headers=headers).status_code == 401
+            )
         key = {"Authorization": "Bearer s3cret"}
         assert client.get("/v1/models", headers=key).status_code == 200
         assert client.post("/v1/score", json={"text": "the"}, headers=key).status_code == 200
@@ -420,9 +522,13 @@ def test_serve_cli_refusals_are_one_line(run, monkeypatch):
     code, err = cli("serve", run, "--port", taken.getsockname()[1])
     taken.close()
     assert code == 2 and "another service has it" in err and len(err.strip().splitlines()) == 1
-    for args, words in (([run, "--max-length", "0"], "--max-length"), ([run, "--port", "70000"], "--port"),
-                        ([run, "--request-timeout", "soon"], "request-timeout"),
-                        ([run, f"{run}/nope"], "no run folder"), ([run, run], "NAME=RUN")):
+    for args, words in (
+        ([run, "--max-length", "0"], "--max-length"),
+        ([run, "--port", "70000"], "--port"),
+        ([run, "--request-timeout", "soon"], "request-timeout"),
+        ([run, f"{run}/nope"], "no run folder"),
+        ([run, run], "NAME=RUN"),
+    ):
         code, err = cli("serve", "--port", 0, *args)  # never the default port, which may be taken
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
 
@@ -430,8 +536,23 @@ def test_serve_cli_refusals_are_one_line(run, monkeypatch):
 def test_serve_command_end_to_end(run, tmp_path):
     """The real command: it binds, says where, answers, and stops on Ctrl-C."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "NEXTCHAR_API_KEY": "k"}
-    proc = subprocess.Popen([sys.executable, "-m", "nextchar", "serve", f"shakespeare={run}", "--port", "0",
-                             "--weights", "fp32", "--quiet"], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nextchar",
+            "serve",
+            f"shakespeare={run}",
+            "--port",
+            "0",
+            "--weights",
+            "fp32",
+            "--quiet",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines = []
         while not any(" at http://" in line for line in lines):
@@ -440,11 +561,18 @@ def test_serve_command_end_to_end(run, tmp_path):
             lines.append(line)
         url = re.search(r"at (http://\S+)/ ", lines[-1]).group(1)
         key = {"Authorization": "Bearer k"}
-        answer = httpx.post(f"{url}/v1/generate", json={"prime": "the ", "length": 30, "seed": 3},
-                            headers=key, timeout=30).json()
+        answer = httpx.post(
+            f"{url}/v1/generate",
+            json={"prime": "the ", "length": 30, "seed": 3},
+            headers=key,
+            timeout=30,
+        ).json()
         assert answer["model"] == "shakespeare"
-        assert answer["samples"] == [cli_sample(run, "--prime", "the ", "--length", 30, "--seed", 3,
-                                                "--weights", "fp32").rstrip("\n")]
+        assert answer["samples"] == [
+            cli_sample(
+                run, "--prime", "the ", "--length", 30, "--seed", 3, "--weights", "fp32"
+            ).rstrip("\n")
+        ]
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 130  # stopped gracefully, by Ctrl-C: as `train` does
         rest = proc.stderr.read()
@@ -456,6 +584,7 @@ def test_serve_command_end_to_end(run, tmp_path):
 
 
 # ---- the page in a real browser -------------------------------------------------------------------
+
 
 def browser_or_skip() -> str:
     """The system Chromium for Playwright; a missing one fails under CI, else skips."""
@@ -473,8 +602,15 @@ def browser_or_skip() -> str:
     pytest.skip("chromium is not installed (apt-get install chromium); the page test needs it")
 
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def until(page, condition: str, timeout: float = 30.0) -> None:
@@ -520,14 +656,18 @@ def test_the_page_generates_and_shades_in_chromium(url, client):
             page.dispatch_event("#score-text", "paste")
             until(page, f"document.querySelectorAll('#surprisal .ch').length === {len(pasted)}")
             spans = page.eval_on_selector_all(
-                "#surprisal .ch", "s => s.map(e => [e.textContent, e.style.backgroundColor, e.title, e.className])")
+                "#surprisal .ch",
+                "s => s.map(e => [e.textContent, e.style.backgroundColor, e.title, e.className])",
+            )
             assert len(spans) == len(pasted)
             shaded = [s for s in spans if s[1]]
             assert len(shaded) == expected["chars"]  # every scored character, and only those
             assert [s[3] for s in spans].count("ch unk") == 1 and spans[0][3] == "ch first"  # the €
             assert spans[-2][:1] == ["U+202E"] and "ctl" in spans[-2][3]  # shown, not obeyed
             assert all("bits" in s[2] and "expected:" in s[2] for s in shaded)
-            assert all(u.startswith(url) for u in requested), [u for u in requested if not u.startswith(url)]
+            assert all(u.startswith(url) for u in requested), [
+                u for u in requested if not u.startswith(url)
+            ]
             assert not problems, problems
         finally:
             browser.close()

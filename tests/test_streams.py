@@ -20,8 +20,13 @@ WORDS = ["héllo", "wörld", "日本", "naïve", "καλή", "ab", "cd"]
 
 def nextchar(*args, env=None, **kwargs) -> subprocess.CompletedProcess:
     streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kwargs}
-    return subprocess.run([sys.executable, "-m", "nextchar", *map(str, args)], text=True,
-                          encoding="utf-8", env={**os.environ, **(env or {})}, **streams)
+    return subprocess.run(
+        [sys.executable, "-m", "nextchar", *map(str, args)],
+        text=True,
+        encoding="utf-8",
+        env={**os.environ, **(env or {})},
+        **streams,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +34,9 @@ def run(tmp_path_factory) -> Path:
     """A tiny run on text that is mostly not ASCII, starting with a Greek word."""
     folder = tmp_path_factory.mktemp("streams")
     text = folder / "t.txt"
-    text.write_text("καλή " + " ".join(WORDS[i % len(WORDS)] for i in range(3000)) + "\n", encoding="utf-8")
+    text.write_text(
+        "καλή " + " ".join(WORDS[i % len(WORDS)] for i in range(3000)) + "\n", encoding="utf-8"
+    )
     done = nextchar("train", text, "--out", folder / "run", *TINY_TRAIN_FLAGS, "--steps", "20")
     assert done.returncode == 0, done.stderr
     return folder / "run"
@@ -50,16 +57,26 @@ def test_closed_stdout_refused_before_any_work(run):
 
 
 def test_closed_stderr_still_samples(run):
-    done = nextchar("sample", run, "--length", "10", "--seed", "1", stderr=None,
-                    preexec_fn=lambda: os.close(2))
+    done = nextchar(
+        "sample", run, "--length", "10", "--seed", "1", stderr=None, preexec_fn=lambda: os.close(2)
+    )
     assert done.returncode == 0 and len(done.stdout) > 10
 
 
 def test_ascii_stdout_gets_escapes_and_one_note(run):
     """Characters the encoding cannot show are escaped, never dropped, never a traceback."""
     plain = nextchar("sample", run, "--length", "200", "--seed", "4", "--num-samples", "2")
-    ascii_ = nextchar("sample", run, "--length", "200", "--seed", "4", "--num-samples", "2",
-                      env={"PYTHONIOENCODING": "ascii"})
+    ascii_ = nextchar(
+        "sample",
+        run,
+        "--length",
+        "200",
+        "--seed",
+        "4",
+        "--num-samples",
+        "2",
+        env={"PYTHONIOENCODING": "ascii"},
+    )
     assert ascii_.returncode == 0, ascii_.stderr
     assert ascii_.stdout.isascii()
     unescaped = ascii_.stdout.encode("ascii").decode("unicode_escape")
@@ -76,13 +93,35 @@ def test_full_disk_on_stdout_is_one_line_and_exit_1(run, mode):
     assert "cannot write to standard output: No space left on device" in one_error_line(done.stderr)
 
 
-@pytest.mark.parametrize("mode", [[], ["--num-samples", "3"], ["--json"], ["--json", "--num-samples", "2"],
-                                  ["--greedy", "--num-samples", "2"]],
-                         ids=["one", "three", "json", "json-two", "greedy-two"])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        [],
+        ["--num-samples", "3"],
+        ["--json"],
+        ["--json", "--num-samples", "2"],
+        ["--greedy", "--num-samples", "2"],
+    ],
+    ids=["one", "three", "json", "json-two", "greedy-two"],
+)
 def test_ctrl_c_keeps_what_was_drawn_in_every_mode(run, mode):
-    proc = subprocess.Popen([sys.executable, "-m", "nextchar", "sample", str(run), "--length", "100000000",
-                             "--seed", "2", *mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "NEXTCHAR_PROGRESS": "1"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nextchar",
+            "sample",
+            str(run),
+            "--length",
+            "100000000",
+            "--seed",
+            "2",
+            *mode,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "NEXTCHAR_PROGRESS": "1"},
+    )
     first = b""
     if "--json" in mode:  # nothing reaches stdout before the end: wait for the notice on stderr
         wait_until(lambda: b"drawing" in proc.stderr.readline(), proc)
@@ -105,13 +144,35 @@ def test_ctrl_c_keeps_what_was_drawn_in_every_mode(run, mode):
 
 
 def test_a_seed_fixes_each_sample_through_the_cli(run):
-    three = nextchar("sample", run, "--length", "150", "--seed", "9", "--num-samples", "3",
-                     "--weights", "fp32", "--json")
+    three = nextchar(
+        "sample",
+        run,
+        "--length",
+        "150",
+        "--seed",
+        "9",
+        "--num-samples",
+        "3",
+        "--weights",
+        "fp32",
+        "--json",
+    )
     samples = json.loads(three.stdout)["samples"]
     assert len(set(samples)) == 3
     for count in (1, 2):
-        fewer = nextchar("sample", run, "--length", "150", "--seed", "9", "--num-samples", count,
-                         "--weights", "fp32", "--json")
+        fewer = nextchar(
+            "sample",
+            run,
+            "--length",
+            "150",
+            "--seed",
+            "9",
+            "--num-samples",
+            count,
+            "--weights",
+            "fp32",
+            "--json",
+        )
         assert json.loads(fewer.stdout)["samples"] == samples[:count]
     plain = nextchar("sample", run, "--length", "150", "--seed", "9", "--weights", "fp32")
     assert plain.stdout == samples[0] + "\n"  # streamed text equals the JSON text
@@ -143,8 +204,10 @@ def test_spooled_samples_move_to_disk_and_come_back_in_order(tmp_path, monkeypat
         for char in text:
             writer.add(row, char)
     writer.finish(interrupted=True)
-    assert json.loads(out.getvalue()) == {"samples": ['a "quote" \\ and\nnewline' * 9, "\u202e\x00"],
-                                          "interrupted": True}
+    assert json.loads(out.getvalue()) == {
+        "samples": ['a "quote" \\ and\nnewline' * 9, "\u202e\x00"],
+        "interrupted": True,
+    }
 
 
 def test_train_hint_primes_with_characters_of_the_vocabulary(run, tmp_path):
@@ -169,7 +232,7 @@ def test_report_passage_is_what_eval_scores_with_invisible_marks_shown(run, tmp_
     done = nextchar("report", run, "--text", passage, "--out", page)
     assert done.returncode == 0, done.stderr
     html = page.read_text(encoding="utf-8")
-    surprisal = html[html.index('id="surprisal"'):html.index('id="neurons"')]
+    surprisal = html[html.index('id="surprisal"') : html.index('id="neurons"')]
     assert surprisal.count('<span class="ch') == len(raw)  # one per character eval reads
     assert "␍" in surprisal  # the \r of CRLF, not dropped by newline translation
     for invisible in ("\u202e", "\u200b", "\ufeff", "\x85"):

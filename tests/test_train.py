@@ -9,9 +9,20 @@ from nextchar.checkpoint import load_checkpoint, prefixed
 
 
 def test_periodic_text_reaches_near_zero_bits(tmp_path):
-    run = nextchar.train(text="abc" * 2000, out=tmp_path / "run", steps=150, cell="lstm", hidden=32,
-                         layers=1, embed=8, batch_size=8, seq_len=16, lr=1e-2, eval_every=50,
-                         sample_chars=10)
+    run = nextchar.train(
+        text="abc" * 2000,
+        out=tmp_path / "run",
+        steps=150,
+        cell="lstm",
+        hidden=32,
+        layers=1,
+        embed=8,
+        batch_size=8,
+        seq_len=16,
+        lr=1e-2,
+        eval_every=50,
+        sample_chars=10,
+    )
     assert run.best_val.bits_per_char < 0.05
     assert run.test.bits_per_char < 0.05
     model = run.load()
@@ -31,10 +42,19 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path, tiny_text, tiny_
 
 
 def test_run_folder_is_self_sufficient(tmp_path, tiny_text, tiny_options):
-    run = nextchar.train(text=tiny_text, out=tmp_path / "run", steps=20, eval_every=10, **tiny_options)
+    run = nextchar.train(
+        text=tiny_text, out=tmp_path / "run", steps=20, eval_every=10, **tiny_options
+    )
     names = {p.name for p in run.path.iterdir()}
-    assert {"config.json", "vocab.json", "command.txt", "best.safetensors", "latest.safetensors",
-            "metrics.jsonl", "data"} <= names
+    assert {
+        "config.json",
+        "vocab.json",
+        "command.txt",
+        "best.safetensors",
+        "latest.safetensors",
+        "metrics.jsonl",
+        "data",
+    } <= names
     config = json.loads((run.path / "config.json").read_text())
     assert config["format_version"] == 1 and config["model"]["hidden"] == 32
     records = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
@@ -49,11 +69,15 @@ def test_run_folder_is_self_sufficient(tmp_path, tiny_text, tiny_options):
     data = load_prepared(run.path / "data")
     lo, hi = data.splits["val"]
     best = min(r["val_loss"] for r in evals)
-    assert model.evaluate_ids(np.asarray(data.tokens[lo:hi])).nats_per_char == pytest.approx(best, rel=1e-6)
+    assert model.evaluate_ids(np.asarray(data.tokens[lo:hi])).nats_per_char == pytest.approx(
+        best, rel=1e-6
+    )
 
 
 def test_loss_falls_on_real_text(tmp_path, tiny_text, tiny_options):
-    run = nextchar.train(text=tiny_text, out=tmp_path / "run", steps=60, eval_every=20, **tiny_options)
+    run = nextchar.train(
+        text=tiny_text, out=tmp_path / "run", steps=60, eval_every=20, **tiny_options
+    )
     records = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
     val = [r["val_loss"] for r in records if r["kind"] == "eval"]
     assert val[-1] < val[0] < np.log(len(set(tiny_text))) + 0.5

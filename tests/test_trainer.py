@@ -27,17 +27,40 @@ LINE = "The quick brown fox jumps over the lazy dog; naïve café — déjà vu.
 TEXT = "".join(f"{i}: {LINE}" for i in range(90))
 # 8 streams of 717-718 targets: 12 windows of 64 an epoch, the last 14 wide and ragged
 MODEL = {"cell": "lstm", "embed": 16, "hidden": 32, "layers": 2}
-TRAIN = {"batch_size": 8, "seq_len": 64, "lr": 1e-2, "warmup_steps": 5, "final_lr_frac": 0.05,
-         "seed": 3}
+TRAIN = {
+    "batch_size": 8,
+    "seq_len": 64,
+    "lr": 1e-2,
+    "warmup_steps": 5,
+    "final_lr_frac": 0.05,
+    "seed": 3,
+}
 CASES = {
-    "adamw, decay, clipping, wsd": {"optimizer": "adamw", "weight_decay": 0.1, "grad_clip": 0.5,
-                                    "schedule": "wsd"},
-    "adamw, no clipping, cosine": {"optimizer": "adamw", "weight_decay": 0.0, "grad_clip": 0.0,
-                                   "schedule": "cosine"},
-    "adam, L2 decay, linear": {"optimizer": "adam", "weight_decay": 0.05, "grad_clip": 1.0,
-                               "schedule": "linear"},
-    "gru": {"optimizer": "adamw", "weight_decay": 0.1, "grad_clip": 0.5, "schedule": "wsd",
-            "cell": "gru"},
+    "adamw, decay, clipping, wsd": {
+        "optimizer": "adamw",
+        "weight_decay": 0.1,
+        "grad_clip": 0.5,
+        "schedule": "wsd",
+    },
+    "adamw, no clipping, cosine": {
+        "optimizer": "adamw",
+        "weight_decay": 0.0,
+        "grad_clip": 0.0,
+        "schedule": "cosine",
+    },
+    "adam, L2 decay, linear": {
+        "optimizer": "adam",
+        "weight_decay": 0.05,
+        "grad_clip": 1.0,
+        "schedule": "linear",
+    },
+    "gru": {
+        "optimizer": "adamw",
+        "weight_decay": 0.1,
+        "grad_clip": 0.5,
+        "schedule": "wsd",
+        "cell": "gru",
+    },
 }
 
 
@@ -50,16 +73,31 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 @pytest.mark.parametrize("case", list(CASES))
 def test_steps_match_a_plain_pytorch_loop(tmp_path, case, steps):
     options = {**MODEL, **TRAIN, **CASES[case]}
-    run = nextchar.train(text=TEXT, out=tmp_path / "run", steps=steps, precision="fp32",
-                         dropout=0.0, eval_every=10, sample_chars=20, quiet=True, **options).path
+    run = nextchar.train(
+        text=TEXT,
+        out=tmp_path / "run",
+        steps=steps,
+        precision="fp32",
+        dropout=0.0,
+        eval_every=10,
+        sample_chars=20,
+        quiet=True,
+        **options,
+    ).path
     config = RunFolder(run).read_config()
     data = load_prepared(run / "data").resplit(config.data.val_frac, config.data.test_frac)
     torch.manual_seed(options["seed"])  # the trainer seeds, then builds the model
     initial = CharRNN(config.model).state_dict()
     model, hidden = plain_loop.train(
-        initial, data.split("train"), V=config.model.vocab_size, E=options["embed"],
-        H=options["hidden"], L=options["layers"], steps=steps,
-        **{k: v for k, v in options.items() if k not in ("embed", "hidden", "layers", "seed")})
+        initial,
+        data.split("train"),
+        V=config.model.vocab_size,
+        E=options["embed"],
+        H=options["hidden"],
+        L=options["layers"],
+        steps=steps,
+        **{k: v for k, v in options.items() if k not in ("embed", "hidden", "layers", "seed")},
+    )
 
     tensors, meta = load_checkpoint(run / "latest.safetensors")
     assert meta["step"] == steps
@@ -71,8 +109,10 @@ def test_steps_match_a_plain_pytorch_loop(tmp_path, case, steps):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")),
-                    reason="torch.compile on the CPU needs a C compiler (cc or gcc), none found")
+@pytest.mark.skipif(
+    not (shutil.which("cc") or shutil.which("gcc")),
+    reason="torch.compile on the CPU needs a C compiler (cc or gcc), none found",
+)
 def test_compile_trains_and_saves_the_same_weights(tmp_path):
     """--compile runs the steps through torch.compile (inductor writes its kernels into the cache
     folder given here) and trains to the weights of the same run without it."""
@@ -80,12 +120,21 @@ def test_compile_trains_and_saves_the_same_weights(tmp_path):
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**MODEL, **TRAIN}.items()]
     flags += ["--steps", "6", "--precision", "fp32", "--sample-chars", "0", "--quiet"]
     # one compile worker: on two cores the default pool's start-up alone took 20 s
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"),
-               TORCHINDUCTOR_COMPILE_THREADS="1")
+    env = dict(
+        os.environ,
+        TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"),
+        TORCHINDUCTOR_COMPILE_THREADS="1",
+    )
 
     def train(*args):
-        proc = subprocess.run([sys.executable, "-m", "nextchar", "train", *args], cwd=tmp_path,
-                              env=env, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "nextchar", "train", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr
 
     def kernels() -> list[Path]:
@@ -96,17 +145,32 @@ def test_compile_trains_and_saves_the_same_weights(tmp_path):
     train("tiny.txt", "--out", "compiled", *flags, "--compile")
     assert kernels()  # it did compile
     assert RunFolder(tmp_path / "compiled").read_config().train.compile is True
-    plain, compiled = (prefixed(load_checkpoint(tmp_path / name / "latest.safetensors")[0], "model")
-                       for name in ("plain", "compiled"))
+    plain, compiled = (
+        prefixed(load_checkpoint(tmp_path / name / "latest.safetensors")[0], "model")
+        for name in ("plain", "compiled")
+    )
     print(f"compiled vs plain: {max_difference(compiled, plain):.2e}")
     assert max_difference(compiled, plain) < 1e-5
 
 
 # ---- --time as the only stop, on a virtual clock (clock.py) ---------------------------------
 
-TIMED = {"embed": 8, "hidden": 16, "layers": 1, "batch_size": 4, "seq_len": 16, "lr": 1e-2,
-         "warmup_steps": 5, "final_lr_frac": 0.05, "dropout": 0.0, "weight_decay": 0.0,
-         "precision": "fp32", "sample_chars": 0, "log_every": 1, "quiet": True}
+TIMED = {
+    "embed": 8,
+    "hidden": 16,
+    "layers": 1,
+    "batch_size": 4,
+    "seq_len": 16,
+    "lr": 1e-2,
+    "warmup_steps": 5,
+    "final_lr_frac": 0.05,
+    "dropout": 0.0,
+    "weight_decay": 0.0,
+    "precision": "fp32",
+    "sample_chars": 0,
+    "log_every": 1,
+    "quiet": True,
+}
 
 
 def test_time_alone_stops_the_run_plans_the_schedule_and_evaluates_ten_times(tmp_path, monkeypatch):
@@ -120,8 +184,12 @@ def test_time_alone_stops_the_run_plans_the_schedule_and_evaluates_ten_times(tmp
     lrs = [(r["step"], r["lr"]) for r in records if r["kind"] == "train"]
     assert [step for step, _ in lrs] == list(range(1, 101))
     for step, lr in lrs:  # the lr logged at step k is that of its (k-1)-th step from 0
-        assert lr == pytest.approx(plain_loop.lr_at(step - 1, 100, TIMED["lr"], TIMED["warmup_steps"],
-                                                    "wsd", TIMED["final_lr_frac"]), rel=1e-12)
+        assert lr == pytest.approx(
+            plain_loop.lr_at(
+                step - 1, 100, TIMED["lr"], TIMED["warmup_steps"], "wsd", TIMED["final_lr_frac"]
+            ),
+            rel=1e-12,
+        )
     assert lrs[-1][1] < 0.1 * TIMED["lr"]  # decayed by the end of the budget
 
 
@@ -150,9 +218,27 @@ def test_time_alone_on_the_real_clock(tmp_path):
     margin is for a loaded two-core machine; the exact accounting is tested above)."""
     (tmp_path / "tiny.txt").write_text(TEXT)
     started = time.monotonic()
-    code, err = cli("train", tmp_path / "tiny.txt", "--out", tmp_path / "run", "--time", "3s",
-                    "--hidden", "16", "--layers", "1", "--embed", "8", "--batch-size", "4",
-                    "--seq-len", "16", "--precision", "fp32", "--quiet")
+    code, err = cli(
+        "train",
+        tmp_path / "tiny.txt",
+        "--out",
+        tmp_path / "run",
+        "--time",
+        "3s",
+        "--hidden",
+        "16",
+        "--layers",
+        "1",
+        "--embed",
+        "8",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "16",
+        "--precision",
+        "fp32",
+        "--quiet",
+    )
     assert code == 0, err
     final = RunFolder(tmp_path / "run").read_metrics()[-1]
     assert final["stop"] == "time" and final["step"] > 0

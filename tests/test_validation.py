@@ -18,20 +18,23 @@ TEXT = "".join(f"{i}: the quick brown fox jumps over the lazy dog.\n" for i in r
 FAST = {**TINY, "steps": 3, "hidden": 8, "embed": 4, "sample_chars": 0}
 
 
-@pytest.mark.parametrize("key, value, says", [
-    ("steps", 5.5, "--steps must be a whole number, got 5.5"),
-    ("hidden", True, "--hidden must be a whole number, got True"),
-    ("steps", "5", "--steps must be a whole number, got '5'"),
-    ("lr", "0.01", "--lr must be a finite number, got '0.01'"),
-    ("lr", float("inf"), "--lr must be a finite number, got inf"),
-    ("dropout", False, "--dropout must be a finite number, got False"),
-    ("cell", 3, "--cell must be a string, got 3"),
-    ("device", "gpu", "--device must be one of auto, cpu, cuda, mps, got 'gpu'"),
-    ("time", None, "--time must be a finite number, got None"),
-    ("time", "3m", "--time must be a finite number, got '3m'"),
-    ("compile", 1, "--compile must be true or false, got 1"),
-    ("hiden", 8, "unknown training option(s): hiden"),
-])
+@pytest.mark.parametrize(
+    "key, value, says",
+    [
+        ("steps", 5.5, "--steps must be a whole number, got 5.5"),
+        ("hidden", True, "--hidden must be a whole number, got True"),
+        ("steps", "5", "--steps must be a whole number, got '5'"),
+        ("lr", "0.01", "--lr must be a finite number, got '0.01'"),
+        ("lr", float("inf"), "--lr must be a finite number, got inf"),
+        ("dropout", False, "--dropout must be a finite number, got False"),
+        ("cell", 3, "--cell must be a string, got 3"),
+        ("device", "gpu", "--device must be one of auto, cpu, cuda, mps, got 'gpu'"),
+        ("time", None, "--time must be a finite number, got None"),
+        ("time", "3m", "--time must be a finite number, got '3m'"),
+        ("compile", 1, "--compile must be true or false, got 1"),
+        ("hiden", 8, "unknown training option(s): hiden"),
+    ],
+)
 def test_api_refuses_what_the_run_folder_would_refuse(tmp_path, key, value, says):
     out = tmp_path / "run"
     with pytest.raises(UserError) as caught:
@@ -42,8 +45,13 @@ def test_api_refuses_what_the_run_folder_would_refuse(tmp_path, key, value, says
 
 def test_numpy_values_train_a_run_that_every_reader_accepts(tmp_path):
     out = tmp_path / "run"
-    options = {**FAST, "steps": np.int64(3), "hidden": np.int32(8), "lr": np.float32(0.01),
-               "dropout": np.float64(0.0)}
+    options = {
+        **FAST,
+        "steps": np.int64(3),
+        "hidden": np.int32(8),
+        "lr": np.float32(0.01),
+        "dropout": np.float64(0.0),
+    }
     run = nextchar.train(text=TEXT, out=out, **options)
     config = RunConfig.from_json((out / "config.json").read_text())  # what sample/eval/resume read
     assert (config.train.steps, config.model.hidden) == (3, 8)
@@ -52,8 +60,12 @@ def test_numpy_values_train_a_run_that_every_reader_accepts(tmp_path):
 
 
 def test_the_api_checks_its_own_arguments_before_anything_is_made(tmp_path):
-    for kwargs, says in [({"out": ""}, "--out is empty"), ({"force": "yes"}, "force must be True"),
-                         ({"quiet": 0}, "quiet must be True"), ({"out": 3}, "out must be a path")]:
+    for kwargs, says in [
+        ({"out": ""}, "--out is empty"),
+        ({"force": "yes"}, "force must be True"),
+        ({"quiet": 0}, "quiet must be True"),
+        ({"out": 3}, "out must be a path"),
+    ]:
         with pytest.raises(UserError, match=says):
             nextchar.train(text=TEXT, **{"out": tmp_path / "r", **kwargs}, **FAST)
     with pytest.raises(UserError, match="text must be a string"):
@@ -91,16 +103,47 @@ def test_config_json_types_match_the_api_types():
 
 # ---- property: any option values either train a readable run or are refused up front ------------
 
-NUMBERS = st.one_of(st.integers(-3, 40), st.floats(-2, 40),
-                    st.sampled_from([float("nan"), float("inf"), 1e300]),
-                    st.integers(-3, 40).map(np.int64), st.integers(0, 40).map(np.uint8))
-WORDS = st.one_of(st.sampled_from(["cpu", "auto", "lstm", "gru", "rnn", "cosine", "linear", "strict",
-                                   "replace", "utf-8", ""]), st.text(max_size=4))
+NUMBERS = st.one_of(
+    st.integers(-3, 40),
+    st.floats(-2, 40),
+    st.sampled_from([float("nan"), float("inf"), 1e300]),
+    st.integers(-3, 40).map(np.int64),
+    st.integers(0, 40).map(np.uint8),
+)
+WORDS = st.one_of(
+    st.sampled_from(
+        ["cpu", "auto", "lstm", "gru", "rnn", "cosine", "linear", "strict", "replace", "utf-8", ""]
+    ),
+    st.text(max_size=4),
+)
 VALUES = st.one_of(NUMBERS, st.booleans(), WORDS, st.none())
-KEYS = ["hidden", "layers", "embed", "batch_size", "seq_len", "dropout", "val_frac", "test_frac",
-        "cell", "schedule", "warmup_steps", "eval_every", "seed", "grad_clip", "weight_decay",
-        "final_lr_frac", "sample_chars", "log_every", "eval_chars", "epochs", "device", "errors",
-        "optimizer", "threads", "precision"]
+KEYS = [
+    "hidden",
+    "layers",
+    "embed",
+    "batch_size",
+    "seq_len",
+    "dropout",
+    "val_frac",
+    "test_frac",
+    "cell",
+    "schedule",
+    "warmup_steps",
+    "eval_every",
+    "seed",
+    "grad_clip",
+    "weight_decay",
+    "final_lr_frac",
+    "sample_chars",
+    "log_every",
+    "eval_chars",
+    "epochs",
+    "device",
+    "errors",
+    "optimizer",
+    "threads",
+    "precision",
+]
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -116,8 +159,11 @@ def test_any_options_train_a_loadable_run_or_are_refused_before_disk(options):
             return
         model = nextchar.load(out)  # every reader parses config.json the same way
         for key, value in options.items():
-            section = "model" if key in ("hidden", "layers", "embed", "cell", "dropout") else (
-                "data" if key in ("val_frac", "test_frac", "errors") else "train")
+            section = (
+                "model"
+                if key in ("hidden", "layers", "embed", "cell", "dropout")
+                else ("data" if key in ("val_frac", "test_frac", "errors") else "train")
+            )
             saved = getattr(getattr(model.config, section), key)
             assert saved == value and not isinstance(value, bool), (key, value, saved)
         assert run.steps <= 3

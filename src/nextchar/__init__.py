@@ -13,8 +13,15 @@ from importlib import import_module
 
 __version__ = "0.1.0"
 __all__ = ["Model", "Run", "UserError", "Vocab", "load", "prepare", "train"]
-_HOMES = {"Model": "api", "Run": "api", "load": "api", "prepare": "api", "train": "api",
-          "UserError": "errors", "Vocab": "vocab"}
+_HOMES = {
+    "Model": "api",
+    "Run": "api",
+    "load": "api",
+    "prepare": "api",
+    "train": "api",
+    "UserError": "errors",
+    "Vocab": "vocab",
+}
 
 
 def __getattr__(name: str):

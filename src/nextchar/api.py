@@ -35,11 +35,22 @@ class Model:
     def device(self):
         return self.module.head.weight.device
 
-    def generate(self, prime: str = "", length: int = 500, *, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float = 1.0, greedy: bool = False, seed: int | None = None,
-                 unknown: str = "error", num_samples: int = 1, precision: str = "auto",
-                 on_text: Callable[[int, str], None] | None = None,
-                 adapt: DynamicConfig | None = None) -> str | list[str]:
+    def generate(
+        self,
+        prime: str = "",
+        length: int = 500,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float = 1.0,
+        greedy: bool = False,
+        seed: int | None = None,
+        unknown: str = "error",
+        num_samples: int = 1,
+        precision: str = "auto",
+        on_text: Callable[[int, str], None] | None = None,
+        adapt: DynamicConfig | None = None,
+    ) -> str | list[str]:
         """prime + `length` sampled characters (a list of texts when num_samples > 1).
         precision: the weights while stepping, auto | fp32 (exact) | bf16 | int8, as `nextchar
         sample --weights`.
@@ -47,23 +58,33 @@ class Model:
         drawn, to stream them; nothing is then kept, and the texts returned are empty.
         adapt: first let a copy of the model learn from the prime as dynamic evaluation does
         (nextchar.dynamic), then sample from that copy; this Model is not changed."""
-        config = SampleConfig(length=length, temperature=temperature, top_k=top_k, top_p=top_p,
-                              greedy=greedy, num_samples=num_samples, seed=seed, prime=prime,
-                              unknown=unknown)
+        config = SampleConfig(
+            length=length,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            greedy=greedy,
+            num_samples=num_samples,
+            seed=seed,
+            prime=prime,
+            unknown=unknown,
+        )
         check_prime(self.vocab, prime, unknown)
         module = self.module
         if adapt is not None:
             ids = self.vocab.ids_of_points(code_points(prime))
             ids = ids[ids >= 0]  # as the sampler reads it (unknown='skip' drops the others)
             if len(ids) < 2:
-                raise UserError("adapting needs a prime of two or more characters to learn from "
-                                "(--prime)")
+                raise UserError(
+                    "adapting needs a prime of two or more characters to learn from (--prime)"
+                )
             module = adapt_to(self.module, ids, adapt, self.device)
         texts = Sampler(module, self.vocab, precision).generate(config, on_text)
         return texts[0] if num_samples == 1 else texts
 
-    def evaluate(self, text: str, precision: str | None = None,
-                 dynamic: DynamicConfig | None = None) -> EvalResult:
+    def evaluate(
+        self, text: str, precision: str | None = None, dynamic: DynamicConfig | None = None
+    ) -> EvalResult:
         """Score `text` with carried state. Characters outside the vocabulary are taken out of
         the stream before scoring (the model reads past them) and counted in `unknown_chars`.
         precision: fp32, bf16 or auto; by default the one the model was trained with.
@@ -76,12 +97,16 @@ class Model:
         if unknown.any():
             from dataclasses import replace
 
-            result = replace(result, unknown_chars=int(unknown.sum()),
-                             unknown_symbols=self.vocab.unknown_chars(text))
+            result = replace(
+                result,
+                unknown_chars=int(unknown.sum()),
+                unknown_symbols=self.vocab.unknown_chars(text),
+            )
         return result
 
-    def evaluate_ids(self, ids: np.ndarray, precision: str | None = None,
-                     dynamic: DynamicConfig | None = None) -> EvalResult:
+    def evaluate_ids(
+        self, ids: np.ndarray, precision: str | None = None, dynamic: DynamicConfig | None = None
+    ) -> EvalResult:
         """Score an array of ids, by default in the precision the model was trained with (or
         with dynamic evaluation, see `evaluate`)."""
         if dynamic is not None:
@@ -122,9 +147,16 @@ class Run:
         return load(self.path, which, device)
 
 
-def train(inputs: str | Sequence[str] | None = None, out: str | os.PathLike | None = None, *,
-          text: str | None = None, resume: str | os.PathLike | None = None, force: bool = False,
-          quiet: bool = True, **options: Any) -> Run:
+def train(
+    inputs: str | Sequence[str] | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    text: str | None = None,
+    resume: str | os.PathLike | None = None,
+    force: bool = False,
+    quiet: bool = True,
+    **options: Any,
+) -> Run:
     """Train a model; returns the Run. `inputs`: files, directories, a prepared data folder, or
     None for the bundled corpus; or pass the training `text` itself. `options` are any fields of
     DataConfig, ModelConfig or TrainConfig (steps=, time=, hidden=, cell=, lr=, ...)."""
@@ -144,16 +176,33 @@ def train(inputs: str | Sequence[str] | None = None, out: str | os.PathLike | No
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "text.txt"
             path.write_text(text, encoding="utf-8")
-            result = launch([str(path)], out, resume=resume, force=force, quiet=quiet,
-                            command="nextchar.train(text=...)", options=options)
+            result = launch(
+                [str(path)],
+                out,
+                resume=resume,
+                force=force,
+                quiet=quiet,
+                command="nextchar.train(text=...)",
+                options=options,
+            )
     else:
-        result = launch(inputs, out, resume=resume, force=force, quiet=quiet,
-                        command="nextchar.train(...)", options=options)
-    return Run(result.folder, result.steps, result.elapsed, result.best_val, result.test, result.sample)
+        result = launch(
+            inputs,
+            out,
+            resume=resume,
+            force=force,
+            quiet=quiet,
+            command="nextchar.train(...)",
+            options=options,
+        )
+    return Run(
+        result.folder, result.steps, result.elapsed, result.best_val, result.test, result.sample
+    )
 
 
-def prepare(inputs: str | Sequence[str], out: str | os.PathLike, *, force: bool = False,
-            **options: Any) -> Path:
+def prepare(
+    inputs: str | Sequence[str], out: str | os.PathLike, *, force: bool = False, **options: Any
+) -> Path:
     """Encode text into a memory-mapped data folder for `train` (options: DataConfig fields).
     `force` replaces a data folder that nextchar prepared, and nothing else."""
     from .data import prepare as prepare_data

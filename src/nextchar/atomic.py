@@ -100,8 +100,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
             pass
         if not isinstance(exc, OSError):
             raise
-        raise CheckpointWriteError(f"could not write {path}: {exc.strerror or exc}; "
-                                   f"the previous file is unchanged") from None
+        raise CheckpointWriteError(
+            f"could not write {path}: {exc.strerror or exc}; the previous file is unchanged"
+        ) from None
     _fault("renamed", path)
     _fsync_dir(path.parent)
     _fault("done", path)

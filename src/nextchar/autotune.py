@@ -29,7 +29,9 @@ import torch
 from .atomic import temp_path
 
 CACHE_VERSION = 1
-MARGIN = 0.03  # a candidate other than fp32 must be this much faster: noise never buys a slower path
+MARGIN = (
+    0.03  # a candidate other than fp32 must be this much faster: noise never buys a slower path
+)
 ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 CPU_FLAGS = ("amx_bf16", "amx_tile", "amx_int8", "avx512_bf16", "avx512f", "avx2")
 
@@ -46,13 +48,18 @@ class Choice:
         """'fp32 (measured: fp32 12.1k chars/s, bf16 8.6k)' with unit_chars characters per unit."""
         if not self.timings or self.how in ("named", "only candidate"):
             return f"{self.value} ({self.how})"
-        speeds = ", ".join(f"{name} {_short(unit_chars / seconds)}"
-                           for name, seconds in sorted(self.timings.items(), key=lambda kv: kv[1]))
+        speeds = ", ".join(
+            f"{name} {_short(unit_chars / seconds)}"
+            for name, seconds in sorted(self.timings.items(), key=lambda kv: kv[1])
+        )
         return f"{self.value} ({self.how}: {speeds} chars/s)"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "how": self.how,
-                "seconds": {k: round(v, 7) for k, v in self.timings.items()}}
+        return {
+            "value": self.value,
+            "how": self.how,
+            "seconds": {k: round(v, 7) for k, v in self.timings.items()},
+        }
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> Choice:
@@ -69,7 +76,11 @@ def pick(timings: dict[str, float], baseline: str = "fp32", margin: float = MARG
     if not timings:
         return baseline
     best = min(timings, key=timings.__getitem__)
-    if baseline in timings and best != baseline and timings[best] > timings[baseline] * (1 - margin):
+    if (
+        baseline in timings
+        and best != baseline
+        and timings[best] > timings[baseline] * (1 - margin)
+    ):
         return baseline
     return best
 
@@ -119,9 +130,12 @@ def machine(device: torch.device | None = None) -> dict[str, Any]:
     """What a timing depends on: the processor, its flags, the ISA caps set in the environment,
     torch and its threads, and the accelerator if one is used."""
     info: dict[str, Any] = {
-        "cpu": cpu_name(), "flags": cpu_flags(), "l2_bytes": l2_bytes(),
+        "cpu": cpu_name(),
+        "flags": cpu_flags(),
+        "l2_bytes": l2_bytes(),
         "isa_caps": {v: os.environ[v] for v in ISA_VARIABLES if os.environ.get(v)},
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
     }
     if device is not None and device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -166,8 +180,9 @@ def cache_get(key: dict[str, Any]) -> dict[str, float] | None:
         timings = entry["seconds"]
         if entry.get("version") != CACHE_VERSION or entry.get("key") != key or not timings:
             return None
-        if not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0
-                   for s in timings.values()):
+        if not all(
+            isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in timings.values()
+        ):
             return None
         return {str(k): float(v) for k, v in timings.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -180,8 +195,9 @@ def cache_put(key: dict[str, Any], timings: dict[str, float]) -> None:
     tmp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"version": CACHE_VERSION, "key": key, "seconds": timings}),
-                       encoding="utf-8")
+        tmp.write_text(
+            json.dumps({"version": CACHE_VERSION, "key": key, "seconds": timings}), encoding="utf-8"
+        )
         os.replace(tmp, path)
     except OSError:
         try:
@@ -193,8 +209,12 @@ def cache_put(key: dict[str, Any], timings: dict[str, float]) -> None:
 # ---- timing --------------------------------------------------------------------------------
 
 
-def time_interleaved(candidates: dict[str, Callable[[], Any]], budget_s: float,
-                     sync: Callable[[], None] = lambda: None, max_rounds: int = 50) -> dict[str, float]:
+def time_interleaved(
+    candidates: dict[str, Callable[[], Any]],
+    budget_s: float,
+    sync: Callable[[], None] = lambda: None,
+    max_rounds: int = 50,
+) -> dict[str, float]:
     """Median seconds per call of each candidate. One warm-up call each, then the candidates in
     turn (so drift in machine load hits all of them) until `budget_s` is spent: at least one
     timed round, and three whenever the first round leaves room for them."""
@@ -224,8 +244,13 @@ def time_interleaved(candidates: dict[str, Callable[[], Any]], budget_s: float,
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def decide(kind: str, shapes: dict[str, Any], device: torch.device,
-           measure: Callable[[], dict[str, float]], baseline: str = "fp32") -> Choice:
+def decide(
+    kind: str,
+    shapes: dict[str, Any],
+    device: torch.device,
+    measure: Callable[[], dict[str, float]],
+    baseline: str = "fp32",
+) -> Choice:
     """The cached timings for (machine, kind, shapes), else `measure()` them and cache them;
     -> the pick among them."""
     key = {"kind": kind, "shapes": shapes, "device": device.type, "machine": machine(device)}

@@ -38,7 +38,7 @@ class WeightAverage:
         """Fold in the weights of `model` after one more step."""
         self.count += 1
         if self.kind == "ema":
-            weight = (1.0 - self.decay) / (1.0 - self.decay ** self.count)
+            weight = (1.0 - self.decay) / (1.0 - self.decay**self.count)
         else:
             weight = 1.0 / self.count
         for avg, w in zip(self.module.parameters(), model.parameters()):

@@ -65,8 +65,10 @@ class Batcher:
         self._closed = False
         self.steps = 0  # batched steps taken
         self.widest = 0  # the most rows stepped together so far
-        self._threads = [threading.Thread(target=self._prime_loop, name=f"nextchar-prime-{name}", daemon=True),
-                         threading.Thread(target=self._loop, name=f"nextchar-batch-{name}", daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._prime_loop, name=f"nextchar-prime-{name}", daemon=True),
+            threading.Thread(target=self._loop, name=f"nextchar-batch-{name}", daemon=True),
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -89,8 +91,12 @@ class Batcher:
         order Sampler.generate makes them (a first character, then noise)."""
         try:
             config = job.config
-            job.seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
-            job.streams = [Stream(row_seed(job.seed, row), len(self.symbols)) for row in range(job.rows)]
+            job.seed = (
+                config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
+            )
+            job.streams = [
+                Stream(row_seed(job.seed, row), len(self.symbols)) for row in range(job.rows)
+            ]
             shared = self.sampler.shared_prime(config.prime, config.unknown)
             if shared is not None:
                 job.prime_ids, job.prime = shared
@@ -141,7 +147,9 @@ class Batcher:
                 if job.cancelled:
                     self._release(job, "cancelled")
                 else:
-                    groups.setdefault(None if job.prime_ids is None else tuple(job.prime_ids), []).append(job)
+                    groups.setdefault(
+                        None if job.prime_ids is None else tuple(job.prime_ids), []
+                    ).append(job)
             for ids, jobs in groups.items():
                 try:
                     arrival = self._prime(ids, jobs)
@@ -162,12 +170,16 @@ class Batcher:
         if ids is not None:
             logits, hidden = self.sampler.run_prime(list(ids))  # (1, V), (L, 1, H)
             expand = lambda t: t.expand(t.size(0), B, t.size(2)).contiguous()  # noqa: E731
-            hidden = tuple(expand(h) for h in hidden) if isinstance(hidden, tuple) else expand(hidden)
+            hidden = (
+                tuple(expand(h) for h in hidden) if isinstance(hidden, tuple) else expand(hidden)
+            )
             logits = logits.expand(B, -1)
         else:
             index = self.sampler.vocab.index
             firsts = [index[text[0]] for job in jobs for text in job.texts]
-            logits, hidden = self.sampler.model(torch.tensor(firsts, device=self.sampler.device)[:, None])
+            logits, hidden = self.sampler.model(
+                torch.tensor(firsts, device=self.sampler.device)[:, None]
+            )
             logits = logits[:, -1].float()  # (B, V)
         return Arrival(jobs, logits, self.stepper.from_module_hidden(hidden))
 
@@ -203,7 +215,9 @@ class Batcher:
             joining = [job for a in arrived for job in a.jobs]
             state = self.stepper.join([b.state for b in old + arrived])
             logits = torch.cat([b.logits for b in old + arrived])
-            batch = Batch(batch.jobs + joining, logits, state, NoiseTable.build(batch, joining, logits))
+            batch = Batch(
+                batch.jobs + joining, logits, state, NoiseTable.build(batch, joining, logits)
+            )
         if not batch.jobs:
             return batch
         if batch.noise.steps_left == 0:  # a stream has read all of its block: on to the next
@@ -225,10 +239,16 @@ class Batcher:
         # leave: finished, cancelled and late jobs (looked for only when one may be there)
         batch.steps_to_end -= 1
         now = time.monotonic()
-        if batch.steps_to_end == 0 or now > batch.first_deadline or any(j.cancelled for j in batch.jobs):
+        if (
+            batch.steps_to_end == 0
+            or now > batch.first_deadline
+            or any(j.cancelled for j in batch.jobs)
+        ):
             staying, rows = [], []
             for job, first in zip(batch.jobs, batch.first_rows):
-                reason = "done" if job.produced >= job.config.length else self._reason_to_leave(job, now)
+                reason = (
+                    "done" if job.produced >= job.config.length else self._reason_to_leave(job, now)
+                )
                 if reason:
                     self._release(job, reason)
                 else:
@@ -238,7 +258,9 @@ class Batcher:
                 if not staying:
                     return Batch([], None, None)
                 keep = torch.tensor(rows, device=ids.device)
-                batch = Batch(staying, None, self.stepper.select(batch.state, keep), batch.noise.keep(keep))
+                batch = Batch(
+                    staying, None, self.stepper.select(batch.state, keep), batch.noise.keep(keep)
+                )
                 ids = ids[keep]
         # step
         batch.logits, batch.state = self.stepper.step(ids, batch.state)
@@ -261,7 +283,7 @@ class Batcher:
         Sampler.generate)."""
         noise = batch.noise.read()
         if len(batch.groups) == 1:
-            (key, _), = batch.groups
+            ((key, _),) = batch.groups
             return _draw_group(key, batch.logits, noise)
         ids = torch.empty(batch.logits.size(0), dtype=torch.long, device=batch.logits.device)
         for key, rows in batch.groups:

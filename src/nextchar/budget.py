@@ -73,12 +73,15 @@ class Plan:
 
 def describe(plan: dict[str, Any], model: ModelConfig) -> str:
     """One line on what a recorded plan (Plan.to_dict) chose and why."""
-    regime = ("data-limited: a larger model with dropout" if plan["data_limited"]
-              else "compute-limited")
-    return (f"budget: {model.layers}x{model.hidden} {model.cell}, {plan['params'] / 1e6:.2f} M "
-            f"parameters (measured {plan['param_chars_per_s'] / 1e9:.2f} G parameter-chars/s buys "
-            f"~{plan['chars'] / 1e6:.1f} M chars, {plan['epochs']:.1f} passes over the training "
-            f"text; {regime})")
+    regime = (
+        "data-limited: a larger model with dropout" if plan["data_limited"] else "compute-limited"
+    )
+    return (
+        f"budget: {model.layers}x{model.hidden} {model.cell}, {plan['params'] / 1e6:.2f} M "
+        f"parameters (measured {plan['param_chars_per_s'] / 1e9:.2f} G parameter-chars/s buys "
+        f"~{plan['chars'] / 1e6:.1f} M chars, {plan['epochs']:.1f} passes over the training "
+        f"text; {regime})"
+    )
 
 
 def eval_chars(run_seconds: float, eval_chars_per_s: float) -> int:
@@ -103,8 +106,15 @@ def spend(k: float, seconds: float, train_chars: int, params_of) -> tuple[int, b
     return width, data_limited, target
 
 
-def plan(options: dict[str, Any], model: ModelConfig, batch: int, seq_len: int,
-         train_chars: int, device: torch.device, precision: str) -> Plan:
+def plan(
+    options: dict[str, Any],
+    model: ModelConfig,
+    batch: int,
+    seq_len: int,
+    train_chars: int,
+    device: torch.device,
+    precision: str,
+) -> Plan:
     """Choose the options the user left out for a --time budget, timing on this machine.
 
     `options`: what the user named; `model`: the model config with the user's values and the
@@ -142,6 +152,13 @@ def plan(options: dict[str, Any], model: ModelConfig, batch: int, seq_len: int,
     if data_limited:
         chosen.update({k: v for k, v in REGULARISED.items() if k not in options})
     chars = chars_per_s * seconds * TRAIN_SHARE
-    return Plan(chosen, choice, param_chars_per_s=k, target_params=target,
-                params=num_params(shape_of(width)), chars=chars, epochs=chars / max(1, train_chars),
-                data_limited=data_limited)
+    return Plan(
+        chosen,
+        choice,
+        param_chars_per_s=k,
+        target_params=target,
+        params=num_params(shape_of(width)),
+        chars=chars,
+        epochs=chars / max(1, train_chars),
+        data_limited=data_limited,
+    )

@@ -40,8 +40,9 @@ class Cadence:
         eval_every = train.eval_every
         if not eval_every and total and not train.time:
             eval_every = max(1, total // 10)
-        return cls(total, train.time, eval_every, train.checkpoint_every,
-                   train.checkpoint_every_steps)
+        return cls(
+            total, train.time, eval_every, train.checkpoint_every, train.checkpoint_every_steps
+        )
 
     @property
     def by_steps(self) -> bool:

@@ -73,12 +73,17 @@ class LoopState:
         """From a resume point's meta; what older checkpoints lack takes the fresh run's value."""
         fresh = cls()
         best_val, next_eval_time = meta.get("best_val"), meta.get("next_eval_time")
-        return cls(step=int(meta["step"]), elapsed=float(meta["elapsed"]),
-                   chars_seen=int(meta.get("chars_seen", fresh.chars_seen)),
-                   best_val=best_val if best_val is not None else fresh.best_val,
-                   best_result=EvalResult.from_dict(meta["best_result"]) if meta.get("best_result") else None,
-                   next_eval_time=next_eval_time if next_eval_time is not None else fresh.next_eval_time,
-                   last_eval_step=int(meta.get("last_eval_step", fresh.last_eval_step)))
+        return cls(
+            step=int(meta["step"]),
+            elapsed=float(meta["elapsed"]),
+            chars_seen=int(meta.get("chars_seen", fresh.chars_seen)),
+            best_val=best_val if best_val is not None else fresh.best_val,
+            best_result=EvalResult.from_dict(meta["best_result"])
+            if meta.get("best_result")
+            else None,
+            next_eval_time=next_eval_time if next_eval_time is not None else fresh.next_eval_time,
+            last_eval_step=int(meta.get("last_eval_step", fresh.last_eval_step)),
+        )
 
 
 @dataclass
@@ -120,20 +125,29 @@ def save_resume(path: str | os.PathLike, point: ResumePoint) -> None:
     tensors = {f"model.{k}": v for k, v in point.model.items()}
     for index, entries in state["state"].items():
         for key, value in entries.items():
-            tensors[f"optim.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"optim.{index}.{key}"] = (
+                value if torch.is_tensor(value) else torch.tensor(value)
+            )
     tensors.update({f"hidden.{k}": t for k, t in zip("hc", point.hidden)})
     tensors.update({f"average.{k}": v for k, v in point.average.items()})
     tensors["rng.cpu"] = point.rng_cpu
     if point.rng_cuda is not None:
         tensors["rng.cuda"] = point.rng_cuda
-    meta = {"kind": RESUME, **point.loop.to_meta(), "param_groups": state["param_groups"],
-            "average": _average_meta(point.average_kind, point.average_count),
-            "world_size": point.world_size, "batch_size": point.batch_size, "vocab": point.vocab}
+    meta = {
+        "kind": RESUME,
+        **point.loop.to_meta(),
+        "param_groups": state["param_groups"],
+        "average": _average_meta(point.average_kind, point.average_count),
+        "world_size": point.world_size,
+        "batch_size": point.batch_size,
+        "vocab": point.vocab,
+    }
     save_checkpoint(path, tensors, meta)
 
 
-def load_resume(path: str | os.PathLike, vocab: str | None = None,
-                batch_size: int | None = None) -> ResumePoint:
+def load_resume(
+    path: str | os.PathLike, vocab: str | None = None, batch_size: int | None = None
+) -> ResumePoint:
     """Read a resume point; a file of another kind, or (when given) one made with other symbols
     (vocab_digest) or another batch size -> UserError."""
     tensors, meta = load_checkpoint(path)
@@ -149,24 +163,44 @@ def load_resume(path: str | os.PathLike, vocab: str | None = None,
         state.setdefault(int(index), {})[name] = value
     average = meta.get("average") or {}
     hidden = tuple(tensors[f"hidden.{k}"] for k in "hc" if f"hidden.{k}" in tensors)
-    return ResumePoint(model=prefixed(tensors, "model"),
-                       optimizer={"state": state, "param_groups": meta.get("param_groups", [])},
-                       loop=LoopState.from_meta(meta), rng_cpu=tensors["rng.cpu"],
-                       rng_cuda=tensors.get("rng.cuda"),
-                       hidden=hidden if "hidden.h" in tensors else (),
-                       average=prefixed(tensors, "average"), average_kind=average.get("kind"),
-                       average_count=int(average.get("count", 0)),
-                       world_size=meta.get("world_size", 1), batch_size=meta.get("batch_size"),
-                       vocab=meta.get("vocab"))
+    return ResumePoint(
+        model=prefixed(tensors, "model"),
+        optimizer={"state": state, "param_groups": meta.get("param_groups", [])},
+        loop=LoopState.from_meta(meta),
+        rng_cpu=tensors["rng.cpu"],
+        rng_cuda=tensors.get("rng.cuda"),
+        hidden=hidden if "hidden.h" in tensors else (),
+        average=prefixed(tensors, "average"),
+        average_kind=average.get("kind"),
+        average_count=int(average.get("count", 0)),
+        world_size=meta.get("world_size", 1),
+        batch_size=meta.get("batch_size"),
+        vocab=meta.get("vocab"),
+    )
 
 
-def save_weights(path: str | os.PathLike, weights: dict[str, torch.Tensor], *, step: int,
-                 val: EvalResult, vocab: str, average_kind: str | None = None,
-                 average_count: int = 0) -> None:
+def save_weights(
+    path: str | os.PathLike,
+    weights: dict[str, torch.Tensor],
+    *,
+    step: int,
+    val: EvalResult,
+    vocab: str,
+    average_kind: str | None = None,
+    average_count: int = 0,
+) -> None:
     """Write the weights to sample and evaluate with (best.safetensors)."""
-    save_checkpoint(path, {f"model.{k}": v for k, v in weights.items()},
-                    {"kind": WEIGHTS, "step": step, "val": val.to_dict(), "vocab": vocab,
-                     "average": _average_meta(average_kind, average_count)})
+    save_checkpoint(
+        path,
+        {f"model.{k}": v for k, v in weights.items()},
+        {
+            "kind": WEIGHTS,
+            "step": step,
+            "val": val.to_dict(),
+            "vocab": vocab,
+            "average": _average_meta(average_kind, average_count),
+        },
+    )
 
 
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -193,19 +227,25 @@ def build_model(weights: dict[str, torch.Tensor], config: ModelConfig) -> CharRN
 
 # ---- the file: safetensors, checksummed metadata, atomic writes -----------------------------
 
+
 def _checksum(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
     """Over the tensors' names, dtypes, shapes and bytes, and the metadata (but its checksum)."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(json.dumps({k: v for k, v in meta.items() if k != "checksum"}, sort_keys=True).encode())
+    digest.update(
+        json.dumps({k: v for k, v in meta.items() if k != "checksum"}, sort_keys=True).encode()
+    )
     for key in sorted(tensors):
         tensor = tensors[key].contiguous()
         digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(
+            tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        )
     return digest.hexdigest()
 
 
-def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
-                    meta: dict[str, Any]) -> None:
+def save_checkpoint(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
     """Tensors (moved to CPU) plus JSON metadata, checksummed, written atomically."""
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = dict(meta, checksum=_checksum(cpu, meta))
@@ -237,7 +277,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         with _SafeMeta(raw) as meta_text:
             meta = json.loads(meta_text)
     except (SafetensorError, ValueError, KeyError, TypeError, OverflowError, RuntimeError):
-        raise UserError(f"{path} is truncated or corrupted (not a readable safetensors file)") from None
+        raise UserError(
+            f"{path} is truncated or corrupted (not a readable safetensors file)"
+        ) from None
     if not isinstance(meta, dict) or meta.get("checksum") != _checksum(tensors, meta):
         raise UserError(f"{path} is corrupted (checksum mismatch)")
     return tensors, meta
@@ -252,7 +294,7 @@ class _SafeMeta:
         size = int.from_bytes(raw[:8], "little")
         if size > len(raw) - 8:
             raise ValueError("header past end of file")
-        self.header = json.loads(raw[8:8 + size])
+        self.header = json.loads(raw[8 : 8 + size])
 
     def __enter__(self) -> str:
         return self.header["__metadata__"]["nextchar"]

@@ -40,9 +40,17 @@ DEFAULT_TIME = 180.0  # seconds of a `nextchar train` given no stopping point
 C = TypeVar("C")
 
 
-def option(default: Any, help: str, *, choices: tuple[str, ...] = (), metavar: str | None = None,
-           parse: str | None = None, train: Any = dataclasses.MISSING, shown: str | None = None,
-           steps_field: str | None = None) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] = (),
+    metavar: str | None = None,
+    parse: str | None = None,
+    train: Any = dataclasses.MISSING,
+    shown: str | None = None,
+    steps_field: str | None = None,
+) -> Any:
     """A config field that is also a flag: `--field-name`, made by nextchar.cli.options.
 
     help: what it does, one line; choices: the values it takes (checked here for every caller);
@@ -51,9 +59,19 @@ def option(default: Any, help: str, *, choices: tuple[str, ...] = (), metavar: s
     train: `nextchar train`'s default where it is not the library's;
     shown: the default in --help where the value would not say what it means ("" shows none;
     "{default}" stands for the value)."""
-    return dataclasses.field(default=default, metadata={
-        "flag": True, "help": help, "choices": choices, "metavar": metavar, "parse": parse,
-        "train": train, "shown": shown, "steps_field": steps_field})
+    return dataclasses.field(
+        default=default,
+        metadata={
+            "flag": True,
+            "help": help,
+            "choices": choices,
+            "metavar": metavar,
+            "parse": parse,
+            "train": train,
+            "shown": shown,
+            "steps_field": steps_field,
+        },
+    )
 
 
 def internal(default: Any) -> Any:
@@ -67,8 +85,12 @@ def is_option(f: dataclasses.Field) -> bool:
 
 def train_defaults(*classes: type) -> dict[str, Any]:
     """`nextchar train`'s defaults that differ from the library's (an option's `train=`)."""
-    return {f.name: f.metadata["train"] for cls in classes for f in dataclasses.fields(cls)
-            if is_option(f) and f.metadata["train"] is not dataclasses.MISSING}
+    return {
+        f.name: f.metadata["train"]
+        for cls in classes
+        for f in dataclasses.fields(cls)
+        if is_option(f) and f.metadata["train"] is not dataclasses.MISSING
+    }
 
 
 def _require(ok: bool, message: str) -> None:
@@ -142,15 +164,20 @@ class DataConfig:
     val_frac: float = option(0.05, "fraction of the text for validation")
     test_frac: float = option(0.05, "fraction of the text for the test split")
     encoding: str = option("utf-8", "text encoding of the input files")
-    errors: str = option("strict", "undecodable bytes: strict refuses the file, replace "
-                         "substitutes U+FFFD", choices=ERRORS_POLICIES)
+    errors: str = option(
+        "strict",
+        "undecodable bytes: strict refuses the file, replace substitutes U+FFFD",
+        choices=ERRORS_POLICIES,
+    )
 
     def __post_init__(self) -> None:
         _check_types(self)
         _require(0 <= self.val_frac < 1, f"--val-frac must be in [0, 1), got {self.val_frac}")
         _require(0 <= self.test_frac < 1, f"--test-frac must be in [0, 1), got {self.test_frac}")
-        _require(self.val_frac + self.test_frac < 0.9,
-                 "--val-frac plus --test-frac must leave at least 10% of the text for training")
+        _require(
+            self.val_frac + self.test_frac < 0.9,
+            "--val-frac plus --test-frac must leave at least 10% of the text for training",
+        )
 
 
 @dataclass(frozen=True)
@@ -162,14 +189,23 @@ class ModelConfig:
     embed: int = option(0, "embedding size; 0 = one-hot input, as in the lesson", train=64)
     hidden: int = option(256, "hidden units per layer", train=384)
     layers: int = option(2, "recurrent layers")
-    dropout: float = option(0.0, "dropout on each recurrent layer's output (between layers, "
-                            "before the head)")
-    locked_dropout: bool = option(False, "--dropout's mask the same at every time step of a "
-                                  "window (variational dropout)")
-    weight_drop: float = option(0.0, "DropConnect: drop this fraction of the hidden-to-hidden "
-                                "weights, one mask per window", metavar="P")
-    embed_drop: float = option(0.0, "drop this fraction of the characters (whole rows of the "
-                               "embedding table), one mask per window", metavar="P")
+    dropout: float = option(
+        0.0, "dropout on each recurrent layer's output (between layers, before the head)"
+    )
+    locked_dropout: bool = option(
+        False, "--dropout's mask the same at every time step of a window (variational dropout)"
+    )
+    weight_drop: float = option(
+        0.0,
+        "DropConnect: drop this fraction of the hidden-to-hidden weights, one mask per window",
+        metavar="P",
+    )
+    embed_drop: float = option(
+        0.0,
+        "drop this fraction of the characters (whole rows of the "
+        "embedding table), one mask per window",
+        metavar="P",
+    )
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -177,7 +213,9 @@ class ModelConfig:
         _require(self.layers >= 1, f"--layers must be at least 1, got {self.layers}")
         _require(self.embed >= 0, f"--embed must be 0 (one-hot) or positive, got {self.embed}")
         _require(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
-        _require(0 <= self.weight_drop < 1, f"--weight-drop must be in [0, 1), got {self.weight_drop}")
+        _require(
+            0 <= self.weight_drop < 1, f"--weight-drop must be in [0, 1), got {self.weight_drop}"
+        )
         _require(0 <= self.embed_drop < 1, f"--embed-drop must be in [0, 1), got {self.embed_drop}")
         _require(self.vocab_size >= 0, f"vocab_size must not be negative, got {self.vocab_size}")
 
@@ -191,26 +229,42 @@ class TrainConfig:
     lr: float = option(3e-3, "peak learning rate")
     final_lr_frac: float = option(0.05, "the schedule ends at lr x this")
     # wsd: warmup, stable, then decay over the last 20% (schedule.py, BENCHMARKS.md)
-    schedule: str = option("wsd", "after warmup: wsd (full lr, then linear decay over the last "
-                           "20%), cosine, linear or constant", choices=SCHEDULES)
+    schedule: str = option(
+        "wsd",
+        "after warmup: wsd (full lr, then linear decay over the last "
+        "20%), cosine, linear or constant",
+        choices=SCHEDULES,
+    )
     warmup_steps: int = option(50, "steps of linear warmup")
     optimizer: str = option("adamw", "the optimizer", choices=OPTIMIZERS)
-    weight_decay: float = option(0.0, "weight decay of the matrices (not of biases or the "
-                                "embedding table)")
+    weight_decay: float = option(
+        0.0, "weight decay of the matrices (not of biases or the embedding table)"
+    )
     grad_clip: float = option(1.0, "max global gradient norm; 0 = off")
     steps: int = option(0, "stop after N steps", shown="")  # 0 = not set
     epochs: float = option(0.0, "stop after N passes over the training split", shown="")
-    time: float = option(0.0, "stop after a wall-clock budget: 90s, 3m, 1h", parse="duration",
-                         shown=f"{DEFAULT_TIME / 60:g}m when no stop is given")
-    eval_every: int = option(0, "steps between evaluations", shown="about 10 per run, at most "
-                             "one per 10 s")  # 0 = that
-    checkpoint_every: float = option(120.0, "resumable checkpoint every N steps or a duration "
-                                     "such as 10m (besides evaluations)",
-                                     parse="steps or duration", steps_field="checkpoint_every_steps")
+    time: float = option(
+        0.0,
+        "stop after a wall-clock budget: 90s, 3m, 1h",
+        parse="duration",
+        shown=f"{DEFAULT_TIME / 60:g}m when no stop is given",
+    )
+    eval_every: int = option(
+        0, "steps between evaluations", shown="about 10 per run, at most one per 10 s"
+    )  # 0 = that
+    checkpoint_every: float = option(
+        120.0,
+        "resumable checkpoint every N steps or a duration such as 10m (besides evaluations)",
+        parse="steps or duration",
+        steps_field="checkpoint_every_steps",
+    )
     checkpoint_every_steps: int = internal(0)  # --checkpoint-every N, when given in steps
-    eval_chars: int = option(2_000_000, "score at most the first N chars of the val (and test) "
-                             "split per evaluation; 0 = the whole split",
-                             shown="what a tenth of the run's time scores, at most {default:,}")
+    eval_chars: int = option(
+        2_000_000,
+        "score at most the first N chars of the val (and test) "
+        "split per evaluation; 0 = the whole split",
+        shown="what a tenth of the run's time scores, at most {default:,}",
+    )
     sample_chars: int = option(200, "length of the sample shown at each evaluation")
     log_every: int = option(10, "steps between metrics.jsonl lines")
     max_bad_steps: int = internal(5)  # consecutive non-finite steps before giving up
@@ -218,41 +272,70 @@ class TrainConfig:
     device: str = option("auto", "where to train", choices=DEVICES)
     threads: int = option(0, "CPU threads for PyTorch", shown="its own choice")
     compile: bool = option(False, "torch.compile the model (pays off on GPUs, for long runs)")
-    precision: str = option("auto", "bf16 autocast (weights stay fp32); auto = the faster of the "
-                            "two, timed here on the run's shapes in about a second and cached",
-                            choices=PRECISIONS)
-    average: str = option("none", "evaluate, keep and sample averaged weights: ema (moving "
-                          "average), swa (plain mean) or none", choices=AVERAGES)  # averaging.py
-    average_start: float = option(0.5, "the share of the run (as the schedule counts it) after "
-                                  "which averaging starts", metavar="FRACTION")
-    average_decay: float = option(0.999, "ema: a step's weight shrinks by D with every later "
-                                  "step, so about 1/(1-D) steps count", metavar="D")
+    precision: str = option(
+        "auto",
+        "bf16 autocast (weights stay fp32); auto = the faster of the "
+        "two, timed here on the run's shapes in about a second and cached",
+        choices=PRECISIONS,
+    )
+    average: str = option(
+        "none",
+        "evaluate, keep and sample averaged weights: ema (moving "
+        "average), swa (plain mean) or none",
+        choices=AVERAGES,
+    )  # averaging.py
+    average_start: float = option(
+        0.5,
+        "the share of the run (as the schedule counts it) after which averaging starts",
+        metavar="FRACTION",
+    )
+    average_decay: float = option(
+        0.999,
+        "ema: a step's weight shrinks by D with every later step, so about 1/(1-D) steps count",
+        metavar="D",
+    )
 
     def __post_init__(self) -> None:
         _check_types(self)
         _require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
         _require(self.seq_len >= 1, f"--seq-len must be at least 1, got {self.seq_len}")
         _require(self.lr > 0 and math.isfinite(self.lr), f"--lr must be positive, got {self.lr}")
-        _require(0 <= self.final_lr_frac <= 1,
-                 f"--final-lr-frac must be in [0, 1], got {self.final_lr_frac}")
-        _require(self.warmup_steps >= 0, f"--warmup-steps must not be negative, got {self.warmup_steps}")
-        _require(self.weight_decay >= 0, f"--weight-decay must not be negative, got {self.weight_decay}")
+        _require(
+            0 <= self.final_lr_frac <= 1,
+            f"--final-lr-frac must be in [0, 1], got {self.final_lr_frac}",
+        )
+        _require(
+            self.warmup_steps >= 0, f"--warmup-steps must not be negative, got {self.warmup_steps}"
+        )
+        _require(
+            self.weight_decay >= 0, f"--weight-decay must not be negative, got {self.weight_decay}"
+        )
         _require(self.grad_clip >= 0, f"--grad-clip must not be negative, got {self.grad_clip}")
         _require(self.steps >= 0, f"--steps must be positive, got {self.steps}")
         _require(self.epochs >= 0, f"--epochs must be positive, got {self.epochs}")
         _require(self.time >= 0, f"--time must be positive, got {self.time}")
         _require(self.eval_every >= 0, f"--eval-every must not be negative, got {self.eval_every}")
-        _require(self.checkpoint_every >= 0,
-                 f"--checkpoint-every must not be negative, got {self.checkpoint_every}")
+        _require(
+            self.checkpoint_every >= 0,
+            f"--checkpoint-every must not be negative, got {self.checkpoint_every}",
+        )
         _require(self.eval_chars >= 0, f"--eval-chars must not be negative, got {self.eval_chars}")
-        _require(self.sample_chars >= 0, f"--sample-chars must not be negative, got {self.sample_chars}")
+        _require(
+            self.sample_chars >= 0, f"--sample-chars must not be negative, got {self.sample_chars}"
+        )
         _require(self.log_every >= 1, f"--log-every must be at least 1, got {self.log_every}")
-        _require(self.max_bad_steps >= 1, f"max_bad_steps must be at least 1, got {self.max_bad_steps}")
+        _require(
+            self.max_bad_steps >= 1, f"max_bad_steps must be at least 1, got {self.max_bad_steps}"
+        )
         _require(self.threads >= 0, f"--threads must not be negative, got {self.threads}")
-        _require(0 <= self.average_start < 1,
-                 f"--average-start must be a fraction of the run in [0, 1), got {self.average_start}")
-        _require(0 < self.average_decay < 1,
-                 f"--average-decay must be in (0, 1), got {self.average_decay}")
+        _require(
+            0 <= self.average_start < 1,
+            f"--average-start must be a fraction of the run in [0, 1), got {self.average_start}",
+        )
+        _require(
+            0 < self.average_decay < 1,
+            f"--average-decay must be in (0, 1), got {self.average_decay}",
+        )
 
 
 @dataclass(frozen=True)
@@ -263,21 +346,29 @@ class SampleConfig:
     length: int = option(500, "characters to generate")
     temperature: float = option(1.0, "divides the logits: below 1 surer, above 1 wilder")
     top_k: int | None = option(None, "sample from the K most likely", shown="all")  # None = off
-    top_p: float = option(1.0, "nucleus sampling: the most likely characters that hold this "
-                          "much probability; 1 = off")
+    top_p: float = option(
+        1.0, "nucleus sampling: the most likely characters that hold this much probability; 1 = off"
+    )
     greedy: bool = option(False, "always the most likely character")
     seed: int | None = option(None, "same seed, same text", shown="a random one")
     num_samples: int = option(1, "independent samples drawn in parallel")
-    unknown: str = option("error", "prime characters outside the vocabulary: refuse (error) or "
-                          "drop (skip)", choices=UNKNOWN_POLICIES)
+    unknown: str = option(
+        "error",
+        "prime characters outside the vocabulary: refuse (error) or drop (skip)",
+        choices=UNKNOWN_POLICIES,
+    )
 
     def __post_init__(self) -> None:
         _check_types(self)
         _require(self.length >= 0, f"--length must not be negative, got {self.length}")
-        _require(self.temperature > 0 and math.isfinite(self.temperature),
-                 f"--temperature must be positive, got {self.temperature}")
-        _require(self.top_k is None or self.top_k >= 1,
-                 f"--top-k must be at least 1 (leave it out for no top-k), got {self.top_k}")
+        _require(
+            self.temperature > 0 and math.isfinite(self.temperature),
+            f"--temperature must be positive, got {self.temperature}",
+        )
+        _require(
+            self.top_k is None or self.top_k >= 1,
+            f"--top-k must be at least 1 (leave it out for no top-k), got {self.top_k}",
+        )
         _require(0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}")
         _require(self.num_samples >= 1, f"--num-samples must be at least 1, got {self.num_samples}")
 
@@ -288,15 +379,18 @@ class DynamicConfig:
     --dynamic-window. The defaults are the best of a sweep on validation text (BENCHMARKS.md,
     "Dynamic evaluation")."""
 
-    lr: float = option(0.1, "dynamic evaluation's step size (SGD on each window's mean loss, "
-                       "in nats)")
+    lr: float = option(
+        0.1, "dynamic evaluation's step size (SGD on each window's mean loss, in nats)"
+    )
     decay: float = option(0.001, "pull towards the trained weights per step")
     window: int = option(32, "characters scored, then learned from, per step")
 
     def __post_init__(self) -> None:
         _check_types(self, "dynamic_")
-        _require(self.lr >= 0 and math.isfinite(self.lr),
-                 f"--dynamic-lr must be a finite number >= 0, got {self.lr}")
+        _require(
+            self.lr >= 0 and math.isfinite(self.lr),
+            f"--dynamic-lr must be a finite number >= 0, got {self.lr}",
+        )
         _require(0 <= self.decay <= 1, f"--dynamic-decay must be in [0, 1], got {self.decay}")
         _require(self.window >= 1, f"--dynamic-window must be at least 1, got {self.window}")
 
@@ -309,15 +403,24 @@ class ServeLimits:
     max_text: int = option(20_000, "characters of a prime or of a text to score")
     max_streams: int = option(128, "samples generated at once per model, over all requests")
     max_body: int = option(1 << 20, "bytes of a request body")
-    request_timeout: float = option(300.0, "a request's longest life, from its arrival to its "
-                                    "last character: 90s, 5m", parse="duration",
-                                    shown="{default:g}s")
+    request_timeout: float = option(
+        300.0,
+        "a request's longest life, from its arrival to its last character: 90s, 5m",
+        parse="duration",
+        shown="{default:g}s",
+    )
 
     def __post_init__(self) -> None:
         _check_types(self)
         for name in ("max_length", "max_text", "max_streams", "max_body"):
-            _require(getattr(self, name) >= 1, f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
-        _require(self.request_timeout > 0, f"--request-timeout must be positive, got {self.request_timeout}")
+            _require(
+                getattr(self, name) >= 1,
+                f"{_flag(name)} must be at least 1, got {getattr(self, name)}",
+            )
+        _require(
+            self.request_timeout > 0,
+            f"--request-timeout must be positive, got {self.request_timeout}",
+        )
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -338,8 +441,9 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "config") -> C:
             continue
         kinds = (int, float) if type(default) is float else (type(default),)
         if type(data[f.name]) not in kinds:
-            raise UserError(f"{where}: {f.name} must be {type(default).__name__}, "
-                            f"got {data[f.name]!r}")
+            raise UserError(
+                f"{where}: {f.name} must be {type(default).__name__}, got {data[f.name]!r}"
+            )
     try:
         return cls(**data)
     except TypeError as exc:
@@ -355,8 +459,15 @@ class RunConfig:
     train: TrainConfig
 
     def to_json(self) -> str:
-        return json.dumps({"format_version": FORMAT_VERSION, "data": to_dict(self.data),
-                           "model": to_dict(self.model), "train": to_dict(self.train)}, indent=2)
+        return json.dumps(
+            {
+                "format_version": FORMAT_VERSION,
+                "data": to_dict(self.data),
+                "model": to_dict(self.model),
+                "train": to_dict(self.train),
+            },
+            indent=2,
+        )
 
     @classmethod
     def from_json(cls, text: str, where: str = "config.json") -> RunConfig:
@@ -370,14 +481,18 @@ class RunConfig:
         if not isinstance(version, int):
             raise UserError(f"{where} has no format_version: not a nextchar run folder")
         if version > FORMAT_VERSION:
-            raise UserError(f"{where} has format version {version}, newer than this nextchar "
-                            f"understands ({FORMAT_VERSION}); upgrade nextchar to read it")
+            raise UserError(
+                f"{where} has format version {version}, newer than this nextchar "
+                f"understands ({FORMAT_VERSION}); upgrade nextchar to read it"
+            )
         unknown = sorted(set(raw) - {"data", "model", "train"})
         if unknown:
             raise UserError(f"{where}: unknown key(s): {', '.join(unknown)}")
-        return cls(data=from_dict(DataConfig, raw.get("data", {}), where),
-                   model=from_dict(ModelConfig, raw.get("model", {}), where),
-                   train=from_dict(TrainConfig, raw.get("train", {}), where))
+        return cls(
+            data=from_dict(DataConfig, raw.get("data", {}), where),
+            model=from_dict(ModelConfig, raw.get("model", {}), where),
+            train=from_dict(TrainConfig, raw.get("train", {}), where),
+        )
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|hr)?\s*$", re.IGNORECASE)

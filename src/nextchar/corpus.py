@@ -77,8 +77,9 @@ def _text_files(folder: Path, say: Callable[[str], None]) -> list[Path]:
     return sorted(found)
 
 
-def discover(inputs: Sequence[str | os.PathLike],
-             say: Callable[[str], None] | None = None) -> list[Path]:
+def discover(
+    inputs: Sequence[str | os.PathLike], say: Callable[[str], None] | None = None
+) -> list[Path]:
     """Files named, and the text files inside directories named (recursively, sorted). Skipped,
     and told to `say` with the reason: hidden files, binary files (NUL bytes), unreadable ones,
     and nextchar's own folders (runs, prepared data). The bundled corpus's name is accepted too."""
@@ -91,7 +92,9 @@ def discover(inputs: Sequence[str | os.PathLike],
         elif path.is_dir():
             own = nextchar_folder(path)
             if own:
-                raise UserError(f"{path} is {own} of nextchar, not text; give the text it came from")
+                raise UserError(
+                    f"{path} is {own} of nextchar, not text; give the text it came from"
+                )
             found = _text_files(path, say)
             if not found:
                 raise UserError(f"directory {path} holds no text files")
@@ -109,7 +112,9 @@ def _decoder(encoding: str, errors: str) -> codecs.IncrementalDecoder:
     try:
         info = codecs.lookup(encoding)
     except LookupError:
-        raise UserError(f"unknown encoding {encoding!r} (try utf-8, latin-1, shift_jis, ...)") from None
+        raise UserError(
+            f"unknown encoding {encoding!r} (try utf-8, latin-1, shift_jis, ...)"
+        ) from None
     if info.name == "utf-8":
         info = codecs.lookup("utf-8-sig")  # a leading byte-order mark is not text
     return info.incrementaldecoder(errors=errors)
@@ -134,8 +139,9 @@ def iter_bytes(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
             yield data
 
 
-def iter_chunks(path: Path, encoding: str = "utf-8", errors: str = "strict",
-                chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
+def iter_chunks(
+    path: Path, encoding: str = "utf-8", errors: str = "strict", chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[str]:
     """Decoded pieces of `path`. An undecodable byte raises UserError naming the file and offset."""
     decoder = _decoder(encoding, errors)
     offset = 0  # bytes of the file handed to the decoder so far
@@ -155,7 +161,8 @@ def iter_chunks(path: Path, encoding: str = "utf-8", errors: str = "strict",
                 raise UserError(
                     f"{path} is not valid {encoding}: byte 0x{exc.object[exc.start]:02x} at offset "
                     f"{bad} ({exc.reason}); pass --encoding to name its encoding, or "
-                    f"--errors replace to substitute U+FFFD") from None
+                    f"--errors replace to substitute U+FFFD"
+                ) from None
             offset += len(data)
             if text:
                 yield text
@@ -163,7 +170,10 @@ def iter_chunks(path: Path, encoding: str = "utf-8", errors: str = "strict",
                 return
 
 
-def read_text(inputs: Sequence[str | os.PathLike], encoding: str = "utf-8",
-              errors: str = "strict") -> str:
+def read_text(
+    inputs: Sequence[str | os.PathLike], encoding: str = "utf-8", errors: str = "strict"
+) -> str:
     """Whole text of the inputs, for small corpora and evaluation texts."""
-    return "".join(chunk for path in discover(inputs) for chunk in iter_chunks(path, encoding, errors))
+    return "".join(
+        chunk for path in discover(inputs) for chunk in iter_chunks(path, encoding, errors)
+    )

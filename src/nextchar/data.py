@@ -87,27 +87,41 @@ def check_output_folder(out: Path, inputs, force: bool) -> None:
     """Refuse an --out for prepared data that nextchar cannot prove is its own to replace."""
     what = _ours_or_empty(out)
     if what is not None:
-        raise UserError(f"--out {out} holds {what}; nextchar only replaces a data folder it "
-                        f"prepared: pick a new or empty folder")
+        raise UserError(
+            f"--out {out} holds {what}; nextchar only replaces a data folder it "
+            f"prepared: pick a new or empty folder"
+        )
     if is_prepared(out) and not force:
-        raise UserError(f"{out} already holds prepared data; use --force to replace it or pick "
-                        f"another --out")
+        raise UserError(
+            f"{out} already holds prepared data; use --force to replace it or pick another --out"
+        )
     if not is_prepared(out):
         return
     for item in inputs:  # what --force would replace
         if Path(item).exists() and overlaps(out, item):
-            raise UserError(f"--out {out} and the input {item} overlap (one holds the other); "
-                            f"pick an --out outside the inputs")
+            raise UserError(
+                f"--out {out} and the input {item} overlap (one holds the other); "
+                f"pick an --out outside the inputs"
+            )
     try:
         RunConfig.from_json((out.parent / "config.json").read_text())
     except (OSError, UnicodeDecodeError, UserError):
         return
-    raise UserError(f"--out {out} is the data folder of the run in {out.parent}; pick another --out")
+    raise UserError(
+        f"--out {out} is the data folder of the run in {out.parent}; pick another --out"
+    )
 
 
-def prepare(inputs, out: str | os.PathLike, config: DataConfig | None = None,
-            vocab: Vocab | None = None, *, force: bool = False, lock: bool = True,
-            say=None) -> Path:
+def prepare(
+    inputs,
+    out: str | os.PathLike,
+    config: DataConfig | None = None,
+    vocab: Vocab | None = None,
+    *,
+    force: bool = False,
+    lock: bool = True,
+    say=None,
+) -> Path:
     """Encode text files into a prepared data folder at `out`; returns its path.
 
     `out` must be new, empty, or (with `force`) a folder nextchar prepared that neither holds nor
@@ -141,8 +155,10 @@ def _prepare_into(out: Path, paths: list[Path], config: DataConfig, vocab: Vocab
         if total == 0:
             raise UserError(f"the input is empty: {', '.join(map(str, paths))}")
         if len(symbols) < 2:
-            raise UserError(f"the text has only one distinct character, {describe_chars(symbols)}; "
-                            f"a model needs at least two to predict anything")
+            raise UserError(
+                f"the text has only one distinct character, {describe_chars(symbols)}; "
+                f"a model needs at least two to predict anything"
+            )
         vocab = Vocab(symbols)
     dtype = dtype_for(len(vocab))
 
@@ -153,10 +169,17 @@ def _prepare_into(out: Path, paths: list[Path], config: DataConfig, vocab: Vocab
             os.fsync(f.fileno())
         if length == 0:
             raise UserError(f"the input is empty: {', '.join(map(str, paths))}")
-        meta = {"nextchar": PREPARED_MARK, "format": DATA_FORMAT, "dtype": dtype.name, "length": length,
-                "fingerprint": fingerprint(length, dtype.name, vocab, digest),
-                "splits": split_bounds(length, config.val_frac, config.test_frac),
-                "sources": sources, "encoding": config.encoding, "errors": config.errors}
+        meta = {
+            "nextchar": PREPARED_MARK,
+            "format": DATA_FORMAT,
+            "dtype": dtype.name,
+            "length": length,
+            "fingerprint": fingerprint(length, dtype.name, vocab, digest),
+            "splits": split_bounds(length, config.val_frac, config.test_frac),
+            "sources": sources,
+            "encoding": config.encoding,
+            "errors": config.errors,
+        }
         (folder / "data.json").write_text(json.dumps(meta, indent=2))
         (folder / "vocab.json").write_text(vocab.to_json())
 
@@ -209,7 +232,9 @@ class TokenData:
 
     def resplit(self, val_frac: float, test_frac: float) -> TokenData:
         splits = split_bounds(len(self.tokens), val_frac, test_frac)
-        return TokenData(self.tokens, self.vocab, splits, self.sources, self.folder, self.fingerprint)
+        return TokenData(
+            self.tokens, self.vocab, splits, self.sources, self.folder, self.fingerprint
+        )
 
 
 def is_prepared(path: str | os.PathLike) -> bool:
@@ -231,10 +256,14 @@ def load_prepared(folder: str | os.PathLike) -> TokenData:
         raise UserError(f"{folder} was prepared by a newer nextchar; upgrade to read it")
     size = (folder / "tokens.bin").stat().st_size
     if size != length * dtype.itemsize:
-        raise UserError(f"{folder}/tokens.bin holds {size} bytes, expected {length * dtype.itemsize}: "
-                        f"the data folder is truncated or damaged; prepare it again")
+        raise UserError(
+            f"{folder}/tokens.bin holds {size} bytes, expected {length * dtype.itemsize}: "
+            f"the data folder is truncated or damaged; prepare it again"
+        )
     tokens = np.memmap(folder / "tokens.bin", dtype=dtype, mode="r", shape=(length,))
-    return TokenData(tokens, vocab, splits, meta.get("sources", []), folder, meta.get("fingerprint"))
+    return TokenData(
+        tokens, vocab, splits, meta.get("sources", []), folder, meta.get("fingerprint")
+    )
 
 
 class Streams:
@@ -244,14 +273,17 @@ class Streams:
     every rank reads a disjoint part of the same global batch.
     """
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int,
-                 rows: slice | None = None):
+    def __init__(
+        self, tokens: np.ndarray, batch_size: int, seq_len: int, rows: slice | None = None
+    ):
         n_targets = len(tokens) - 1
         if n_targets < 1:
             raise UserError("the training split needs at least two characters")
         if batch_size > n_targets:
-            raise UserError(f"the training split has {n_targets + 1} characters, fewer than "
-                            f"--batch-size {batch_size} streams need; lower --batch-size")
+            raise UserError(
+                f"the training split has {n_targets + 1} characters, fewer than "
+                f"--batch-size {batch_size} streams need; lower --batch-size"
+            )
         self.tokens = tokens
         self.batch_size = batch_size
         self.seq_len = seq_len

@@ -29,8 +29,12 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(
+            "--device cuda was asked for but no CUDA GPU is available; use --device cpu"
+        )
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
         raise UserError("--device mps was asked for but MPS is not available; use --device cpu")
     if name not in ("cpu", "cuda", "mps"):
         raise UserError(f"--device must be auto, cpu, cuda or mps, got {name!r}")
@@ -52,8 +56,14 @@ def _shapes(config: ModelConfig, **more) -> dict:
     return {**dataclasses.asdict(config), **more}
 
 
-def train_step_seconds(config: ModelConfig, batch: int, seq_len: int, device: torch.device,
-                       precisions: tuple[str, ...], budget_s: float = TRAIN_TIMING_S) -> dict[str, float]:
+def train_step_seconds(
+    config: ModelConfig,
+    batch: int,
+    seq_len: int,
+    device: torch.device,
+    precisions: tuple[str, ...],
+    budget_s: float = TRAIN_TIMING_S,
+) -> dict[str, float]:
     """Seconds per training step (forward with carried state, loss, backward, clip, AdamW) of a
     freshly initialised model of `config`, for each precision, timed in turn."""
     torch.manual_seed(0)
@@ -74,7 +84,9 @@ def train_step_seconds(config: ModelConfig, batch: int, seq_len: int, device: to
         carried[precision] = detach_hidden(hidden)
 
     sync = autotune.synchronizer(device)
-    timings = autotune.time_interleaved({p: (lambda p=p: step(p)) for p in precisions}, budget_s, sync)
+    timings = autotune.time_interleaved(
+        {p: (lambda p=p: step(p)) for p in precisions}, budget_s, sync
+    )
     if len(timings) > 1:
         # The winner again, alone: steps interleaved with another precision's run slower than a
         # training loop's (caches, oneDNN's AMX state), and the budget rule sizes the model from
@@ -85,8 +97,9 @@ def train_step_seconds(config: ModelConfig, batch: int, seq_len: int, device: to
     return timings
 
 
-def train_precision(requested: str, config: ModelConfig, batch: int, seq_len: int,
-                    device: torch.device) -> Choice:
+def train_precision(
+    requested: str, config: ModelConfig, batch: int, seq_len: int, device: torch.device
+) -> Choice:
     """The precision a training step runs in: a named one as it is, `auto` the faster of fp32 and
     bf16 autocast timed on these shapes (bf16 only where the hardware runs it at all)."""
     if requested != "auto":
@@ -94,12 +107,20 @@ def train_precision(requested: str, config: ModelConfig, batch: int, seq_len: in
     candidates = precision_candidates(device)
     if len(candidates) == 1:
         return Choice("fp32", how="only candidate")
-    return autotune.decide("train", _shapes(config, batch=batch, seq_len=seq_len), device,
-                           lambda: train_step_seconds(config, batch, seq_len, device, candidates))
+    return autotune.decide(
+        "train",
+        _shapes(config, batch=batch, seq_len=seq_len),
+        device,
+        lambda: train_step_seconds(config, batch, seq_len, device, candidates),
+    )
 
 
-def eval_seconds(config: ModelConfig, device: torch.device, precisions: tuple[str, ...],
-                 budget_s: float = EVAL_TIMING_S) -> dict[str, float]:
+def eval_seconds(
+    config: ModelConfig,
+    device: torch.device,
+    precisions: tuple[str, ...],
+    budget_s: float = EVAL_TIMING_S,
+) -> dict[str, float]:
     """Seconds per forward pass of EVAL_SHAPE (streams x characters) under inference mode, for
     each precision, timed in turn."""
     torch.manual_seed(0)
@@ -110,8 +131,9 @@ def eval_seconds(config: ModelConfig, device: torch.device, precisions: tuple[st
         with torch.inference_mode(), autocast(precision, device):
             model(ids)
 
-    return autotune.time_interleaved({p: (lambda p=p: forward(p)) for p in precisions}, budget_s,
-                                     autotune.synchronizer(device))
+    return autotune.time_interleaved(
+        {p: (lambda p=p: forward(p)) for p in precisions}, budget_s, autotune.synchronizer(device)
+    )
 
 
 def eval_precision(requested: str, config: ModelConfig, device: torch.device) -> Choice:
@@ -123,5 +145,9 @@ def eval_precision(requested: str, config: ModelConfig, device: torch.device) ->
     if len(candidates) == 1:
         return Choice("fp32", how="only candidate")
 
-    return autotune.decide("eval", _shapes(config, streams=EVAL_SHAPE[0], chars=EVAL_SHAPE[1]),
-                           device, lambda: eval_seconds(config, device, candidates))
+    return autotune.decide(
+        "eval",
+        _shapes(config, streams=EVAL_SHAPE[0], chars=EVAL_SHAPE[1]),
+        device,
+        lambda: eval_seconds(config, device, candidates),
+    )

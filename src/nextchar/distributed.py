@@ -44,8 +44,10 @@ class Dist:
     def rows(self, batch_size: int) -> slice:
         """The streams (rows of the global batch) this process owns."""
         if batch_size % self.world:
-            raise UserError(f"--batch-size {batch_size} must be divisible by the number of "
-                            f"processes ({self.world})")
+            raise UserError(
+                f"--batch-size {batch_size} must be divisible by the number of "
+                f"processes ({self.world})"
+            )
         per = batch_size // self.world
         return slice(self.rank * per, (self.rank + 1) * per)
 
@@ -57,7 +59,9 @@ class Dist:
             return
         try:
             yield
-        except RuntimeError as exc:  # torch.distributed.DistError and gloo's errors are RuntimeErrors
+        except (
+            RuntimeError
+        ) as exc:  # torch.distributed.DistError and gloo's errors are RuntimeErrors
             self.broken = True
             detail = " ".join(str(exc).split())[:300] or type(exc).__name__
             raise PeerFailure(
@@ -128,12 +132,20 @@ def setup(device_kind: str) -> Dist:
     timeout = datetime.timedelta(seconds=seconds)
     if device_kind == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise UserError(f"LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} "
-                            f"GPU(s); give torchrun --nproc-per-node at most that many")
+            raise UserError(
+                f"LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} "
+                f"GPU(s); give torchrun --nproc-per-node at most that many"
+            )
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=timeout)
     host_group = dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else None
     device = torch.device("cuda", local_rank) if device_kind == "cuda" else torch.device("cpu")
-    return Dist(rank=rank, world=world, local_rank=local_rank, device=device, host_group=host_group,
-                timeout=seconds)
+    return Dist(
+        rank=rank,
+        world=world,
+        local_rank=local_rank,
+        device=device,
+        host_group=host_group,
+        timeout=seconds,
+    )

@@ -27,8 +27,12 @@ from .evaluate import LN2, EvalResult
 from .model import CharRNN, detach_hidden
 
 
-def score_dynamic(model: CharRNN, ids: np.ndarray, config: DynamicConfig | None = None,
-                  device: torch.device | str | None = None) -> EvalResult:
+def score_dynamic(
+    model: CharRNN,
+    ids: np.ndarray,
+    config: DynamicConfig | None = None,
+    device: torch.device | str | None = None,
+) -> EvalResult:
     """Score every position of `ids` after the first (a 1-D id array) in one stream, adapting a
     copy of `model` after each window. fp32 throughout."""
     n_targets = len(ids) - 1
@@ -37,12 +41,21 @@ def score_dynamic(model: CharRNN, ids: np.ndarray, config: DynamicConfig | None 
     _, nats, right = _read(model, ids, config, device)
     mean = nats / n_targets
     perplexity = math.inf if mean > 709.0 else math.exp(mean)
-    return EvalResult(chars=n_targets, nats_per_char=mean, bits_per_char=mean / LN2,
-                      perplexity=perplexity, accuracy=right / n_targets)
+    return EvalResult(
+        chars=n_targets,
+        nats_per_char=mean,
+        bits_per_char=mean / LN2,
+        perplexity=perplexity,
+        accuracy=right / n_targets,
+    )
 
 
-def adapt(model: CharRNN, ids: np.ndarray, config: DynamicConfig | None = None,
-          device: torch.device | str | None = None) -> CharRNN:
+def adapt(
+    model: CharRNN,
+    ids: np.ndarray,
+    config: DynamicConfig | None = None,
+    device: torch.device | str | None = None,
+) -> CharRNN:
     """A copy of `model` that has read `ids` (a 1-D id array, such as a long prime) the way
     dynamic evaluation reads a text: its weights after the last window's step. `model` is not
     changed. Fewer than two ids leave the copy as trained."""
@@ -50,8 +63,9 @@ def adapt(model: CharRNN, ids: np.ndarray, config: DynamicConfig | None = None,
     return adapted
 
 
-def _read(model: CharRNN, ids: np.ndarray, config: DynamicConfig | None,
-          device: torch.device | str | None) -> tuple[CharRNN, float, int]:
+def _read(
+    model: CharRNN, ids: np.ndarray, config: DynamicConfig | None, device: torch.device | str | None
+) -> tuple[CharRNN, float, int]:
     """Dynamic evaluation's pass over `ids`: (the adapted copy, total nats, right guesses)."""
     config = config if config is not None else DynamicConfig()
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -67,7 +81,7 @@ def _read(model: CharRNN, ids: np.ndarray, config: DynamicConfig | None,
     with no_cudnn, torch.enable_grad():
         for start in range(0, max(n_targets, 0), config.window):
             stop = min(start + config.window, n_targets)
-            x, y = tokens[start:stop][None], tokens[start + 1:stop + 1]  # (1, W), (W,)
+            x, y = tokens[start:stop][None], tokens[start + 1 : stop + 1]  # (1, W), (W,)
             logits, hidden = adapted(x, hidden)  # (1, W, V)
             losses = F.cross_entropy(logits[0].float(), y, reduction="none")  # (W,)
             nats += losses.detach().sum(dtype=torch.float64)

@@ -50,13 +50,15 @@ class _Symbols:
         """Only the ASCII bytes of `raw` are looked at (C-speed bytes.translate, no decoding)."""
         rest = raw.translate(None, bytes(self.ascii) + _NOT_ASCII)  # ASCII bytes not seen yet
         while rest:
-            new = bytes(sorted(set(rest[:1 << 16])))
+            new = bytes(sorted(set(rest[: 1 << 16])))
             self.ascii += new
             rest = rest.translate(None, new)
 
     def add_points(self, points: np.ndarray) -> None:
         small = points[points < _BMP]
-        self.bmp[np.unique(small) if len(small) < 1 << 16 else np.flatnonzero(np.bincount(small))] = True
+        self.bmp[
+            np.unique(small) if len(small) < 1 << 16 else np.flatnonzero(np.bincount(small))
+        ] = True
         if len(small) != len(points):
             self.astral.update(np.unique(points[points >= _BMP]).tolist())
 
@@ -121,7 +123,9 @@ class _Encoder:
         self.table[points] = np.arange(len(vocab))
         ascii_ids = {p: i for i, p in enumerate(points.tolist()) if p < 0x80}
         self.ascii_known = bytes(sorted(ascii_ids))
-        self.ascii_table = None  # bytes.translate table: ASCII byte -> its id, when all ids fit a byte
+        self.ascii_table = (
+            None  # bytes.translate table: ASCII byte -> its id, when all ids fit a byte
+        )
         if all(i < 0x100 for i in ascii_ids.values()):
             self.ascii_table = bytes(ascii_ids.get(b, 0) for b in range(0x100))
 
@@ -150,7 +154,9 @@ class _BackgroundWriter:
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.error: OSError | None = None
         self.digest = hashlib.blake2b(digest_size=16)  # of the ids, as written (releases the GIL)
-        self.thread = threading.Thread(target=self._run, name="nextchar-prepare-writer", daemon=True)
+        self.thread = threading.Thread(
+            target=self._run, name="nextchar-prepare-writer", daemon=True
+        )
         self.thread.start()
 
     def _run(self) -> None:
@@ -177,8 +183,9 @@ class _BackgroundWriter:
         self._check()
 
 
-def write_ids(paths: list[Path], vocab: Vocab, dtype: np.dtype, config: DataConfig,
-              f: BinaryIO) -> tuple[int, list[dict], str]:
+def write_ids(
+    paths: list[Path], vocab: Vocab, dtype: np.dtype, config: DataConfig, f: BinaryIO
+) -> tuple[int, list[dict], str]:
     """Encode every file into the open file `f` as ids of `dtype`, chunk by chunk -> (ids
     written, each file's path and characters, a hash of the ids as written). A character outside
     `vocab` is a UserError naming it."""
@@ -193,8 +200,9 @@ def write_ids(paths: list[Path], vocab: Vocab, dtype: np.dtype, config: DataConf
                 ids = encode(chunk)
                 if ids is None:
                     unknown = vocab.unknown_chars(chunk)
-                    raise UserError(f"{path}: characters not in the vocabulary: "
-                                    f"{describe_chars(unknown)}")
+                    raise UserError(
+                        f"{path}: characters not in the vocabulary: {describe_chars(unknown)}"
+                    )
                 writer.write(ids)
                 chars += len(ids)
             sources.append({"path": str(path), "chars": chars})

@@ -40,7 +40,9 @@ class EvalResult:
         return cls(**{f.name: entry[f.name] for f in fields(cls) if f.name in entry})
 
 
-def _layout(n_targets: int, streams: int, burn_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _layout(
+    n_targets: int, streams: int, burn_in: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per stream: first position read, count read, index from which reads are scored."""
     streams = max(1, min(streams, n_targets))
     if streams == 1:
@@ -59,9 +61,16 @@ def _layout(n_targets: int, streams: int, burn_in: int) -> tuple[np.ndarray, np.
 
 
 @torch.inference_mode()
-def score_ids(model: CharRNN, ids: np.ndarray, streams: int = 64, window: int = 256,
-              burn_in: int = 128, min_stream: int = 1024,
-              device: torch.device | str | None = None, precision: str = "fp32") -> EvalResult:
+def score_ids(
+    model: CharRNN,
+    ids: np.ndarray,
+    streams: int = 64,
+    window: int = 256,
+    burn_in: int = 128,
+    min_stream: int = 1024,
+    device: torch.device | str | None = None,
+    precision: str = "fp32",
+) -> EvalResult:
     """Score every position of `ids` after the first (a 1-D id array) with carried state.
 
     precision: 'fp32', 'bf16' (autocast) or 'auto' (the faster of the two, timed here)."""
@@ -93,12 +102,18 @@ def score_ids(model: CharRNN, ids: np.ndarray, streams: int = 64, window: int = 
         with autocast(precision, device):
             logits, hidden = model(chunk[:, :-1], hidden)  # (S, W, V)
         targets = chunk[:, 1:]
-        losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
-                                 reduction="none").view_as(targets)  # (S, W)
+        losses = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), reduction="none"
+        ).view_as(targets)  # (S, W)
         nats += (losses * scored).sum(dtype=torch.float64)
         right += ((logits.argmax(-1) == targets) & scored).sum()
     model.train(was_training)
     mean = nats.item() / n_targets
     perplexity = math.inf if mean > 709.0 else math.exp(mean)  # exp overflows a float past 709.78
-    return EvalResult(chars=n_targets, nats_per_char=mean, bits_per_char=mean / LN2,
-                      perplexity=perplexity, accuracy=right.item() / n_targets)
+    return EvalResult(
+        chars=n_targets,
+        nats_per_char=mean,
+        bits_per_char=mean / LN2,
+        perplexity=perplexity,
+        accuracy=right.item() / n_targets,
+    )

@@ -68,7 +68,9 @@ class _Graph:
         return outputs
 
 
-def build_onnx(module: CharRNN, vocab: Vocab, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+def build_onnx(
+    module: CharRNN, vocab: Vocab, metadata: dict[str, str] | None = None
+) -> onnx.ModelProto:
     """The ModelProto for `module` (see the module docstring)."""
     cfg = module.config
     weights = {k: v.detach().float().cpu().numpy() for k, v in module.state_dict().items()}
@@ -79,13 +81,25 @@ def build_onnx(module: CharRNN, vocab: Vocab, metadata: dict[str, str] | None = 
     x = _input(g, weights, module.embed is not None, cfg.vocab_size)
     top = _recurrent_layers(g, weights, x, cfg.cell, cfg.layers, cfg.hidden)
     _head_and_bits(g, weights, top)
-    graph = helper.make_graph(g.nodes, f"nextchar_{cfg.cell}", *_signature(cfg), g.initializers,
-                              doc_string="ids (batch, time) and state in; logits, state and bits out")
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="nextchar", doc_string="a nextchar character model")
+    graph = helper.make_graph(
+        g.nodes,
+        f"nextchar_{cfg.cell}",
+        *_signature(cfg),
+        g.initializers,
+        doc_string="ids (batch, time) and state in; logits, state and bits out",
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="nextchar",
+        doc_string="a nextchar character model",
+    )
     model.ir_version = 8  # what ONNX Runtime 1.10 and later read
-    entries = {"nextchar.format": str(FORMAT), "nextchar.vocab": json.dumps(vocab.symbols),
-               **(metadata or {})}
+    entries = {
+        "nextchar.format": str(FORMAT),
+        "nextchar.vocab": json.dumps(vocab.symbols),
+        **(metadata or {}),
+    }
     helper.set_model_props(model, entries)
     onnx.checker.check_model(model)
     return model
@@ -97,20 +111,32 @@ def _input(g: _Graph, weights: dict[str, np.ndarray], embedded: bool, V: int) ->
     g.op("Transpose", ["ids"], ["ids_tb"], perm=[1, 0])  # (T, B)
     if embedded:
         return g.op("Gather", [g.const("embed", weights["embed.weight"]), "ids_tb"], ["x0"])[0]
-    return g.op("OneHot", ["ids_tb", g.const("vocab_size", np.array(V, np.int64)),
-                           g.const("one_hot_values", np.array([0.0, 1.0], np.float32))], ["x0"])[0]
+    return g.op(
+        "OneHot",
+        [
+            "ids_tb",
+            g.const("vocab_size", np.array(V, np.int64)),
+            g.const("one_hot_values", np.array([0.0, 1.0], np.float32)),
+        ],
+        ["x0"],
+    )[0]
 
 
-def _recurrent_layers(g: _Graph, weights: dict[str, np.ndarray], x: str, cell: str, L: int,
-                      H: int) -> str:
+def _recurrent_layers(
+    g: _Graph, weights: dict[str, np.ndarray], x: str, cell: str, L: int, H: int
+) -> str:
     """One ONNX LSTM / GRU / RNN operator per layer, each reading its slice of the state in and
     giving its final state to h_out (and c_out) -> the top layer's output, (B, T, H)."""
     finals_h, finals_c = [], []
     for k in range(L):
         w = _blocks(weights[f"rnn.weight_ih_l{k}"], cell)[None]  # (1, G*H, in)
         r = _blocks(weights[f"rnn.weight_hh_l{k}"], cell)[None]  # (1, G*H, H)
-        b = np.concatenate([_blocks(weights[f"rnn.bias_ih_l{k}"], cell),
-                            _blocks(weights[f"rnn.bias_hh_l{k}"], cell)])[None]  # (1, 2*G*H)
+        b = np.concatenate(
+            [
+                _blocks(weights[f"rnn.bias_ih_l{k}"], cell),
+                _blocks(weights[f"rnn.bias_hh_l{k}"], cell),
+            ]
+        )[None]  # (1, 2*G*H)
         start = g.const(f"layer{k}", np.array([k], np.int64))
         end = g.const(f"layer{k}_end", np.array([k + 1], np.int64))
         state = [g.op("Slice", ["h", start, end, "axis0"], [f"h{k}"])[0]]  # (1, B, H)
@@ -122,8 +148,12 @@ def _recurrent_layers(g: _Graph, weights: dict[str, np.ndarray], x: str, cell: s
         if cell in ("rnn", "rnn-relu"):
             attributes["activations"] = ["Relu" if cell == "rnn-relu" else "Tanh"]
         outputs = [f"y{k}", f"h{k}_out"] + ([f"c{k}_out"] if cell == "lstm" else [])
-        g.op(OPERATOR[cell], [x, g.const(f"W{k}", w), g.const(f"R{k}", r), g.const(f"B{k}", b), ""]
-             + state, outputs, **attributes)
+        g.op(
+            OPERATOR[cell],
+            [x, g.const(f"W{k}", w), g.const(f"R{k}", r), g.const(f"B{k}", b), ""] + state,
+            outputs,
+            **attributes,
+        )
         x = g.op("Squeeze", [f"y{k}", "axis1"], [f"x{k + 1}"])[0]  # (T, 1, B, H) -> (T, B, H)
         finals_h.append(f"h{k}_out")
         if cell == "lstm":
@@ -137,25 +167,50 @@ def _recurrent_layers(g: _Graph, weights: dict[str, np.ndarray], x: str, cell: s
 def _head_and_bits(g: _Graph, weights: dict[str, np.ndarray], top: str) -> None:
     """The linear head -> logits (B, T, V), and the scorer: the bits of ids[:, 1:] under the
     logits before each -> bits (B, T-1)."""
-    g.op("MatMul", [top, g.const("head_t", np.ascontiguousarray(weights["head.weight"].T))], ["scores"])
+    g.op(
+        "MatMul",
+        [top, g.const("head_t", np.ascontiguousarray(weights["head.weight"].T))],
+        ["scores"],
+    )
     g.op("Add", ["scores", g.const("head_bias", weights["head.bias"])], ["logits"])  # (B, T, V)
-    g.op("Slice", ["logits", g.const("zero", np.array([0], np.int64)),
-                   g.const("minus_one", np.array([-1], np.int64)), "axis1"], ["before"])  # (B, T-1, V)
+    g.op(
+        "Slice",
+        [
+            "logits",
+            g.const("zero", np.array([0], np.int64)),
+            g.const("minus_one", np.array([-1], np.int64)),
+            "axis1",
+        ],
+        ["before"],
+    )  # (B, T-1, V)
     g.op("LogSoftmax", ["before"], ["log_probs"], axis=-1)
-    g.op("Slice", ["ids", "axis1", g.const("end", np.array([np.iinfo(np.int64).max], np.int64)),
-                   "axis1"], ["targets"])
+    g.op(
+        "Slice",
+        ["ids", "axis1", g.const("end", np.array([np.iinfo(np.int64).max], np.int64)), "axis1"],
+        ["targets"],
+    )
     g.op("Unsqueeze", ["targets", "axis2"], ["targets3"])  # (B, T-1, 1)
     g.op("GatherElements", ["log_probs", "targets3"], ["picked"], axis=2)
     g.op("Squeeze", ["picked", "axis2"], ["nats"])
-    g.op("Mul", ["nats", g.const("minus_bits_per_nat", np.array(-1.0 / math.log(2.0), np.float32))], ["bits"])
+    g.op(
+        "Mul",
+        ["nats", g.const("minus_bits_per_nat", np.array(-1.0 / math.log(2.0), np.float32))],
+        ["bits"],
+    )
 
 
 def _signature(cfg) -> tuple[list, list]:
     """The graph's inputs and outputs, with batch and time dynamic."""
     L, H, V = cfg.layers, cfg.hidden, cfg.vocab_size
     state = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [L, "batch", H])  # noqa: E731
-    inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "time"]), state("h")]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "time", V]), state("h_out")]
+    inputs = [
+        helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "time"]),
+        state("h"),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "time", V]),
+        state("h_out"),
+    ]
     if cfg.cell == "lstm":
         inputs.append(state("c"))
         outputs.append(state("c_out"))
@@ -163,10 +218,15 @@ def _signature(cfg) -> tuple[list, list]:
     return inputs, outputs
 
 
-def export_onnx(run: str | os.PathLike, out: str | os.PathLike, which: str = "best") -> tuple[Path, int]:
+def export_onnx(
+    run: str | os.PathLike, out: str | os.PathLike, which: str = "best"
+) -> tuple[Path, int]:
     """Write the run's model to `out` (atomically); returns the path and its size in bytes."""
     module, vocab, config, meta = load_model(run, which, "cpu")
-    metadata = {"nextchar.config": config.to_json(), "nextchar.checkpoint_step": str(meta.get("step", ""))}
+    metadata = {
+        "nextchar.config": config.to_json(),
+        "nextchar.checkpoint_step": str(meta.get("step", "")),
+    }
     model = build_onnx(module, vocab, metadata)
     size = model.ByteSize()
     if size > PROTOBUF_LIMIT:

@@ -42,8 +42,7 @@ class FolderLock:
 def _holder(path: Path) -> str:
     try:
         info = json.loads(path.read_text())
-        return (f"pid {info['pid']} on {info['host']}, {info['purpose']} since "
-                f"{info['started']}")
+        return f"pid {info['pid']} on {info['host']}, {info['purpose']} since {info['started']}"
     except (OSError, ValueError, KeyError, TypeError):
         return "a process that is just starting"
 
@@ -60,13 +59,19 @@ def acquire(folder: str | os.PathLike, purpose: str) -> FolderLock:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise UserError(f"{folder} is in use by another nextchar process ({_holder(path)}); wait "
-                        f"for it to end or pick another folder") from None
+        raise UserError(
+            f"{folder} is in use by another nextchar process ({_holder(path)}); wait "
+            f"for it to end or pick another folder"
+        ) from None
     except OSError as exc:
         os.close(fd)
         raise UserError(f"cannot lock {path}: {exc.strerror}") from None
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "purpose": purpose,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
     return FolderLock(fd, path)

@@ -36,7 +36,9 @@ class NonFiniteGuard:
         if self.defer:
             skipped = ~finite
             self._count(skipped.long(), torch.maximum)
-            optimizer.found_inf = skipped.float()  # the fused optimizer skips the step on the device
+            optimizer.found_inf = (
+                skipped.float()
+            )  # the fused optimizer skips the step on the device
             optimizer.step()
             return finite
         ok = bool(finite)

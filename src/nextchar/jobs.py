@@ -22,7 +22,9 @@ class Job:
     between two reads, so a fast stream costs one wake-up per read, not one per character). A
     reader calls `read()` for what is new; `ended` says why it stopped once it has."""
 
-    def __init__(self, config: SampleConfig, deadline: float, wake: Callable[[], None] = lambda: None):
+    def __init__(
+        self, config: SampleConfig, deadline: float, wake: Callable[[], None] = lambda: None
+    ):
         self.config = config
         self.rows = config.num_samples
         self.deadline = deadline  # time.monotonic() past which the job is ended as "timeout"
@@ -47,7 +49,7 @@ class Job:
         """Per row, the text generated since the last read (a drawn first character included)."""
         self.woken = False  # before reading: what lands after this wakes the reader again
         upto = self.leading + self.produced
-        new = ["".join(row[self.read_upto:upto]) for row in self.texts]
+        new = ["".join(row[self.read_upto : upto]) for row in self.texts]
         self.read_upto = upto
         return new
 
@@ -86,7 +88,9 @@ class NoiseTable:
     a stream's block is used up (a block holds 2**18 values: 4,000 steps over 65 symbols); rows
     that leave only leave the cursor. Row 0 is zeros, read by greedy rows."""
 
-    def __init__(self, table: torch.Tensor, cursor: torch.Tensor, stride: torch.Tensor, steps_left: float):
+    def __init__(
+        self, table: torch.Tensor, cursor: torch.Tensor, stride: torch.Tensor, steps_left: float
+    ):
         self.table, self.cursor, self.stride = table, cursor, stride  # (N, V), (B,), (B,)
         self.steps_left = steps_left  # steps until some stream's block is used up
         self.steps = 0  # read since built
@@ -113,8 +117,12 @@ class NoiseTable:
                 stride.append(1)
                 base += len(rest)
                 steps_left = min(steps_left, len(rest))
-        return cls(torch.cat(parts).to(device), torch.tensor(cursor, device=device),
-                   torch.tensor(stride, device=device), steps_left)
+        return cls(
+            torch.cat(parts).to(device),
+            torch.tensor(cursor, device=device),
+            torch.tensor(stride, device=device),
+            steps_left,
+        )
 
     def read(self) -> torch.Tensor:
         """This step's noise, (B, V)."""
@@ -135,14 +143,21 @@ class Batch:
     loop needs of their layout, worked out once per change of membership rather than once per
     step: each job's first row, the groups of rows drawn together, and when a job may next leave."""
 
-    def __init__(self, jobs: list[Job], logits: torch.Tensor | None, state: StepState | None,
-                 noise: NoiseTable | None = None):
+    def __init__(
+        self,
+        jobs: list[Job],
+        logits: torch.Tensor | None,
+        state: StepState | None,
+        noise: NoiseTable | None = None,
+    ):
         self.jobs, self.logits, self.state, self.noise = jobs, logits, state, noise
         self.first_rows = list(itertools.accumulate([0] + [job.rows for job in jobs[:-1]]))
         groups: dict[tuple, list[int]] = {}
         for job, first in zip(jobs, self.first_rows):
             c = job.config
-            groups.setdefault((c.greedy, c.temperature, c.top_k, c.top_p), []).extend(range(first, first + job.rows))
+            groups.setdefault((c.greedy, c.temperature, c.top_k, c.top_p), []).extend(
+                range(first, first + job.rows)
+            )
         self.groups = [(key, torch.tensor(rows)) for key, rows in groups.items()]
         self.steps_to_end = min((job.config.length - job.produced for job in jobs), default=0)
         self.first_deadline = min((job.deadline for job in jobs), default=float("inf"))

@@ -55,8 +55,11 @@ def build_config(options: dict[str, Any], vocab_size: int = 0) -> RunConfig:
     merged = {**budget.RUN_DEFAULTS, **options}
     return RunConfig(
         data=DataConfig(**{k: v for k, v in merged.items() if k in DATA_FIELDS}),
-        model=ModelConfig(vocab_size=vocab_size, **{k: v for k, v in merged.items() if k in MODEL_FIELDS}),
-        train=TrainConfig(**{k: v for k, v in merged.items() if k in TRAIN_FIELDS}))
+        model=ModelConfig(
+            vocab_size=vocab_size, **{k: v for k, v in merged.items() if k in MODEL_FIELDS}
+        ),
+        train=TrainConfig(**{k: v for k, v in merged.items() if k in TRAIN_FIELDS}),
+    )
 
 
 def _compute_device(config: RunConfig, dist: distributed.Dist) -> torch.device:
@@ -66,34 +69,56 @@ def _compute_device(config: RunConfig, dist: distributed.Dist) -> torch.device:
     return torch.device("cuda", dist.local_rank) if device.type == "cuda" else device
 
 
-def _settle(options: dict[str, Any], config: RunConfig, train_chars: int,
-            device: torch.device) -> tuple[RunConfig, dict[str, Any]]:
+def _settle(
+    options: dict[str, Any], config: RunConfig, train_chars: int, device: torch.device
+) -> tuple[RunConfig, dict[str, Any]]:
     """The budget rule and the precision decisions for a new run -> its final config and the
     machine.json record (the machine, what `auto` chose and the timings behind it)."""
     given = {k: v for k, v in options.items() if v is not None}
     if not (given.get("steps") or given.get("epochs") or given.get("time")):
         given["time"] = DEFAULT_TIME
     tc = config.train
-    plan = budget.plan(given, config.model, tc.batch_size, tc.seq_len, train_chars, device,
-                       tc.precision)
+    plan = budget.plan(
+        given, config.model, tc.batch_size, tc.seq_len, train_chars, device, tc.precision
+    )
     config = build_config({**plan.options, **given}, vocab_size=config.model.vocab_size)
     evaluation = eval_precision(tc.precision, config.model, device)
     if "eval_chars" not in given:  # evaluations take about a tenth of the run, not more
-        config = replace(config, train=replace(config.train, eval_chars=_eval_chars(
-            config, plan.precision, evaluation, train_chars, device)))
-    record = {"machine": autotune.machine(device), "train_precision": plan.precision.to_dict(),
-              "eval_precision": evaluation.to_dict(), "budget": plan.to_dict()}
+        config = replace(
+            config,
+            train=replace(
+                config.train,
+                eval_chars=_eval_chars(config, plan.precision, evaluation, train_chars, device),
+            ),
+        )
+    record = {
+        "machine": autotune.machine(device),
+        "train_precision": plan.precision.to_dict(),
+        "eval_precision": evaluation.to_dict(),
+        "budget": plan.to_dict(),
+    }
     return config, record
 
 
-def _eval_chars(config: RunConfig, train_choice: Choice, eval_choice: Choice, train_chars: int,
-                device: torch.device) -> int:
+def _eval_chars(
+    config: RunConfig,
+    train_choice: Choice,
+    eval_choice: Choice,
+    train_chars: int,
+    device: torch.device,
+) -> int:
     """--eval-chars for a run of this length, from the measured step and evaluation speeds."""
     tc = config.train
-    step_s = train_choice.timings.get(train_choice.value) or devices.train_step_seconds(
-        config.model, tc.batch_size, tc.seq_len, device, (train_choice.value,))[train_choice.value]
-    eval_s = eval_choice.timings.get(eval_choice.value) or devices.eval_seconds(
-        config.model, device, (eval_choice.value,))[eval_choice.value]
+    step_s = (
+        train_choice.timings.get(train_choice.value)
+        or devices.train_step_seconds(
+            config.model, tc.batch_size, tc.seq_len, device, (train_choice.value,)
+        )[train_choice.value]
+    )
+    eval_s = (
+        eval_choice.timings.get(eval_choice.value)
+        or devices.eval_seconds(config.model, device, (eval_choice.value,))[eval_choice.value]
+    )
     steps = [tc.steps] if tc.steps else []
     if tc.epochs:
         steps.append(tc.epochs * train_chars / (tc.batch_size * tc.seq_len))
@@ -105,17 +130,27 @@ def _resumed_choices(folder: RunFolder, config: RunConfig, device: torch.device)
     """On the machine the run was made on, the precisions it recorded (so a resumed run computes
     exactly as before); elsewhere, or for a precision named now, decided afresh."""
     record = folder.read_machine()
-    if record.get("machine") == autotune.machine(device) and config.train.precision == "auto" and \
-            "train_precision" in record and "eval_precision" in record:
+    if (
+        record.get("machine") == autotune.machine(device)
+        and config.train.precision == "auto"
+        and "train_precision" in record
+        and "eval_precision" in record
+    ):
         return record
     tc = config.train
-    return {**record, "machine": autotune.machine(device),
-            "train_precision": train_precision(tc.precision, config.model, tc.batch_size,
-                                               tc.seq_len, device).to_dict(),
-            "eval_precision": eval_precision(tc.precision, config.model, device).to_dict()}
+    return {
+        **record,
+        "machine": autotune.machine(device),
+        "train_precision": train_precision(
+            tc.precision, config.model, tc.batch_size, tc.seq_len, device
+        ).to_dict(),
+        "eval_precision": eval_precision(tc.precision, config.model, device).to_dict(),
+    }
 
 
-def _say_choices(record: dict[str, Any], config: RunConfig, log: TextIO | None, quiet: bool) -> None:
+def _say_choices(
+    record: dict[str, Any], config: RunConfig, log: TextIO | None, quiet: bool
+) -> None:
     """The first lines of `train`: 'precision bf16 (measured: bf16 21.3k chars/s, fp32 12.1k
     chars/s); evaluation ...' and, for a --time run, what the budget bought."""
     if quiet:
@@ -134,53 +169,99 @@ def _check_trainable(data: TokenData, config: RunConfig) -> None:
     lo, hi = data.splits["train"]
     need = config.train.seq_len + 1
     if hi - lo < need:
-        raise UserError(f"the training split has {hi - lo} characters, fewer than one training window "
-                        f"needs ({need}, from --seq-len {config.train.seq_len}); give more text or "
-                        f"lower --seq-len")
+        raise UserError(
+            f"the training split has {hi - lo} characters, fewer than one training window "
+            f"needs ({need}, from --seq-len {config.train.seq_len}); give more text or "
+            f"lower --seq-len"
+        )
     train = data.split("train")
     # piece by piece, stopping at the first other character: a memory-mapped corpus stays on disk
-    if not any((np.asarray(train[i:i + (1 << 20)]) != train[0]).any() for i in range(0, len(train), 1 << 20)):
-        raise UserError("the training text has only one distinct character; a model needs at least two")
+    if not any(
+        (np.asarray(train[i : i + (1 << 20)]) != train[0]).any()
+        for i in range(0, len(train), 1 << 20)
+    ):
+        raise UserError(
+            "the training text has only one distinct character; a model needs at least two"
+        )
 
 
-def _trainer(config: RunConfig, data: TokenData, folder: RunFolder, record: dict[str, Any], *,
-             resume: bool, quiet: bool, log: TextIO | None, dist: distributed.Dist) -> Trainer:
+def _trainer(
+    config: RunConfig,
+    data: TokenData,
+    folder: RunFolder,
+    record: dict[str, Any],
+    *,
+    resume: bool,
+    quiet: bool,
+    log: TextIO | None,
+    dist: distributed.Dist,
+) -> Trainer:
     """The trainer for this rank, computing in the precisions that rank 0 recorded."""
     _say_choices(record, config, log, quiet or not dist.is_main)
-    return Trainer(config, data, folder, precision=record["train_precision"]["value"],
-                   eval_precision=record["eval_precision"]["value"], resume=resume, quiet=quiet,
-                   log=log, dist=dist)
+    return Trainer(
+        config,
+        data,
+        folder,
+        precision=record["train_precision"]["value"],
+        eval_precision=record["eval_precision"]["value"],
+        resume=resume,
+        quiet=quiet,
+        log=log,
+        dist=dist,
+    )
 
 
-def launch(inputs: Sequence[str] | None = None, out: str | os.PathLike | None = None, *,
-           resume: str | os.PathLike | None = None, force: bool = False, quiet: bool = False,
-           command: str = "", log: TextIO | None = None, options: dict[str, Any] | None = None
-           ) -> TrainResult:
+def launch(
+    inputs: Sequence[str] | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    resume: str | os.PathLike | None = None,
+    force: bool = False,
+    quiet: bool = False,
+    command: str = "",
+    log: TextIO | None = None,
+    options: dict[str, Any] | None = None,
+) -> TrainResult:
     """Everything `nextchar train` does: settle the config, prepare data and folder, train."""
     options = dict(options or {})
     for flag, path in (("--out", out), ("--resume", resume)):
         if path is not None and not str(path).strip():
             raise UserError(f"{flag} is empty (an unset shell variable?); name a folder")
     if resume is None:
-        return _new_run(list(inputs) if inputs else ["tinyshakespeare"], out, options, force=force,
-                        quiet=quiet, command=command, log=log)
+        return _new_run(
+            list(inputs) if inputs else ["tinyshakespeare"],
+            out,
+            options,
+            force=force,
+            quiet=quiet,
+            command=command,
+            log=log,
+        )
     if out is not None or force:
-        raise UserError("--resume continues the run in its own folder; give no --out or --force "
-                        "with it")
+        raise UserError(
+            "--resume continues the run in its own folder; give no --out or --force with it"
+        )
     if inputs:
-        raise UserError("--resume continues a run on the data it was trained on; give no INPUT with it")
+        raise UserError(
+            "--resume continues a run on the data it was trained on; give no INPUT with it"
+        )
     return _resumed_run(RunFolder(resume), options, quiet=quiet, log=log)
 
 
-def _resumed_run(folder: RunFolder, options: dict[str, Any], *, quiet: bool,
-                 log: TextIO | None) -> TrainResult:
+def _resumed_run(
+    folder: RunFolder, options: dict[str, Any], *, quiet: bool, log: TextIO | None
+) -> TrainResult:
     saved = folder.read_config()
     # the model and data are the run's; the random state comes from the checkpoint
-    fixed = sorted(k for k in options if k not in TRAIN_FIELDS - {"seed"} and options[k] is not None)
+    fixed = sorted(
+        k for k in options if k not in TRAIN_FIELDS - {"seed"} and options[k] is not None
+    )
     if fixed:
         flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
-        raise UserError(f"cannot change {flags} when resuming; only training options "
-                        f"(--steps, --time, --lr, ...) may change")
+        raise UserError(
+            f"cannot change {flags} when resuming; only training options "
+            f"(--steps, --time, --lr, ...) may change"
+        )
     if not folder.file(LATEST).exists():
         raise UserError(f"{folder.path} has no resumable checkpoint ({LATEST})")
     config = RunConfig(saved.data, saved.model, TrainConfig(**{**to_dict(saved.train), **options}))
@@ -192,15 +273,31 @@ def _resumed_run(folder: RunFolder, options: dict[str, Any], *, quiet: bool,
             folder.remove_stray_temps()  # of writes a crash cut short
             folder.write_machine(_resumed_choices(folder, config, device))
         dist.barrier()
-        trainer = _trainer(config, data, folder, folder.read_machine(), resume=True, quiet=quiet,
-                           log=log, dist=dist)  # every rank computes as rank 0 decided
+        trainer = _trainer(
+            config,
+            data,
+            folder,
+            folder.read_machine(),
+            resume=True,
+            quiet=quiet,
+            log=log,
+            dist=dist,
+        )  # every rank computes as rank 0 decided
         if dist.is_main and options:  # only once the checkpoint accepted them
             folder.write_config(config)
         return trainer.fit()
 
 
-def _new_run(inputs: list[str], out: str | os.PathLike | None, options: dict[str, Any], *,
-             force: bool, quiet: bool, command: str, log: TextIO | None) -> TrainResult:
+def _new_run(
+    inputs: list[str],
+    out: str | os.PathLike | None,
+    options: dict[str, Any],
+    *,
+    force: bool,
+    quiet: bool,
+    command: str,
+    log: TextIO | None,
+) -> TrainResult:
     external = len(inputs) == 1 and is_prepared(inputs[0])
     if external:  # a prepared folder's split holds unless the command names another
         val_frac, test_frac = load_prepared(inputs[0]).fractions()
@@ -219,25 +316,49 @@ def _new_run(inputs: list[str], out: str | os.PathLike | None, options: dict[str
         lock = folder.lock("training")  # before anything in the folder is cleared or written
     with lock:
         if dist.is_main:
-            _stage_data(folder, inputs, config, external=external, force=force, created=created,
-                        say=None if quiet else lambda line: print(line, file=log or sys.stderr))
+            _stage_data(
+                folder,
+                inputs,
+                config,
+                external=external,
+                force=force,
+                created=created,
+                say=None if quiet else lambda line: print(line, file=log or sys.stderr),
+            )
         dist.barrier()
         data = load_prepared(inputs[0] if external else folder.file(DATA))
         data = data.resplit(config.data.val_frac, config.data.test_frac)
         if dist.is_main:  # rank 0 measures and decides; the others read what it wrote
-            config = RunConfig(config.data, replace(config.model, vocab_size=len(data.vocab)),
-                               config.train)
+            config = RunConfig(
+                config.data, replace(config.model, vocab_size=len(data.vocab)), config.train
+            )
             config, record = _settle(options, config, len(data.split("train")), device)
             folder.write_setup(config, data.vocab, command)
             folder.write_machine(record)
             folder.write_source(data.fingerprint, inputs[0] if external else None)
         dist.barrier()
-        return _trainer(folder.read_config(), data, folder, folder.read_machine(), resume=False,
-                        quiet=quiet, log=log, dist=dist).fit()
+        return _trainer(
+            folder.read_config(),
+            data,
+            folder,
+            folder.read_machine(),
+            resume=False,
+            quiet=quiet,
+            log=log,
+            dist=dist,
+        ).fit()
 
 
-def _stage_data(folder: RunFolder, inputs: list[str], config: RunConfig, *, external: bool,
-                force: bool, created: bool, say) -> None:
+def _stage_data(
+    folder: RunFolder,
+    inputs: list[str],
+    config: RunConfig,
+    *,
+    external: bool,
+    force: bool,
+    created: bool,
+    say,
+) -> None:
     """Rank 0, holding the folder's lock: prepare the text beside the folder's data and check it
     can train; only then clear the previous run (--force) and move the new data in."""
     staged = temp_path(folder.file(DATA))  # the new data, until it checks out
@@ -245,8 +366,12 @@ def _stage_data(folder: RunFolder, inputs: list[str], config: RunConfig, *, exte
         folder.check_new(inputs, force)  # again: no other writer can change it now
         if not external:
             prepare(inputs, staged, config.data, lock=False, say=say)
-        _check_trainable(load_prepared(inputs[0] if external else staged)
-                         .resplit(config.data.val_frac, config.data.test_frac), config)
+        _check_trainable(
+            load_prepared(inputs[0] if external else staged).resplit(
+                config.data.val_frac, config.data.test_frac
+            ),
+            config,
+        )
         folder.clear_previous()  # --force: only now is anything of the old run removed
         if not external:
             shutil.rmtree(folder.file(DATA), ignore_errors=True)

@@ -45,18 +45,21 @@ class LessonConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str) or len(self.text) < 2:
-            raise UserError(f"--text must have at least 2 characters (an input and a target), "
-                            f"got {self.text!r}")
+            raise UserError(
+                f"--text must have at least 2 characters (an input and a target), got {self.text!r}"
+            )
         if self.cell not in LESSON_CELLS:
-            raise UserError(f"--cell must be one of {', '.join(LESSON_CELLS)} for the lesson, "
-                            f"got {self.cell!r}")
+            raise UserError(
+                f"--cell must be one of {', '.join(LESSON_CELLS)} for the lesson, got {self.cell!r}"
+            )
         if self.feed not in FEEDS:
             raise UserError(f"--feed must be one of {', '.join(FEEDS)}, got {self.feed!r}")
         if self.embed < 0:
             raise UserError(f"--embed must be 0 (one-hot) or positive, got {self.embed}")
         if self.hidden < 0:
-            raise UserError(f"--hidden must be 0 (the default for the model) or positive, "
-                            f"got {self.hidden}")
+            raise UserError(
+                f"--hidden must be 0 (the default for the model) or positive, got {self.hidden}"
+            )
         if self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -132,8 +135,9 @@ def lesson_inputs(vocab: Vocab, text: str, embed: int) -> tuple[torch.Tensor, to
     return x, y
 
 
-def _forward_loss(model: LessonModel, x: torch.Tensor, y: torch.Tensor, feed: str,
-                  criterion: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward_loss(
+    model: LessonModel, x: torch.Tensor, y: torch.Tensor, feed: str, criterion: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed loss and the argmax ids (T,) of one forward pass from a zero hidden state."""
     V = model.vocab_size
     hidden = model.initial_hidden(x.shape[0])
@@ -143,7 +147,7 @@ def _forward_loss(model: LessonModel, x: torch.Tensor, y: torch.Tensor, feed: st
     loss = torch.zeros(())
     predicted = []
     for t in range(y.shape[1]):
-        logits, hidden = model(x[:, t:t + 1], hidden)  # (1, 1, V)
+        logits, hidden = model(x[:, t : t + 1], hidden)  # (1, 1, V)
         loss = loss + criterion(logits.reshape(-1, V), y[:, t])
         predicted.append(logits.argmax(-1).reshape(-1))
     return loss, torch.cat(predicted)
@@ -170,7 +174,9 @@ def train_lesson(config: LessonConfig) -> Iterator[EpochResult]:
     for epoch in range(1, config.epochs + 1):
         optimizer.zero_grad()
         loss, predicted = _forward_loss(model, x, y, config.feed, criterion)
-        result = EpochResult(epoch=epoch, loss=loss.item(), predicted=vocab.decode(predicted.tolist()))
+        result = EpochResult(
+            epoch=epoch, loss=loss.item(), predicted=vocab.decode(predicted.tolist())
+        )
         loss.backward()
         optimizer.step()
         yield result

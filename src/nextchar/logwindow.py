@@ -34,7 +34,9 @@ class LogWindow:
             self.valid += ok.long() * local_valid
         self.chars += valid
 
-    def close(self, dist: distributed.Dist, clock: Callable[[], float]) -> tuple[float, float, float]:
+    def close(
+        self, dist: distributed.Dist, clock: Callable[[], float]
+    ) -> tuple[float, float, float]:
         """-> (mean training loss in nats/char, chars/s, now), and a new window from now."""
         total_loss = dist.sum(float(self.loss))
         total_valid = dist.sum(float(self.valid))
@@ -58,12 +60,24 @@ class ProgressBar:
         from tqdm import tqdm
 
         if by_steps:
-            self.bar = tqdm(total=int(total), initial=int(initial), file=log, unit="step",
-                            dynamic_ncols=True, leave=True)
+            self.bar = tqdm(
+                total=int(total),
+                initial=int(initial),
+                file=log,
+                unit="step",
+                dynamic_ncols=True,
+                leave=True,
+            )
         else:
-            self.bar = tqdm(total=int(total), initial=int(initial), file=log, unit="s",
-                            dynamic_ncols=True, leave=True,
-                            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]")
+            self.bar = tqdm(
+                total=int(total),
+                initial=int(initial),
+                file=log,
+                unit="s",
+                dynamic_ncols=True,
+                leave=True,
+                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]",
+            )
 
     def say(self, text: str) -> None:
         if self.bar is not None:

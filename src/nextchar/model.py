@@ -49,15 +49,23 @@ class CharRNN(nn.Module):
         V, E, H = config.vocab_size, config.embed, config.hidden
         self.embed = nn.Embedding(V, E) if E > 0 else None
         input_size = E if E > 0 else V
-        between = config.dropout if config.layers > 1 else 0.0  # between layers (eval and GPU paths)
+        between = (
+            config.dropout if config.layers > 1 else 0.0
+        )  # between layers (eval and GPU paths)
         if config.cell == "lstm":
             self.rnn = nn.LSTM(input_size, H, config.layers, batch_first=True, dropout=between)
         elif config.cell == "gru":
             self.rnn = nn.GRU(input_size, H, config.layers, batch_first=True, dropout=between)
         else:
             nonlinearity = "relu" if config.cell == "rnn-relu" else "tanh"
-            self.rnn = nn.RNN(input_size, H, config.layers, batch_first=True, dropout=between,
-                              nonlinearity=nonlinearity)
+            self.rnn = nn.RNN(
+                input_size,
+                H,
+                config.layers,
+                batch_first=True,
+                dropout=between,
+                nonlinearity=nonlinearity,
+            )
         self.head = nn.Linear(H, V)  # forward() applies dropout to the top layer's output first
 
     @property
@@ -77,7 +85,9 @@ class CharRNN(nn.Module):
             return self.embed(idx)
         return F.one_hot(idx, self.config.vocab_size).to(self.head.weight.dtype)
 
-    def forward(self, idx: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
+    def forward(
+        self, idx: torch.Tensor, hidden: Hidden | None = None
+    ) -> tuple[torch.Tensor, Hidden]:
         """idx (B, T) ids, hidden from the previous window (zeros if None) -> logits (B, T, V), hidden."""
         x = self.inputs(idx)  # (B, T, E|V)
         if self.training and self.config.embed_drop > 0:  # whole characters: rows of the table
@@ -115,25 +125,30 @@ class CharRNN(nn.Module):
             return self.rnn(x, hidden)
         if hidden is None:
             hidden = self.init_hidden(x.size(0), x.device)
-        weights = [list(layer) for layer in self.rnn.all_weights]  # [w_ih, w_hh, b_ih, b_hh] per layer
+        weights = [
+            list(layer) for layer in self.rnn.all_weights
+        ]  # [w_ih, w_hh, b_ih, b_hh] per layer
         if config.weight_drop > 0:  # DropConnect: one mask per window, on W_hh only
             for layer in weights:
-                layer[1] = layer[1] * keep_mask(layer[1].shape, config.weight_drop, x.device, layer[1].dtype)
+                layer[1] = layer[1] * keep_mask(
+                    layer[1].shape, config.weight_drop, x.device, layer[1].dtype
+                )
         if own_between:
             return self._layer_by_layer(x, hidden, weights)
         # the whole stack in one fused call (on the GPU with cuDNN's own dropout between layers)
         flat = [w for layer in weights for w in layer]
         return _run(config.cell, x, hidden, flat, config.layers, between)
 
-    def _layer_by_layer(self, x: torch.Tensor, hidden: Hidden,
-                        weights: list[list[torch.Tensor]]) -> tuple[torch.Tensor, Hidden]:
+    def _layer_by_layer(
+        self, x: torch.Tensor, hidden: Hidden, weights: list[list[torch.Tensor]]
+    ) -> tuple[torch.Tensor, Hidden]:
         """self.rnn's math, one fused call per layer with our dropout between the layers. On CPU
         the RNN's own inter-layer dropout draws its mask with bernoulli_, which costs 5% of a
         2x768 training step on its own (BENCHMARKS.md)."""
         L, lstm = self.config.layers, self.is_lstm
         hs, cs = [], []
         for k in range(L):
-            state = (hidden[0][k:k + 1], hidden[1][k:k + 1]) if lstm else hidden[k:k + 1]
+            state = (hidden[0][k : k + 1], hidden[1][k : k + 1]) if lstm else hidden[k : k + 1]
             x, state = _run(self.config.cell, x, state, weights[k], 1, 0.0)
             if lstm:
                 hs.append(state[0])
@@ -151,8 +166,14 @@ class CharRNN(nn.Module):
 _KERNELS = {"lstm": torch.lstm, "gru": torch.gru, "rnn": torch.rnn_tanh, "rnn-relu": torch.rnn_relu}
 
 
-def _run(cell: str, x: torch.Tensor, hidden: Hidden, weights: list[torch.Tensor], layers: int,
-         between: float) -> tuple[torch.Tensor, Hidden]:
+def _run(
+    cell: str,
+    x: torch.Tensor,
+    hidden: Hidden,
+    weights: list[torch.Tensor],
+    layers: int,
+    between: float,
+) -> tuple[torch.Tensor, Hidden]:
     """The fused kernel nn.LSTM/GRU/RNN calls in training mode, with explicit weights (4 per
     layer). cuDNN copies weights that are not its flat buffer (masked ones) into one each call,
     and warns that it does; that copy is the price of weight drop there, not news."""
@@ -170,7 +191,9 @@ def _autocasting(device_type: str) -> bool:
     try:
         return torch.is_autocast_enabled(device_type)
     except TypeError:  # torch before 2.4 takes no device type
-        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+        return (
+            torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+        )
 
 
 def _cast(hidden: Hidden, dtype: torch.dtype) -> Hidden:
@@ -179,8 +202,9 @@ def _cast(hidden: Hidden, dtype: torch.dtype) -> Hidden:
     return hidden.to(dtype)
 
 
-def keep_mask(shape: tuple[int, ...], p: float, device: torch.device | str,
-              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def keep_mask(
+    shape: tuple[int, ...], p: float, device: torch.device | str, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Inverted-dropout mask of `shape`: 0 with probability p, else 1/(1-p). Drawn with
     torch.rand, which costs less on CPU than a bernoulli_ draw (BENCHMARKS.md, "Dropout masks";
     bench/dropout_masks.py)."""

@@ -18,14 +18,19 @@ def defers_checks(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainConfig,
-                    fused: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: torch.nn.Module, config: TrainConfig, fused: bool = False
+) -> torch.optim.Optimizer:
     """Weight decay on matrices only (group 0); biases and the embedding table's rows are left
     alone (group 1). `fused`: one kernel per step, which can also skip a step on the device."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed")]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and not n.startswith("embed"))]
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": rest, "weight_decay": 0.0}]
+    rest = [
+        p for n, p in model.named_parameters() if not (p.dim() >= 2 and not n.startswith("embed"))
+    ]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": rest, "weight_decay": 0.0},
+    ]
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     return cls(groups, lr=config.lr, betas=(0.9, 0.99), **({"fused": True} if fused else {}))
 

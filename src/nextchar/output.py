@@ -83,8 +83,10 @@ def setup_streams(needs_stdout: bool, command: str) -> None:
         sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (lives as long as the process)
     if sys.stdout is None:
         if needs_stdout:
-            raise UserError(f"standard output is closed: {command}'s output would be lost; "
-                            "redirect it to a file (> FILE) or a pipe")
+            raise UserError(
+                f"standard output is closed: {command}'s output would be lost; "
+                "redirect it to a file (> FILE) or a pipe"
+            )
         sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
     if not _encodes_everything(sys.stdout) and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="nextchar-escape")
@@ -98,8 +100,10 @@ def replaced_note() -> str | None:
     if not n:
         return None
     encoding = getattr(sys.stdout, "encoding", "?")
-    return (f"note: standard output's encoding ({encoding}) cannot show {n:,} of the characters; "
-            "they were written as \\uXXXX escapes (set PYTHONIOENCODING=utf-8 to get them as they are)")
+    return (
+        f"note: standard output's encoding ({encoding}) cannot show {n:,} of the characters; "
+        "they were written as \\uXXXX escapes (set PYTHONIOENCODING=utf-8 to get them as they are)"
+    )
 
 
 class SampleWriter:
@@ -113,10 +117,14 @@ class SampleWriter:
         self.on_start = on_start
         self.live = not as_json  # row 0 streams straight to `out`
         self.pending: list[list[str]] = [[] for _ in range(rows)]
-        self.spools = [None if (row == 0 and self.live) else
-                       tempfile.SpooledTemporaryFile(SPOOL_MEMORY_BYTES, mode="w+", encoding="utf-8",
-                                                     newline="")
-                       for row in range(rows)]
+        self.spools = [
+            None
+            if (row == 0 and self.live)
+            else tempfile.SpooledTemporaryFile(
+                SPOOL_MEMORY_BYTES, mode="w+", encoding="utf-8", newline=""
+            )
+            for row in range(rows)
+        ]
         self.last_flush = 0.0
         self.started = False  # a character has arrived
         self.stop = False  # Ctrl-C pressed: stop at the next character

@@ -60,8 +60,10 @@ def load_curves(run: str | os.PathLike, label: str | None = None) -> RunCurves:
         elif isinstance(record, EvalRecord) and record.val_bpc is not None:
             val.add(record, record.val_bpc)
     if not train.bits and not val.bits:
-        raise UserError(f"{folder.path} has no metrics yet ({METRICS} is missing or holds no train or "
-                        f"eval lines); train it until its first log step, then plot again")
+        raise UserError(
+            f"{folder.path} has no metrics yet ({METRICS} is missing or holds no train or "
+            f"eval lines); train it until its first log step, then plot again"
+        )
     return RunCurves(name, train, val)
 
 
@@ -88,14 +90,28 @@ def draw(curves: list[RunCurves], dpi: int = 110):
     for i, run in enumerate(curves):
         color = f"C{i % 10}"
         for axes, (train_x, val_x) in (
-                (by_chars, (run.train.chars, run.val.chars)),
-                (by_time, ([t / scale for t in run.train.time], [t / scale for t in run.val.time]))):
+            (by_chars, (run.train.chars, run.val.chars)),
+            (by_time, ([t / scale for t in run.train.time], [t / scale for t in run.val.time])),
+        ):
             if run.train.bits:
-                axes.plot(train_x, run.train.bits, color=color, linewidth=0.9, alpha=0.55,
-                          label=f"{run.label} train")
+                axes.plot(
+                    train_x,
+                    run.train.bits,
+                    color=color,
+                    linewidth=0.9,
+                    alpha=0.55,
+                    label=f"{run.label} train",
+                )
             if run.val.bits:
-                axes.plot(val_x, run.val.bits, color=color, linewidth=1.8, marker="o",
-                          markersize=4, label=f"{run.label} val")
+                axes.plot(
+                    val_x,
+                    run.val.bits,
+                    color=color,
+                    linewidth=1.8,
+                    marker="o",
+                    markersize=4,
+                    label=f"{run.label} val",
+                )
     by_chars.set_xlabel("characters seen")
     by_chars.xaxis.set_major_formatter(EngFormatter(sep=""))
     by_chars.set_ylabel("bits per character")
@@ -115,15 +131,20 @@ def render_png(runs: list[str | os.PathLike], labels: list[str] | None = None) -
     if not runs:
         raise UserError("give at least one run folder to plot")
     if labels is not None and len(labels) != len(runs):
-        raise UserError(f"got {len(labels)} label(s) for {len(runs)} run(s); give one per run or none")
+        raise UserError(
+            f"got {len(labels)} label(s) for {len(runs)} run(s); give one per run or none"
+        )
     curves = [load_curves(run, labels[i] if labels else None) for i, run in enumerate(runs)]
     buffer = io.BytesIO()
     draw(curves).savefig(buffer, format="png", metadata={"Software": None})
     return buffer.getvalue()
 
 
-def plot_runs(runs: list[str | os.PathLike], out: str | os.PathLike | None = None,
-              labels: list[str] | None = None) -> Path:
+def plot_runs(
+    runs: list[str | os.PathLike],
+    out: str | os.PathLike | None = None,
+    labels: list[str] | None = None,
+) -> Path:
     """Write the learning curves of `runs` (overlaid) to `out` (default <first run>/curves.png)."""
     png = render_png(runs, labels)
     path = Path(out) if out is not None else RunFolder(runs[0]).file("curves.png")

@@ -69,6 +69,7 @@ def check_output_file(path: str | os.PathLike, flag: str) -> None:
 
 # ---- metrics.jsonl: one typed record per line ----------------------------------------------
 
+
 @dataclass(frozen=True)
 class TrainRecord:
     """A log line: the mean training loss since the previous one."""
@@ -98,13 +99,28 @@ class EvalRecord:
     val_accuracy: float | None = None
 
     @classmethod
-    def of(cls, step: int, chars: int, time: float, sample: str, result: EvalResult | None,
-           averaged_steps: int | None = None) -> EvalRecord:
+    def of(
+        cls,
+        step: int,
+        chars: int,
+        time: float,
+        sample: str,
+        result: EvalResult | None,
+        averaged_steps: int | None = None,
+    ) -> EvalRecord:
         """From an evaluation's result (None: there was no validation text)."""
         if result is None:
             return cls(step, chars, time, sample, averaged_steps)
-        return cls(step, chars, time, sample, averaged_steps, result.nats_per_char,
-                   result.bits_per_char, result.accuracy)
+        return cls(
+            step,
+            chars,
+            time,
+            sample,
+            averaged_steps,
+            result.nats_per_char,
+            result.bits_per_char,
+            result.accuracy,
+        )
 
 
 @dataclass(frozen=True)
@@ -131,9 +147,16 @@ class SkippedRecord:
 
 
 Record = TrainRecord | EvalRecord | FinalRecord | SkippedRecord
-RECORDS: dict[str, type] = {cls.kind: cls for cls in (TrainRecord, EvalRecord, FinalRecord, SkippedRecord)}
-_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "None": (type(None),),
-          "EvalResult": (EvalResult,)}
+RECORDS: dict[str, type] = {
+    cls.kind: cls for cls in (TrainRecord, EvalRecord, FinalRecord, SkippedRecord)
+}
+_TYPES = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "None": (type(None),),
+    "EvalResult": (EvalResult,),
+}
 
 
 def record_line(record: Record) -> str:
@@ -203,15 +226,21 @@ class RunFolder:
         if not [p for p in self.path.iterdir() if p.name != LOCK and not is_temp(p.name)]:
             return
         if not self.is_run():
-            raise UserError(f"--out {self.path} is not empty and holds no nextchar run; nextchar "
-                            f"only replaces its own run folders: pick a new or empty folder")
+            raise UserError(
+                f"--out {self.path} is not empty and holds no nextchar run; nextchar "
+                f"only replaces its own run folders: pick a new or empty folder"
+            )
         if not force:
-            raise UserError(f"{self.path} already holds a run; use --resume {self.path} to continue "
-                            f"it, --force to overwrite it, or another --out")
+            raise UserError(
+                f"{self.path} already holds a run; use --resume {self.path} to continue "
+                f"it, --force to overwrite it, or another --out"
+            )
         for item in inputs:
             if Path(item).exists() and overlaps(self.path, item):
-                raise UserError(f"--force would replace the run in {self.path}, which overlaps the "
-                                f"input {item} (one holds the other); pick another --out")
+                raise UserError(
+                    f"--force would replace the run in {self.path}, which overlaps the "
+                    f"input {item} (one holds the other); pick another --out"
+                )
 
     def create(self) -> None:
         """Make the folder (checked by check_new) and check that it can be written."""
@@ -292,8 +321,9 @@ class RunFolder:
             with open(self.file(METRICS), "a", encoding="utf-8") as f:
                 f.write(record_line(record) + "\n")
         except OSError as exc:  # a line cut short is skipped by read_metrics
-            raise CheckpointWriteError(f"could not write {self.file(METRICS)}: "
-                                       f"{exc.strerror or exc}") from None
+            raise CheckpointWriteError(
+                f"could not write {self.file(METRICS)}: {exc.strerror or exc}"
+            ) from None
 
     def read_records(self) -> list[Record]:
         """metrics.jsonl as typed records; a line that is no record (see parse_record) is left out."""
@@ -346,9 +376,11 @@ class RunFolder:
         data = load_prepared(where)
         recorded = source.get("fingerprint")
         if (recorded and data.fingerprint != recorded) or data.vocab != self.read_vocab():
-            raise DataChanged(f"the data in {where} is not the data {self.path} trained on (it was "
-                              f"prepared again from other text); prepare it again from the run's "
-                              f"original text, or train a new run on it")
+            raise DataChanged(
+                f"the data in {where} is not the data {self.path} trained on (it was "
+                f"prepared again from other text); prepare it again from the run's "
+                f"original text, or train a new run on it"
+            )
         return data
 
     def split_data(self, config) -> TokenData:
@@ -374,22 +406,29 @@ class RunFolder:
         return path
 
 
-def load_model(path: str | os.PathLike, which: str = "best",
-               device: str | torch.device = "cpu") -> tuple[CharRNN, Vocab, RunConfig, dict]:
+def load_model(
+    path: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu"
+) -> tuple[CharRNN, Vocab, RunConfig, dict]:
     """A trained CharRNN from a run folder (on `device`), its vocab, config and checkpoint metadata."""
     folder = RunFolder(path)
     config = folder.read_config()
     vocab = folder.read_vocab()
     if len(vocab) != config.model.vocab_size:
-        raise UserError(f"{folder.file(VOCAB)} has {len(vocab)} symbols but the model was built for "
-                        f"{config.model.vocab_size}: the vocab does not match the weights")
+        raise UserError(
+            f"{folder.file(VOCAB)} has {len(vocab)} symbols but the model was built for "
+            f"{config.model.vocab_size}: the vocab does not match the weights"
+        )
     if config.model.vocab_size < 2:
         raise UserError(f"{folder.file(CONFIG)} describes no usable model (vocab_size < 2)")
     weights, meta = read_weights(folder.weights_path(which))
     if meta.get("vocab", vocab_digest(vocab)) != vocab_digest(vocab):
-        raise UserError(f"{folder.file(VOCAB)} is not the vocabulary {folder.weights_path(which)} "
-                        f"was trained with: the vocab does not match the weights")
+        raise UserError(
+            f"{folder.file(VOCAB)} is not the vocabulary {folder.weights_path(which)} "
+            f"was trained with: the vocab does not match the weights"
+        )
     if not weights_fit(weights, config.model):
-        raise UserError(f"{folder.weights_path(which)} does not match the model in "
-                        f"{folder.file(CONFIG)} (different shapes or names)")
+        raise UserError(
+            f"{folder.weights_path(which)} does not match the model in "
+            f"{folder.file(CONFIG)} (different shapes or names)"
+        )
     return build_model(weights, config.model).to(device), vocab, config, meta

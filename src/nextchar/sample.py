@@ -31,16 +31,21 @@ def check_sample_precision(precision: str, model: CharRNN) -> None:
     if precision not in WEIGHT_FORMATS:
         raise UserError(f"--weights must be one of {', '.join(WEIGHT_FORMATS)}, got {precision!r}")
     if precision == "int8" and not int8_fits(model):
-        raise UserError("--weights int8 needs the CPU and a hidden size (and an embedding size, "
-                        "for vocabularies over ~10,000 symbols) that is a multiple of 16; use bf16 or fp32")
+        raise UserError(
+            "--weights int8 needs the CPU and a hidden size (and an embedding size, "
+            "for vocabularies over ~10,000 symbols) that is a multiple of 16; use bf16 or fp32"
+        )
 
 
-def sample_step_seconds(model: CharRNN, batch: int, precisions: tuple[str, ...],
-                        budget_s: float = TIMING_S) -> dict[str, float]:
+def sample_step_seconds(
+    model: CharRNN, batch: int, precisions: tuple[str, ...], budget_s: float = TIMING_S
+) -> dict[str, float]:
     """Seconds per step of `batch` streams with the weights held in each format, timed in turn."""
     steppers = {p: StepModel(model, p) for p in precisions}
     device = model.head.weight.device
-    states = {p: steppers[p].from_module_hidden(model.init_hidden(batch, device)) for p in precisions}
+    states = {
+        p: steppers[p].from_module_hidden(model.init_hidden(batch, device)) for p in precisions
+    }
     idx = torch.zeros(batch, dtype=torch.long, device=device)
 
     @torch.inference_mode()
@@ -48,8 +53,9 @@ def sample_step_seconds(model: CharRNN, batch: int, precisions: tuple[str, ...],
         for _ in range(STEPS_PER_CALL):
             steppers[precision].step(idx, states[precision])
 
-    per_call = autotune.time_interleaved({p: (lambda p=p: run(p)) for p in precisions}, budget_s,
-                                         autotune.synchronizer(device))
+    per_call = autotune.time_interleaved(
+        {p: (lambda p=p: run(p)) for p in precisions}, budget_s, autotune.synchronizer(device)
+    )
     return {p: seconds / STEPS_PER_CALL for p, seconds in per_call.items()}
 
 
@@ -61,16 +67,22 @@ def sample_precision(precision: str, model: CharRNN, batch: int) -> autotune.Cho
     if precision != "auto":
         return autotune.Choice(precision, how="named")
     device = model.head.weight.device
-    candidates = ("fp32",) + (("bf16",) if autotune.bf16_possible(device) else ()) + \
-        (("int8",) if int8_fits(model) else ())
+    candidates = (
+        ("fp32",)
+        + (("bf16",) if autotune.bf16_possible(device) else ())
+        + (("int8",) if int8_fits(model) else ())
+    )
     if len(candidates) == 1:
         return autotune.Choice("fp32", how="only candidate")
     shapes = {**dataclasses.asdict(model.config), "batch": batch}
-    return autotune.decide("sample", shapes, device,
-                           lambda: sample_step_seconds(model, batch, candidates))
+    return autotune.decide(
+        "sample", shapes, device, lambda: sample_step_seconds(model, batch, candidates)
+    )
 
 
-def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float) -> torch.Tensor:
+def filter_logits(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float
+) -> torch.Tensor:
     """Temperature, then keep the top-k and the smallest set whose probability reaches top-p."""
     logits = logits.double()  # shifted to a max of 0 in float64: no temperature > 0 overflows
     logits = (logits - logits.amax(-1, keepdim=True)) / temperature
@@ -87,8 +99,13 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, t
     return logits
 
 
-def draw(logits: torch.Tensor, gumbel: torch.Tensor, temperature: float, top_k: int | None = None,
-         top_p: float = 1.0) -> torch.Tensor:
+def draw(
+    logits: torch.Tensor,
+    gumbel: torch.Tensor,
+    temperature: float,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+) -> torch.Tensor:
     """logits (B, V), standard Gumbel noise (B, V) -> ids (B,) distributed as
     softmax(logits / temperature) restricted to the top-k / top-p set (Gumbel-max trick)."""
     if top_k is None and top_p >= 1.0 and 1e-3 <= temperature <= 1e3:
@@ -134,7 +151,7 @@ class Stream:
         once it is used up), for a caller that reads many streams' noise at once; skip() says
         how many steps of it were read."""
         self._fill()
-        return self.block[self.used:]
+        return self.block[self.used :]
 
     def skip(self, steps: int) -> None:
         self.used += steps
@@ -189,7 +206,7 @@ class Sampler:
         chunk = max(64, PRIME_CHUNK_VALUES // width)
         hidden = None
         for start in range(0, len(ids), chunk):
-            idx = torch.tensor([ids[start:start + chunk]], device=self.device)  # (1, t)
+            idx = torch.tensor([ids[start : start + chunk]], device=self.device)  # (1, t)
             out, hidden = module.rnn(module.inputs(idx), hidden)  # (1, t, H)
         return module.head(out[:, -1]).float(), hidden  # (1, V)
 
@@ -204,7 +221,9 @@ class Sampler:
             return [self.vocab.index["\n"]], ""
         return None
 
-    def start(self, prime: str, unknown: str, streams: list[Stream]) -> tuple[list[str], torch.Tensor, Hidden]:
+    def start(
+        self, prime: str, unknown: str, streams: list[Stream]
+    ) -> tuple[list[str], torch.Tensor, Hidden]:
         """Prime every stream -> (each row's printed prefix, logits (B, V), hidden (L, B, H)).
 
         With a prime (or a line break in the vocabulary to start after), all rows share one run of
@@ -215,15 +234,18 @@ class Sampler:
             ids, shown = shared
             logits, hidden = self.run_prime(ids)
             expand = lambda t: t.expand(t.size(0), B, t.size(2)).contiguous()  # noqa: E731
-            hidden = tuple(expand(h) for h in hidden) if isinstance(hidden, tuple) else expand(hidden)
+            hidden = (
+                tuple(expand(h) for h in hidden) if isinstance(hidden, tuple) else expand(hidden)
+            )
             return [shown] * B, logits.expand(B, -1), hidden
         firsts = [s.first_id() for s in streams]
         logits, hidden = self.model(torch.tensor(firsts, device=self.device)[:, None])  # (B, 1, V)
         return [self.vocab.symbols[i] for i in firsts], logits[:, -1].float(), hidden
 
     @torch.inference_mode()
-    def generate(self, config: SampleConfig,
-                 on_text: Callable[[int, str], None] | None = None) -> list[str]:
+    def generate(
+        self, config: SampleConfig, on_text: Callable[[int, str], None] | None = None
+    ) -> list[str]:
         """`config.num_samples` texts of prime + `config.length` new characters.
 
         on_text(row, text) is called with each row's prime and then each new character as it is
@@ -260,4 +282,6 @@ def check_prime(vocab: Vocab, prime: str, unknown: str) -> None:
     if unknown == "error" and vocab.unknown_chars(prime):
         vocab.encode(prime, unknown="error")  # raises with the names
     if unknown == "skip" and prime and not vocab.encode(prime, unknown="skip"):
-        raise UserError("every character of --prime is outside the vocabulary; nothing is left to prime with")
+        raise UserError(
+            "every character of --prime is outside the vocabulary; nothing is left to prime with"
+        )

@@ -10,7 +10,9 @@ import math
 COOLDOWN = 0.2  # share of the run over which "wsd" decays
 
 
-def lr_factor(step: int, progress: float, warmup_steps: int, schedule: str, final_frac: float) -> float:
+def lr_factor(
+    step: int, progress: float, warmup_steps: int, schedule: str, final_frac: float
+) -> float:
     """Multiplier of the base lr at `step`, where `progress` in [0, 1] is how much of the run
     (steps, epochs or wall-clock budget) is done."""
     warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0

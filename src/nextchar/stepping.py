@@ -33,8 +33,12 @@ def int8_fits(model: CharRNN) -> bool:
     inner dimension it sees (the hidden size, the embedding when it is not tabled) must be a
     multiple of 16, and it runs on the CPU only."""
     config = model.config
-    return (model.head.weight.device.type == "cpu" and hasattr(torch, "_weight_int8pack_mm")
-            and config.hidden % 16 == 0 and (_uses_table(config) or config.embed % 16 == 0))
+    return (
+        model.head.weight.device.type == "cpu"
+        and hasattr(torch, "_weight_int8pack_mm")
+        and config.hidden % 16 == 0
+        and (_uses_table(config) or config.embed % 16 == 0)
+    )
 
 
 class Projection:
@@ -48,17 +52,23 @@ class Projection:
         self.precision = precision
         if precision == "int8":
             scale = weight.abs().amax(1).clamp_min(1e-30) / 127  # (N,)
-            self.weight = torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8).contiguous()
+            self.weight = (
+                torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8).contiguous()
+            )
             self.scale = scale.to(torch.bfloat16)
         else:
             self.weight = weight.to(activation_dtype(precision)).contiguous()
         self.weight_t = self.weight.t()  # (K, N) view, made once
 
-    def __call__(self, x: torch.Tensor, base: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, base: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.precision == "fp32":
             return torch.addmm(base, x, self.weight_t, out=out)
         if self.precision == "int8":
-            y = torch._weight_int8pack_mm(x if x.is_contiguous() else x.contiguous(), self.weight, self.scale)
+            y = torch._weight_int8pack_mm(
+                x if x.is_contiguous() else x.contiguous(), self.weight, self.scale
+            )
         elif x.size(0) == 1:
             y = torch.mv(self.weight, x[0])  # (N,): bf16 mv beats a (1, K) matmul
         else:
@@ -109,8 +119,14 @@ class StepModel:
                 self.table = torch.addmm(bias0, model.embed.weight.detach().float(), w_ih0.t())
                 self.embed_proj = None
             else:  # a huge vocabulary: project the embedding row each step instead
-                self.table, self.embed_proj = None, (model.embed.weight.detach().float(),
-                                                     Projection(w_ih0, precision), bias0[None])
+                self.table, self.embed_proj = (
+                    None,
+                    (
+                        model.embed.weight.detach().float(),
+                        Projection(w_ih0, precision),
+                        bias0[None],
+                    ),
+                )
             # per layer: the product and its bias (1, G*H); merged layer 0 adds the table row instead
             self.recurrent, self.recurrent_bias = [], []
             for k in range(self.L):
@@ -123,8 +139,12 @@ class StepModel:
                     b = (param("bias_ih", k) + param("bias_hh", k))[None]
                 self.recurrent.append(Projection(w, precision))
                 self.recurrent_bias.append(b)
-            self.inputs = [None] + [(Projection(param("weight_ih", k), precision), param("bias_ih", k)[None])
-                                    if not merged else None for k in range(1, self.L)]
+            self.inputs = [None] + [
+                (Projection(param("weight_ih", k), precision), param("bias_ih", k)[None])
+                if not merged
+                else None
+                for k in range(1, self.L)
+            ]
             self.head = Projection(model.head.weight, precision)
             self.head_bias = model.head.bias.detach().float()[None]  # (1, V)
 
@@ -145,19 +165,31 @@ class StepModel:
 
     def select(self, state: StepState, rows: torch.Tensor) -> StepState:
         """A new state of `rows` (B',) of `state`, in that order (streams leaving a batch)."""
-        return self._state(state.z.index_select(0, rows), [c.index_select(0, rows) for c in state.c])
+        return self._state(
+            state.z.index_select(0, rows), [c.index_select(0, rows) for c in state.c]
+        )
 
     def _state(self, z: torch.Tensor, cells: list[torch.Tensor]) -> StepState:
         """A StepState over z (B, L*H) and the LSTM cells, with its gate buffers and views."""
         B, H = z.size(0), self.H
         work = []
         for k in range(self.L):
-            own = z[:, k * H:(k + 1) * H]  # (B, H)
-            reads = own if k == 0 or self.cell == "gru" else z[:, (k - 1) * H:(k + 1) * H]
+            own = z[:, k * H : (k + 1) * H]  # (B, H)
+            reads = own if k == 0 or self.cell == "gru" else z[:, (k - 1) * H : (k + 1) * H]
             gates = torch.empty(B, self.G * H, device=z.device)  # fp32
-            views = (gates[:, :3 * H], gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H],
-                     gates[:, 3 * H:], torch.empty(B, H, device=z.device)) if self.cell == "lstm" else ()
-            below = z[:, (k - 1) * H:k * H] if k else None  # (B, H): a GRU layer's input
+            views = (
+                (
+                    gates[:, : 3 * H],
+                    gates[:, :H],
+                    gates[:, H : 2 * H],
+                    gates[:, 2 * H : 3 * H],
+                    gates[:, 3 * H :],
+                    torch.empty(B, H, device=z.device),
+                )
+                if self.cell == "lstm"
+                else ()
+            )
+            below = z[:, (k - 1) * H : k * H] if k else None  # (B, H): a GRU layer's input
             work.append((own, reads, below, gates, views))
         return StepState(z, cells, work)
 
@@ -173,7 +205,9 @@ class StepModel:
                 x_part = first if k == 0 else self.inputs[k][0](below, self.inputs[k][1])
                 _gru_update(x_part, self.recurrent[k](own, self.recurrent_bias[k]), own, self.H)
                 continue
-            self.recurrent[k](reads, first if k == 0 else self.recurrent_bias[k], out=gates)  # (B, G*H)
+            self.recurrent[k](
+                reads, first if k == 0 else self.recurrent_bias[k], out=gates
+            )  # (B, G*H)
             if self.cell == "lstm":
                 sig, i, f, o, g, tanh_c = views
                 sig.sigmoid_()
@@ -194,6 +228,6 @@ def _lstm_order(H: int) -> torch.Tensor:
 
 def _gru_update(x_part: torch.Tensor, h_part: torch.Tensor, h: torch.Tensor, H: int) -> None:
     """PyTorch's GRU: r, z = sigmoid(x_rz + h_rz); n = tanh(x_n + r * h_n); h' = n + z * (h - n)."""
-    rz = torch.add(x_part[:, :2 * H], h_part[:, :2 * H]).sigmoid_()
-    n = torch.addcmul(x_part[:, 2 * H:], rz[:, :H], h_part[:, 2 * H:]).tanh_()
+    rz = torch.add(x_part[:, : 2 * H], h_part[:, : 2 * H]).sigmoid_()
+    n = torch.addcmul(x_part[:, 2 * H :], rz[:, :H], h_part[:, 2 * H :]).tanh_()
     torch.addcmul(n, rz[:, H:], h.float() - n, out=h)

@@ -73,7 +73,9 @@ class Vocab:
         return isinstance(other, Vocab) and self.symbols == other.symbols
 
     def __repr__(self) -> str:
-        return f"Vocab({''.join(self.symbols)!r})" if len(self) <= 40 else f"Vocab(size={len(self)})"
+        return (
+            f"Vocab({''.join(self.symbols)!r})" if len(self) <= 40 else f"Vocab(size={len(self)})"
+        )
 
     def _table(self) -> np.ndarray:
         """Dense code point -> id table (-1 = unknown), sized to the largest code point."""
@@ -107,9 +109,11 @@ class Vocab:
         missing = ids < 0
         if missing.any():
             if unknown == "error":
-                raise UserError(f"characters not in the model's vocabulary: "
-                                f"{describe_chars(self.unknown_chars(text))} "
-                                f"(use --unknown skip to drop them)")
+                raise UserError(
+                    f"characters not in the model's vocabulary: "
+                    f"{describe_chars(self.unknown_chars(text))} "
+                    f"(use --unknown skip to drop them)"
+                )
             ids = ids[~missing]
         return ids
 

@@ -23,14 +23,24 @@ def dynamic_config(args) -> DynamicConfig:
 def cmd_hihello(args) -> int:
     from ..lesson import LessonConfig, format_line, train_lesson
 
-    options = {k: getattr(args, k) for k in ("text", "cell", "feed", "embed", "hidden", "epochs", "lr")}
+    options = {
+        k: getattr(args, k) for k in ("text", "cell", "feed", "embed", "hidden", "epochs", "lr")
+    }
     if args.seed is not None:
         options["seed"] = args.seed
     config = LessonConfig(**options)
     for result in train_lesson(config):
         if args.json:
-            print(json.dumps({"epoch": result.epoch, "loss": round(result.loss, 6),
-                              "predicted": result.predicted}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "epoch": result.epoch,
+                        "loss": round(result.loss, 6),
+                        "predicted": result.predicted,
+                    }
+                ),
+                flush=True,
+            )
         else:
             print(format_line(result), flush=True)
     return EXIT_OK
@@ -52,8 +62,10 @@ def print_json(value, **kwargs) -> None:
 
 
 def _eval_line(label: str, result) -> str:
-    return (f"{label}: {result.bits_per_char:.4f} bits/char, {result.nats_per_char:.4f} nats/char, "
-            f"perplexity {result.perplexity:.3f}, accuracy {result.accuracy:.2%} over {result.chars:,} chars")
+    return (
+        f"{label}: {result.bits_per_char:.4f} bits/char, {result.nats_per_char:.4f} nats/char, "
+        f"perplexity {result.perplexity:.3f}, accuracy {result.accuracy:.2%} over {result.chars:,} chars"
+    )
 
 
 def cmd_train(args) -> int:
@@ -62,20 +74,36 @@ def cmd_train(args) -> int:
     options = options_given(args, DataConfig, ModelConfig, TrainConfig)  # the rest: build_config
     command = shlex.join([PROG, *sys.argv[1:]])
     started = time.perf_counter()
-    result = launch(args.inputs, args.out, resume=args.resume, force=args.force, quiet=args.quiet,
-                    command=command, options=options)
+    result = launch(
+        args.inputs,
+        args.out,
+        resume=args.resume,
+        force=args.force,
+        quiet=args.quiet,
+        command=command,
+        options=options,
+    )
     if args.json:
-        print_json({"run": str(result.folder), "steps": result.steps,
-                    "elapsed": round(result.elapsed, 2), "chars_seen": result.chars_seen,
-                    "stop": result.stop_reason,
-                    "val": result.best_val.to_dict() if result.best_val else None,
-                    "test": result.test.to_dict() if result.test else None,
-                    "sample": result.sample})
+        print_json(
+            {
+                "run": str(result.folder),
+                "steps": result.steps,
+                "elapsed": round(result.elapsed, 2),
+                "chars_seen": result.chars_seen,
+                "stop": result.stop_reason,
+                "val": result.best_val.to_dict() if result.best_val else None,
+                "test": result.test.to_dict() if result.test else None,
+                "sample": result.sample,
+            }
+        )
         return EXIT_OK
     if not args.quiet:
         err = sys.stderr
-        print(f"done: {result.steps} steps in {time.perf_counter() - started:.0f}s, run folder "
-              f"{result.folder}", file=err)
+        print(
+            f"done: {result.steps} steps in {time.perf_counter() - started:.0f}s, run folder "
+            f"{result.folder}",
+            file=err,
+        )
         if result.best_val:
             print("best " + _eval_line("val", result.best_val), file=err)
         if result.test:
@@ -113,12 +141,20 @@ def cmd_prepare(args) -> int:
         raise UserError("--out is empty (an unset shell variable?); name a folder")
     out = Path(args.out)
     started = time.perf_counter()
-    prepare(args.inputs, out, config, force=args.force,
-            say=None if args.quiet else lambda line: print(line, file=sys.stderr))
+    prepare(
+        args.inputs,
+        out,
+        config,
+        force=args.force,
+        say=None if args.quiet else lambda line: print(line, file=sys.stderr),
+    )
     meta = json.loads((out / "data.json").read_text())
     if not args.quiet:
-        print(f"prepared {meta['length']:,} chars ({meta['dtype']}) from {len(meta['sources'])} file(s) "
-              f"into {out} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+        print(
+            f"prepared {meta['length']:,} chars ({meta['dtype']}) from {len(meta['sources'])} file(s) "
+            f"into {out} in {time.perf_counter() - started:.1f}s",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
@@ -139,9 +175,11 @@ def cmd_eval(args) -> int:
         if result.chars == 0:
             from ..vocab import describe_chars
 
-            raise UserError(f"nothing to score in {label}: fewer than two of its characters are in "
-                            f"the model's vocabulary (outside it: "
-                            f"{describe_chars(result.unknown_symbols)})")
+            raise UserError(
+                f"nothing to score in {label}: fewer than two of its characters are in "
+                f"the model's vocabulary (outside it: "
+                f"{describe_chars(result.unknown_symbols)})"
+            )
         adapted = model.evaluate(text, dynamic=dynamic) if dynamic else None
     else:
         config = model.config
@@ -153,19 +191,36 @@ def cmd_eval(args) -> int:
         adapted = model.evaluate_ids(ids, dynamic=dynamic) if dynamic else None
         label = f"{args.split} split"
     if args.json:
-        extra = {"dynamic": {**adapted.to_dict(), "lr": dynamic.lr, "decay": dynamic.decay,
-                             "window": dynamic.window}} if adapted else {}
+        extra = (
+            {
+                "dynamic": {
+                    **adapted.to_dict(),
+                    "lr": dynamic.lr,
+                    "decay": dynamic.decay,
+                    "window": dynamic.window,
+                }
+            }
+            if adapted
+            else {}
+        )
         print_json({"run": args.run, "text": label, **result.to_dict(), **extra})
     else:
         print(_eval_line(label, result))
         if adapted:
-            print(_eval_line(f"{label}, dynamic (lr {dynamic.lr:g}, decay {dynamic.decay:g}, "
-                             f"window {dynamic.window})", adapted))
+            print(
+                _eval_line(
+                    f"{label}, dynamic (lr {dynamic.lr:g}, decay {dynamic.decay:g}, "
+                    f"window {dynamic.window})",
+                    adapted,
+                )
+            )
         if result.unknown_chars:
             from ..vocab import describe_chars
 
-            print(f"{result.unknown_chars:,} chars outside the vocabulary were not scored: "
-                  f"{describe_chars(result.unknown_symbols)}")
+            print(
+                f"{result.unknown_chars:,} chars outside the vocabulary were not scored: "
+                f"{describe_chars(result.unknown_symbols)}"
+            )
     return EXIT_OK
 
 
@@ -179,15 +234,29 @@ def cmd_sample(args) -> int:
     model = load(args.run, args.checkpoint, str(resolve_device(args.device)))
     RunFolder(args.run).check_data()
     if adapt and (sys.stderr.isatty() or os.environ.get("NEXTCHAR_PROGRESS") == "1"):
-        say_line(f"adapting a copy of the model to the prime's {len(args.prime):,} characters "
-                 f"(lr {adapt.lr:g}, decay {adapt.decay:g}, window {adapt.window})")
-    writer = SampleWriter(sys.stdout, args.num_samples, args.json, on_start=lambda: _say_drawing(args))
+        say_line(
+            f"adapting a copy of the model to the prime's {len(args.prime):,} characters "
+            f"(lr {adapt.lr:g}, decay {adapt.decay:g}, window {adapt.window})"
+        )
+    writer = SampleWriter(
+        sys.stdout, args.num_samples, args.json, on_start=lambda: _say_drawing(args)
+    )
     previous = signal.signal(signal.SIGINT, writer.on_sigint)
     try:
-        model.generate(args.prime, args.length, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, greedy=args.greedy, seed=args.seed, unknown=args.unknown,
-                       num_samples=args.num_samples, precision=args.weights, on_text=writer.add,
-                       adapt=adapt)
+        model.generate(
+            args.prime,
+            args.length,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            greedy=args.greedy,
+            seed=args.seed,
+            unknown=args.unknown,
+            num_samples=args.num_samples,
+            precision=args.weights,
+            on_text=writer.add,
+            adapt=adapt,
+        )
     except KeyboardInterrupt:  # what was drawn before the Ctrl-C is written too
         writer.finish(interrupted=True)
         raise
@@ -203,8 +272,10 @@ def _say_drawing(args) -> None:
     if not (args.json or args.num_samples > 1):
         return
     if sys.stderr.isatty() or os.environ.get("NEXTCHAR_PROGRESS") == "1":
-        say_line(f"drawing {args.num_samples} x {args.length:,} characters; Ctrl-C stops and "
-                 f"prints what was drawn")
+        say_line(
+            f"drawing {args.num_samples} x {args.length:,} characters; Ctrl-C stops and "
+            f"prints what was drawn"
+        )
 
 
 def cmd_plot(args) -> int:
@@ -230,7 +301,10 @@ def cmd_report(args) -> int:
         check_output_file(args.out, "--out")  # before the work, not after
     started = time.perf_counter()
     path = write_report(args.run, args.text, args.out, args.chars)
-    print(f"wrote {path} in {time.perf_counter() - started:.1f}s; open it in a browser", file=sys.stderr)
+    print(
+        f"wrote {path} in {time.perf_counter() - started:.1f}s; open it in a browser",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
@@ -248,10 +322,18 @@ def cmd_serve(args) -> int:
     limits = config_from(args, ServeLimits)
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")
-    serve(args.runs, host=args.host, port=args.port, api_key=args.api_key,
-          allow_public=args.allow_public, limits=limits, precision=args.weights,
-          checkpoint=args.checkpoint, device=str(resolve_device(args.device)),
-          access_log=not args.quiet)
+    serve(
+        args.runs,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        allow_public=args.allow_public,
+        limits=limits,
+        precision=args.weights,
+        checkpoint=args.checkpoint,
+        device=str(resolve_device(args.device)),
+        access_log=not args.quiet,
+    )
     return EXIT_OK
 
 
@@ -265,6 +347,14 @@ def cmd_export(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"hihello": cmd_hihello, "train": cmd_train, "prepare": cmd_prepare, "eval": cmd_eval,
-            "sample": cmd_sample, "plot": cmd_plot, "report": cmd_report, "serve": cmd_serve,
-            "export": cmd_export}
+COMMANDS = {
+    "hihello": cmd_hihello,
+    "train": cmd_train,
+    "prepare": cmd_prepare,
+    "eval": cmd_eval,
+    "sample": cmd_sample,
+    "plot": cmd_plot,
+    "report": cmd_report,
+    "serve": cmd_serve,
+    "export": cmd_export,
+}

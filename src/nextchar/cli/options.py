@@ -39,13 +39,16 @@ class Renamed(argparse.Action):
     Add it with the new flag's `dest`, after the new flag (whose default stands)."""
 
     def __init__(self, option_strings, dest, new_name: str, **kwargs):
-        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
-                         **kwargs)
+        super().__init__(
+            option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs
+        )
         self.new_name = new_name
 
     def __call__(self, parser, namespace, values, option_string=None):
-        sys.stderr.write(f"{parser.prog}: {option_string} is deprecated here; it is now "
-                         f"{self.new_name} {values}\n")
+        sys.stderr.write(
+            f"{parser.prog}: {option_string} is deprecated here; it is now "
+            f"{self.new_name} {values}\n"
+        )
         setattr(namespace, self.dest, values)
 
 
@@ -76,9 +79,16 @@ def shown_default(f: dataclasses.Field, value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, *, title: str | None = None,
-                prefix: str = "", fill: bool = True, only: tuple[str, ...] | None = None,
-                defaults: dict[str, Any] | None = None) -> None:
+def add_options(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    title: str | None = None,
+    prefix: str = "",
+    fill: bool = True,
+    only: tuple[str, ...] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> None:
     """A flag per option field of `cls` (or of those named in `only`), in a group `title`.
 
     fill: each flag's default is its field's. Otherwise it is None, so that only the flags given
@@ -92,7 +102,10 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, title: str | None
         shown = shown_default(f, (defaults or {}).get(f.name, f.default))
         said = ": " if meta["shown"] else " "  # "(default 0.05)", "(default: about 10 per run)"
         text = meta["help"] + (f" (default{said}{shown})" if shown else "")
-        kwargs: dict[str, Any] = {"help": text.replace("%", "%%"), "default": f.default if fill else None}
+        kwargs: dict[str, Any] = {
+            "help": text.replace("%", "%%"),
+            "default": f.default if fill else None,
+        }
         if meta["metavar"]:
             kwargs["metavar"] = meta["metavar"]
         kind = f.type.replace(" ", "")

@@ -43,7 +43,14 @@ from ..vocab import Vocab
 from .analysis import Analysis, analyse, text_properties, unit_correlations
 from .page import render_html
 
-__all__ = ["Analysis", "analyse", "render_html", "text_properties", "unit_correlations", "write_report"]
+__all__ = [
+    "Analysis",
+    "analyse",
+    "render_html",
+    "text_properties",
+    "unit_correlations",
+    "write_report",
+]
 
 
 def _load_data(folder: RunFolder, config) -> TokenData | None:
@@ -56,8 +63,9 @@ def _load_data(folder: RunFolder, config) -> TokenData | None:
         return None
 
 
-def _passage(data: TokenData | None, folder: RunFolder, text_file, passage_chars: int
-             ) -> tuple[str, str]:
+def _passage(
+    data: TokenData | None, folder: RunFolder, text_file, passage_chars: int
+) -> tuple[str, str]:
     """The passage and a phrase saying where it came from."""
     if text_file is not None:
         path = Path(text_file)
@@ -74,8 +82,10 @@ def _passage(data: TokenData | None, folder: RunFolder, text_file, passage_chars
             raise UserError(f"--text {path} is empty; give a file with some text to show")
         return text, f"the first {len(text):,} characters of {path}"
     if data is None:
-        raise UserError(f"cannot find the text {folder.path} trained on; give a passage to show "
-                        f"with --text FILE")
+        raise UserError(
+            f"cannot find the text {folder.path} trained on; give a passage to show "
+            f"with --text FILE"
+        )
     for split in ("val", "test", "train"):
         lo, hi = data.splits[split]
         if hi - lo >= 2:
@@ -97,16 +107,27 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def _summary(folder: RunFolder, module: CharRNN, vocab: Vocab, config, meta: dict,
-             metrics: list[Record], data: TokenData | None) -> list[tuple[str, str]]:
+def _summary(
+    folder: RunFolder,
+    module: CharRNN,
+    vocab: Vocab,
+    config,
+    meta: dict,
+    metrics: list[Record],
+    data: TokenData | None,
+) -> list[tuple[str, str]]:
     """(label, text) rows of the run summary."""
     rows = []
     command = folder.read_command()
     if command:
         rows.append(("command", command))
     if data is not None:
-        sources = "; ".join(f"{s.get('path', '?')} ({int(s.get('chars', 0)):,} chars)"
-                            for s in data.sources) or "(not recorded)"
+        sources = (
+            "; ".join(
+                f"{s.get('path', '?')} ({int(s.get('chars', 0)):,} chars)" for s in data.sources
+            )
+            or "(not recorded)"
+        )
         sizes = ", ".join(f"{name} {hi - lo:,}" for name, (lo, hi) in data.splits.items())
         rows.append(("data", f"{sources}; splits: {sizes} chars"))
     else:
@@ -114,15 +135,29 @@ def _summary(folder: RunFolder, module: CharRNN, vocab: Vocab, config, meta: dic
     rows.append(("vocabulary", f"{len(vocab)} symbols"))
     m = config.model
     inputs = f"embedding {m.embed}" if m.embed else "one-hot input"
-    regularisers = [f"{'locked ' if m.locked_dropout else ''}dropout {m.dropout:g}" if m.dropout else "",
-                    f"weight drop {m.weight_drop:g}" if m.weight_drop else "",
-                    f"embedding dropout {m.embed_drop:g}" if m.embed_drop else ""]
-    rows.append(("model", ", ".join([f"{m.cell}, {m.layers} layer{'s' if m.layers > 1 else ''} x "
-                                     f"{m.hidden} hidden", inputs, *filter(None, regularisers)])))
+    regularisers = [
+        f"{'locked ' if m.locked_dropout else ''}dropout {m.dropout:g}" if m.dropout else "",
+        f"weight drop {m.weight_drop:g}" if m.weight_drop else "",
+        f"embedding dropout {m.embed_drop:g}" if m.embed_drop else "",
+    ]
+    rows.append(
+        (
+            "model",
+            ", ".join(
+                [
+                    f"{m.cell}, {m.layers} layer{'s' if m.layers > 1 else ''} x {m.hidden} hidden",
+                    inputs,
+                    *filter(None, regularisers),
+                ]
+            ),
+        )
+    )
     t = config.train
     if t.average != "none":
         decay = f", decay {t.average_decay:g}" if t.average == "ema" else ""
-        rows.append(("weights", f"averaged ({t.average}{decay}) from {t.average_start:.0%} of the run"))
+        rows.append(
+            ("weights", f"averaged ({t.average}{decay}) from {t.average_start:.0%} of the run")
+        )
     rows.append(("parameters", f"{module.num_parameters():,}"))
     finals = [r for r in metrics if isinstance(r, FinalRecord)]
     final = finals[-1] if finals else None
@@ -130,26 +165,49 @@ def _summary(folder: RunFolder, module: CharRNN, vocab: Vocab, config, meta: dic
     last = final or (max(logged, key=lambda r: r.step) if logged else None)
     if last is not None:
         status = "" if final else " (no final record: still training, or stopped early)"
-        rows.append(("training", f"{last.step:,} steps, {last.chars:,} characters seen, "
-                                 f"{_duration(float(last.time))}{status}"))
+        rows.append(
+            (
+                "training",
+                f"{last.step:,} steps, {last.chars:,} characters seen, "
+                f"{_duration(float(last.time))}{status}",
+            )
+        )
     evals = [r for r in metrics if isinstance(r, EvalRecord) and r.val_bpc is not None]
     if final and final.val:
-        rows.append(("best val", f"{final.val.bits_per_char:.4f} bits/char "
-                                  f"(accuracy {final.val.accuracy:.1%})"))
+        rows.append(
+            (
+                "best val",
+                f"{final.val.bits_per_char:.4f} bits/char (accuracy {final.val.accuracy:.1%})",
+            )
+        )
     elif evals:
         best = min(evals, key=lambda r: r.val_bpc)
         rows.append(("best val", f"{best.val_bpc:.4f} bits/char at step {best.step:,}"))
     if final and final.test:
-        rows.append(("test", f"{final.test.bits_per_char:.4f} bits/char "
-                             f"(accuracy {final.test.accuracy:.1%}) with the best weights"))
+        rows.append(
+            (
+                "test",
+                f"{final.test.bits_per_char:.4f} bits/char "
+                f"(accuracy {final.test.accuracy:.1%}) with the best weights",
+            )
+        )
     if "step" in meta:
-        rows.append(("weights shown", f"{'best' if meta.get('kind') == 'weights' else 'latest'} "
-                                      f"checkpoint, step {int(meta['step']):,}"))
+        rows.append(
+            (
+                "weights shown",
+                f"{'best' if meta.get('kind') == 'weights' else 'latest'} "
+                f"checkpoint, step {int(meta['step']):,}",
+            )
+        )
     return rows
 
 
-def write_report(run: str | os.PathLike, text_file: str | os.PathLike | None = None,
-                 out: str | os.PathLike | None = None, passage_chars: int = 2000) -> Path:
+def write_report(
+    run: str | os.PathLike,
+    text_file: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    passage_chars: int = 2000,
+) -> Path:
     """Write the run's self-contained HTML report to `out` (default RUN/report.html)."""
     if passage_chars < 1:
         raise UserError(f"the passage needs at least one character, got {passage_chars}")
@@ -163,11 +221,17 @@ def write_report(run: str | os.PathLike, text_file: str | os.PathLike | None = N
     except UserError as exc:
         curves_png, curves_note = None, str(exc)
     analysis = analyse(module, vocab, text)
-    page = render_html(name=folder.path.resolve().name,
-                       summary=_summary(folder, module, vocab, config, meta, metrics, data),
-                       curves_png=curves_png, curves_note=curves_note, metrics=metrics,
-                       analysis=analysis, passage_from=passage_from, vocab_size=len(vocab),
-                       cell=config.model.cell)
+    page = render_html(
+        name=folder.path.resolve().name,
+        summary=_summary(folder, module, vocab, config, meta, metrics, data),
+        curves_png=curves_png,
+        curves_note=curves_note,
+        metrics=metrics,
+        analysis=analysis,
+        passage_from=passage_from,
+        vocab_size=len(vocab),
+        cell=config.model.cell,
+    )
     path = Path(out) if out is not None else folder.file("report.html")
     if not path.parent.is_dir():
         raise UserError(f"cannot write {path}: the folder {path.parent} does not exist")

@@ -104,8 +104,11 @@ def text_properties(text: str) -> dict[str, np.ndarray]:
     return values
 
 
-def unit_correlations(properties: dict[str, np.ndarray], activations: np.ndarray,
-                      per_property: int = UNITS_PER_PROPERTY) -> dict[str, list[tuple[int, float]]]:
+def unit_correlations(
+    properties: dict[str, np.ndarray],
+    activations: np.ndarray,
+    per_property: int = UNITS_PER_PROPERTY,
+) -> dict[str, list[tuple[int, float]]]:
     """Per property: the `per_property` units with the largest |Pearson r| over the characters
     with activations, as (unit, r). A property constant over the passage gets []."""
     rows = np.isfinite(activations).all(axis=1)  # (N,)

@@ -62,8 +62,10 @@ def _spans(analysis: Analysis, surprisal: bool, top_bits: float) -> str:
         if not analysis.known[t]:
             classes += " unk"
             code = "" if _invisible(c) else f" (U+{ord(c):04X})"  # already shown as U+XXXX
-            attributes = (f' title="{html.escape(_shown(c))}{code} is not in the '
-                          f'model&#39;s vocabulary: not scored"')
+            attributes = (
+                f' title="{html.escape(_shown(c))}{code} is not in the '
+                f'model&#39;s vocabulary: not scored"'
+            )
         elif surprisal and t == first_known:
             classes += " first"
             attributes = ' title="the first character: nothing before it to predict it from"'
@@ -71,8 +73,10 @@ def _spans(analysis: Analysis, surprisal: bool, top_bits: float) -> str:
             b = float(analysis.bits[t])
             alpha = min(1.0, b / top_bits) * 0.85
             guesses = " · ".join(f"{html.escape(_shown(s))} {p:.1%}" for s, p in analysis.top[t])
-            attributes = (f' style="background:rgba(230,85,13,{alpha:.3f})" data-bits="{b:.4f}" '
-                          f'title="{html.escape(_shown(c))}: {b:.2f} bits&#10;expected: {guesses}"')
+            attributes = (
+                f' style="background:rgba(230,85,13,{alpha:.3f})" data-bits="{b:.4f}" '
+                f'title="{html.escape(_shown(c))}: {b:.2f} bits&#10;expected: {guesses}"'
+            )
         parts.append(f'<span class="{classes}"{attributes}>{_glyph(c)}</span>')
         if c == "\n":
             parts.append("<br>")
@@ -113,12 +117,15 @@ def _samples_html(metrics: list[Record]) -> str:
             meta.append(f"val {r.val_bpc:.3f} bits/char")
         sample = r.sample
         body = html.escape(sample) if sample else "(no sample)"
-        parts.append(f'<div class="sample"><div class="meta">{" · ".join(meta)}</div>'
-                     f"<pre>{body}</pre></div>")
+        parts.append(
+            f'<div class="sample"><div class="meta">{" · ".join(meta)}</div><pre>{body}</pre></div>'
+        )
     return f'<div class="samples">{"".join(parts)}</div>'
 
 
-def _neuron_controls(analysis: Analysis, found: dict[str, list[tuple[int, float]]]) -> tuple[str, str]:
+def _neuron_controls(
+    analysis: Analysis, found: dict[str, list[tuple[int, float]]]
+) -> tuple[str, str]:
     """(the <select> with one option per unit, the table of correlated units)."""
     H = analysis.activations.shape[1]
     notes: dict[int, str] = {}
@@ -137,18 +144,31 @@ def _neuron_controls(analysis: Analysis, found: dict[str, list[tuple[int, float]
     rows = []
     for name, units in found.items():
         if units:
-            cell = "".join(f'<button type="button" class="unit" data-unit="{u}">unit {u} '
-                           f"r = {r:+.2f}</button>" for u, r in units)
+            cell = "".join(
+                f'<button type="button" class="unit" data-unit="{u}">unit {u} r = {r:+.2f}</button>'
+                for u, r in units
+            )
         else:
             cell = '<span class="note">not present in this passage</span>'
-        rows.append(f'<tr><td title="{html.escape(PROPERTIES[name])}">{html.escape(name)}</td>'
-                    f"<td>{cell}</td></tr>")
+        rows.append(
+            f'<tr><td title="{html.escape(PROPERTIES[name])}">{html.escape(name)}</td>'
+            f"<td>{cell}</td></tr>"
+        )
     return select, f'<table class="props" id="correlations">{"".join(rows)}</table>'
 
 
-def render_html(*, name: str, summary: list[tuple[str, str]], curves_png: bytes | None,
-                curves_note: str, metrics: list[Record], analysis: Analysis, passage_from: str,
-                vocab_size: int, cell: str) -> str:
+def render_html(
+    *,
+    name: str,
+    summary: list[tuple[str, str]],
+    curves_png: bytes | None,
+    curves_note: str,
+    metrics: list[Record],
+    analysis: Analysis,
+    passage_from: str,
+    vocab_size: int,
+    cell: str,
+) -> str:
     """The whole page as one string."""
     top_bits = max(1.0, math.log2(vocab_size))
     scored = analysis.scored
@@ -166,19 +186,37 @@ def render_html(*, name: str, summary: list[tuple[str, str]], curves_png: bytes 
     else:
         curves = f'<p class="note">{html.escape(curves_note)}</p>'
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    mean_text = (f"{mean_bits:.3f} bits/char on average over {int(scored.sum()):,} scored characters"
-                 if scored.any() else "No character of it could be scored")
+    mean_text = (
+        f"{mean_bits:.3f} bits/char on average over {int(scored.sum()):,} scored characters"
+        if scored.any()
+        else "No character of it could be scored"
+    )
     if unscored:
-        mean_text += f"; {unscored} not scored (the first character, and any outside the vocabulary)"
+        mean_text += (
+            f"; {unscored} not scored (the first character, and any outside the vocabulary)"
+        )
     return _asset("page.html").substitute(
-        name=html.escape(name), css=_asset_text("page.css"), js=_asset_text("page.js"), stamp=stamp,
-        summary=_summary_html(summary), curves=curves, samples=_samples_html(metrics),
-        passage_from=html.escape(passage_from[:1].upper() + passage_from[1:]), top_k=TOP_K,
-        mean_text=html.escape(mean_text), top_bits=f"{top_bits:.1f}", vocab_size=vocab_size,
-        surprisal_spans=_spans(analysis, True, top_bits), cell=html.escape(cell),
-        correlations=correlations, select=select, range_low=f"{-value_range:.2g}",
-        range_high=f"{value_range:+.2g}", neuron_spans=_spans(analysis, False, top_bits),
-        activations=_activations_json(analysis, value_range))
+        name=html.escape(name),
+        css=_asset_text("page.css"),
+        js=_asset_text("page.js"),
+        stamp=stamp,
+        summary=_summary_html(summary),
+        curves=curves,
+        samples=_samples_html(metrics),
+        passage_from=html.escape(passage_from[:1].upper() + passage_from[1:]),
+        top_k=TOP_K,
+        mean_text=html.escape(mean_text),
+        top_bits=f"{top_bits:.1f}",
+        vocab_size=vocab_size,
+        surprisal_spans=_spans(analysis, True, top_bits),
+        cell=html.escape(cell),
+        correlations=correlations,
+        select=select,
+        range_low=f"{-value_range:.2g}",
+        range_high=f"{value_range:+.2g}",
+        neuron_spans=_spans(analysis, False, top_bits),
+        activations=_activations_json(analysis, value_range),
+    )
 
 
 def _asset_text(name: str) -> str:

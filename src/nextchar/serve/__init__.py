@@ -30,10 +30,21 @@ from .binding import bind, check_exposure, make_server, url_of
 __all__ = ["bind", "check_exposure", "create_app", "load_models", "make_server", "serve"]
 
 
-def serve(runs: list[str], *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          allow_public: bool = False, limits: Limits | None = None, precision: str = "auto",
-          checkpoint: str = "best", device: str = "cpu", access_log: bool = True) -> None:
+def serve(
+    runs: list[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    allow_public: bool = False,
+    limits: Limits | None = None,
+    precision: str = "auto",
+    checkpoint: str = "best",
+    device: str = "cpu",
+    access_log: bool = True,
+) -> None:
     """`nextchar serve`: check, bind, load, serve until stopped."""
+
     def say(line: str) -> None:
         print(f"nextchar serve: {line}", file=sys.stderr, flush=True)
 

@@ -56,7 +56,11 @@ def _best_val_bits(folder: RunFolder) -> float | None:
     finals = [r for r in records if r.get("kind") == "final" and isinstance(r.get("val"), dict)]
     if finals and isinstance(finals[-1]["val"].get("bits_per_char"), (int, float)):
         return float(finals[-1]["val"]["bits_per_char"])
-    evals = [r["val_bpc"] for r in records if r.get("kind") == "eval" and isinstance(r.get("val_bpc"), (int, float))]
+    evals = [
+        r["val_bpc"]
+        for r in records
+        if r.get("kind") == "eval" and isinstance(r.get("val_bpc"), (int, float))
+    ]
     return float(min(evals)) if evals else None
 
 
@@ -68,18 +72,28 @@ def named_runs(runs: list[str]) -> list[tuple[str, str]]:
         if not sep or Path(item).exists():
             name, path = Path(item).resolve().name, item
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
-            raise UserError(f"model name {name!r} (from {item}) must be 1-64 letters, digits, '.', "
-                            f"'_' or '-'; name it with NAME={path}")
+            raise UserError(
+                f"model name {name!r} (from {item}) must be 1-64 letters, digits, '.', "
+                f"'_' or '-'; name it with NAME={path}"
+            )
         named.append((name, path))
     names = [n for n, _ in named]
     for name in names:
         if names.count(name) > 1:
-            raise UserError(f"two runs would both be served as {name!r}; name them apart with NAME=RUN")
+            raise UserError(
+                f"two runs would both be served as {name!r}; name them apart with NAME=RUN"
+            )
     return named
 
 
-def load_models(runs: list[str], limits: Limits, precision: str = "auto", checkpoint: str = "best",
-                device: str = "cpu", say=lambda line: None) -> list[Served]:
+def load_models(
+    runs: list[str],
+    limits: Limits,
+    precision: str = "auto",
+    checkpoint: str = "best",
+    device: str = "cpu",
+    say=lambda line: None,
+) -> list[Served]:
     """Load every run (all of them before anything starts), settle each one's weight format and
     start its batch."""
     loaded = []
@@ -90,49 +104,81 @@ def load_models(runs: list[str], limits: Limits, precision: str = "auto", checkp
         loaded.append((name, path, model))
     served = []
     for name, path, model in loaded:
-        choice = sample_precision(precision, model.module, min(AUTO_PRECISION_STREAMS, limits.max_streams))
+        choice = sample_precision(
+            precision, model.module, min(AUTO_PRECISION_STREAMS, limits.max_streams)
+        )
         m = model.config.model
-        info = {"name": name, "cell": m.cell, "layers": m.layers, "hidden": m.hidden, "embed": m.embed,
-                "vocab_size": len(model.vocab), "parameters": model.module.num_parameters(),
-                "best_val_bits_per_char": _best_val_bits(RunFolder(path)),
-                "checkpoint_step": model.meta.get("step"), "precision": choice.value}
-        batcher = Batcher(Sampler(model.module, model.vocab, choice.value), limits.max_streams, name)
+        info = {
+            "name": name,
+            "cell": m.cell,
+            "layers": m.layers,
+            "hidden": m.hidden,
+            "embed": m.embed,
+            "vocab_size": len(model.vocab),
+            "parameters": model.module.num_parameters(),
+            "best_val_bits_per_char": _best_val_bits(RunFolder(path)),
+            "checkpoint_step": model.meta.get("step"),
+            "precision": choice.value,
+        }
+        batcher = Batcher(
+            Sampler(model.module, model.vocab, choice.value), limits.max_streams, name
+        )
         served.append(Served(name, model, batcher, info))
-        say(f"model {name}: {m.cell} {m.layers}x{m.hidden}, {len(model.vocab)} symbols, "
-            f"{choice.value} weights ({choice.how}), from {path}")
+        say(
+            f"model {name}: {m.cell} {m.layers}x{m.hidden}, {len(model.vocab)} symbols, "
+            f"{choice.value} weights ({choice.how}), from {path}"
+        )
     return served
 
 
 def _page_files() -> dict[str, tuple[bytes, str]]:
     """The page's three files (path -> body, media type); its CSS starts with the report's."""
     web = resources.files("nextchar") / "web"
-    css = ((resources.files("nextchar") / "report" / "page.css").read_text(encoding="utf-8") + "\n"
-           + (web / "page.css").read_text(encoding="utf-8"))
-    return {"/": ((web / "index.html").read_bytes(), "text/html; charset=utf-8"),
-            "/page.css": (css.encode("utf-8"), "text/css; charset=utf-8"),
-            "/page.js": ((web / "page.js").read_bytes(), "text/javascript; charset=utf-8")}
+    css = (
+        (resources.files("nextchar") / "report" / "page.css").read_text(encoding="utf-8")
+        + "\n"
+        + (web / "page.css").read_text(encoding="utf-8")
+    )
+    return {
+        "/": ((web / "index.html").read_bytes(), "text/html; charset=utf-8"),
+        "/page.css": (css.encode("utf-8"), "text/css; charset=utf-8"),
+        "/page.js": ((web / "page.js").read_bytes(), "text/javascript; charset=utf-8"),
+    }
 
 
 # nothing but this origin: the page loads no fonts, scripts or styles from the network
-PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-               "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 def _sse(event: str, data: dict) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-_ENDED = {"timeout": (503, "length", "the request ran past the service's {timeout:g} s limit "
-                      "(--request-timeout); ask for fewer characters"),
-          "cancelled": (503, None, "the service is shutting down"),
-          "failed": (500, None, "internal error while sampling; the service log has the details")}
+_ENDED = {
+    "timeout": (
+        503,
+        "length",
+        "the request ran past the service's {timeout:g} s limit "
+        "(--request-timeout); ask for fewer characters",
+    ),
+    "cancelled": (503, None, "the service is shutting down"),
+    "failed": (500, None, "internal error while sampling; the service log has the details"),
+}
 
 
-def create_app(models: list[Served], limits: Limits | None = None, api_key: str | None = None) -> Starlette:
+def create_app(
+    models: list[Served], limits: Limits | None = None, api_key: str | None = None
+) -> Starlette:
     """The ASGI app serving `models` (the first is the default)."""
     service = Service(models, limits or Limits(), api_key)
-    return Starlette(routes=service.routes(), lifespan=service.lifespan,
-                     exception_handlers={404: _not_found, 405: _not_allowed})
+    return Starlette(
+        routes=service.routes(),
+        lifespan=service.lifespan,
+        exception_handlers={404: _not_found, 405: _not_allowed},
+    )
 
 
 class Service:
@@ -146,11 +192,13 @@ class Service:
         self.workers = anyio.CapacityLimiter(WORKERS)
 
     def routes(self) -> list[Route]:
-        return [*(Route(path, self.page_file) for path in self.page),
-                Route("/healthz", self.healthz),
-                Route("/v1/models", self.endpoint(self.list_models)),
-                Route("/v1/generate", self.endpoint(self.generate), methods=["POST"]),
-                Route("/v1/score", self.endpoint(self.score), methods=["POST"])]
+        return [
+            *(Route(path, self.page_file) for path in self.page),
+            Route("/healthz", self.healthz),
+            Route("/v1/models", self.endpoint(self.list_models)),
+            Route("/v1/generate", self.endpoint(self.generate), methods=["POST"]),
+            Route("/v1/score", self.endpoint(self.score), methods=["POST"]),
+        ]
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
@@ -166,20 +214,31 @@ class Service:
         if self.api_key is None:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
-            raise ApiError(401, "authorization", "this service needs 'Authorization: Bearer <key>' "
-                           "with its API key", headers={"WWW-Authenticate": "Bearer"})
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), self.api_key.encode()
+        ):
+            raise ApiError(
+                401,
+                "authorization",
+                "this service needs 'Authorization: Bearer <key>' with its API key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     def pick(self, name: str | None) -> Served:
         if name is None:
             return self.models[0]
         if name not in self.by_name:
-            raise ApiError(422, "model", f"no model {name!r} here; this service has "
-                           f"{', '.join(repr(n) for n in self.by_name)} (GET /v1/models)")
+            raise ApiError(
+                422,
+                "model",
+                f"no model {name!r} here; this service has "
+                f"{', '.join(repr(n) for n in self.by_name)} (GET /v1/models)",
+            )
         return self.by_name[name]
 
     def endpoint(self, handler):
         """Errors as JSON; a client gone before its answer is no error."""
+
         async def wrapped(request: Request) -> Response:
             try:
                 self.authorize(request)
@@ -190,17 +249,26 @@ class Service:
                 return ApiError(408, "body", "the body did not arrive in time").response()
             except ClientDisconnect:
                 return Response(status_code=499)  # nobody is left to read it
+
         return wrapped
 
     async def page_file(self, request: Request) -> Response:
         body, media = self.page[request.url.path]
-        return Response(body, media_type=media, headers={"Content-Security-Policy": PAGE_POLICY,
-                                                         "Cache-Control": "no-cache"})
+        return Response(
+            body,
+            media_type=media,
+            headers={"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache"},
+        )
 
     async def healthz(self, request: Request) -> Response:
-        return JSON({"status": "ok", "models": len(self.models),
-                     "streams": sum(m.batcher.reserved for m in self.models),
-                     "max_streams": self.limits.max_streams})
+        return JSON(
+            {
+                "status": "ok",
+                "models": len(self.models),
+                "streams": sum(m.batcher.reserved for m in self.models),
+                "max_streams": self.limits.max_streams,
+            }
+        )
 
     async def list_models(self, request: Request) -> Response:
         return JSON({"models": [m.info for m in self.models]})
@@ -212,8 +280,12 @@ class Service:
         try:
             served.batcher.reserve(job)
         except Busy as exc:
-            raise ApiError(503, "num_samples", f"the service is at capacity ({exc}); try again "
-                           f"shortly", headers={"Retry-After": "1"}) from None
+            raise ApiError(
+                503,
+                "num_samples",
+                f"the service is at capacity ({exc}); try again shortly",
+                headers={"Retry-After": "1"},
+            ) from None
         try:
             await anyio.to_thread.run_sync(served.batcher.start, job, limiter=self.workers)
         except BaseException:
@@ -229,8 +301,14 @@ class Service:
             job.cancel()  # a no-op once it ended
         if job.ended != "done":
             raise self.ended_error(job.ended)
-        return JSON({"model": served.name, "seed": job.seed, "prime": job.prime,
-                     "samples": [job.text(r) for r in range(job.rows)]})
+        return JSON(
+            {
+                "model": served.name,
+                "seed": job.seed,
+                "prime": job.prime,
+                "samples": [job.text(r) for r in range(job.rows)],
+            }
+        )
 
     def _job(self, config: SampleConfig) -> tuple[Job, asyncio.Event, asyncio.Event]:
         """A job whose batch thread wakes this event loop: `woken` on new text or the end,
@@ -252,7 +330,9 @@ class Service:
 
     async def events(self, job: Job, woken: asyncio.Event, over: asyncio.Event, name: str):
         """start, then text chunks as they are drawn, then done (or error)."""
-        yield _sse("start", {"model": name, "seed": job.seed, "prime": job.prime, "num_samples": job.rows})
+        yield _sse(
+            "start", {"model": name, "seed": job.seed, "prime": job.prime, "num_samples": job.rows}
+        )
         while True:
             await woken.wait()
             woken.clear()
@@ -274,21 +354,33 @@ class Service:
         body = await read_json(request, self.limits, ScoreBody)
         served = self.pick(body.model)
         if len(body.text) > self.limits.max_text:
-            raise ApiError(422, "text", f"text has {len(body.text):,} characters; this service "
-                           f"scores at most {self.limits.max_text:,} (--max-text)")
-        analysis = await anyio.to_thread.run_sync(analyse, served.model.module, served.vocab,
-                                                  body.text, limiter=self.workers)
+            raise ApiError(
+                422,
+                "text",
+                f"text has {len(body.text):,} characters; this service "
+                f"scores at most {self.limits.max_text:,} (--max-text)",
+            )
+        analysis = await anyio.to_thread.run_sync(
+            analyse, served.model.module, served.vocab, body.text, limiter=self.workers
+        )
         answer = {"model": served.name, **score_summary(analysis)}
         if body.dynamic:  # a figure of its own beside the static one, never mixed into it
             dynamic = DynamicConfig()
             with anyio.fail_after(self.limits.request_timeout):
                 result = await anyio.to_thread.run_sync(
                     functools.partial(served.model.evaluate, body.text, dynamic=dynamic),
-                    limiter=self.workers)
-            answer["dynamic"] = {"chars": result.chars, "bits_per_char": result.bits_per_char,
-                                 "nats_per_char": result.nats_per_char,
-                                 "perplexity": result.perplexity, "accuracy": result.accuracy,
-                                 "lr": dynamic.lr, "decay": dynamic.decay, "window": dynamic.window}
+                    limiter=self.workers,
+                )
+            answer["dynamic"] = {
+                "chars": result.chars,
+                "bits_per_char": result.bits_per_char,
+                "nats_per_char": result.nats_per_char,
+                "perplexity": result.perplexity,
+                "accuracy": result.accuracy,
+                "lr": dynamic.lr,
+                "decay": dynamic.decay,
+                "window": dynamic.window,
+            }
         return JSON(answer)
 
 
@@ -298,8 +390,11 @@ class JobStream(StreamingResponse):
     its rows leave the batch at the next step."""
 
     def __init__(self, job: Job, events):
-        super().__init__(events, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        super().__init__(
+            events,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
         self.job = job
 
     async def __call__(self, scope, receive, send) -> None:
@@ -310,8 +405,11 @@ class JobStream(StreamingResponse):
 
 
 async def _not_found(request: Request, exc) -> Response:
-    return ApiError(404, None, f"no such path {request.url.path}; see GET /v1/models, POST "
-                    f"/v1/generate, POST /v1/score").response()
+    return ApiError(
+        404,
+        None,
+        f"no such path {request.url.path}; see GET /v1/models, POST /v1/generate, POST /v1/score",
+    ).response()
 
 
 async def _not_allowed(request: Request, exc) -> Response:
@@ -320,6 +418,7 @@ async def _not_allowed(request: Request, exc) -> Response:
 
 async def _finished_or_gone(job: Job, woken: asyncio.Event, request: Request) -> bool:
     """Wait for the job to end (True) or the client to hang up (False)."""
+
     async def finished() -> None:
         while job.ended is None:
             await woken.wait()
@@ -336,5 +435,3 @@ async def _finished_or_gone(job: Job, woken: asyncio.Event, request: Request) ->
         for task in tasks:
             task.cancel()
     return tasks[0] in done
-
-

@@ -27,22 +27,27 @@ def is_loopback(host: str) -> bool:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except OSError:
         return False
-    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+    return bool(infos) and all(
+        ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos
+    )
 
 
 def check_exposure(host: str, api_key: str | None, allow_public: bool) -> None:
     """Refuse to open the service to the network with no key, unless told to."""
     if api_key is None and not allow_public and not is_loopback(host):
-        raise UserError(f"--host {host} would open the service to the network with no API key; "
-                        f"pass --api-key KEY (or set {API_KEY_ENV}), or --allow-public to serve "
-                        f"it open, or bind to 127.0.0.1")
+        raise UserError(
+            f"--host {host} would open the service to the network with no API key; "
+            f"pass --api-key KEY (or set {API_KEY_ENV}), or --allow-public to serve "
+            f"it open, or bind to 127.0.0.1"
+        )
 
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on host:port (port 0: any free port), or a one-line UserError."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
         sock = socket.socket(family, kind, proto)
     except OSError as exc:
         raise UserError(f"cannot bind to --host {host}: {exc.strerror or exc}") from None
@@ -52,9 +57,10 @@ def bind(host: str, port: int) -> socket.socket:
         sock.listen(2048)
     except OSError as exc:
         sock.close()
-        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-                        + (" (another service has it; pick another --port)"
-                           if exc.errno == 98 else "")) from None
+        raise UserError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+            + (" (another service has it; pick another --port)" if exc.errno == 98 else "")
+        ) from None
     sock.set_inheritable(True)
     return sock
 
@@ -69,10 +75,20 @@ def make_server(app: Starlette, access_log: bool = True, keep_alive_s: int = 5) 
     .run(sockets=[sock]), stop it with SIGINT/SIGTERM (or .should_exit = True)."""
     logging_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     logging_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for data
-    logging_config["loggers"]["nextchar"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    config = uvicorn.Config(app, http=HeadTimeoutH11, access_log=access_log, log_config=logging_config,
-                            timeout_keep_alive=keep_alive_s, timeout_graceful_shutdown=5,
-                            lifespan="on")
+    logging_config["loggers"]["nextchar"] = {
+        "handlers": ["default"],
+        "level": "INFO",
+        "propagate": False,
+    }
+    config = uvicorn.Config(
+        app,
+        http=HeadTimeoutH11,
+        access_log=access_log,
+        log_config=logging_config,
+        timeout_keep_alive=keep_alive_s,
+        timeout_graceful_shutdown=5,
+        lifespan="on",
+    )
     return uvicorn.Server(config)
 
 
@@ -113,5 +129,3 @@ class HeadTimeoutH11(H11Protocol):
         self.head_timer = None
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self.transport.close()
-
-
