@@ -16,8 +16,8 @@ from nextchar.config import (
     SampleConfig,
     ServeLimits,
     TrainConfig,
-    is_option,
 )
+from nextchar.fields import is_option
 
 NOT_FLAGS = {
     "vocab_size",  # filled in from the data

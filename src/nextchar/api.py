@@ -11,11 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from .config import DataConfig, DynamicConfig, RunConfig, SampleConfig, from_dict
+from .config import DataConfig, DynamicConfig, RunConfig, SampleConfig
 from .dynamic import adapt as adapt_to
 from .dynamic import score_dynamic
 from .errors import UserError
 from .evaluate import EvalResult, score_ids
+from .fields import from_dict
 from .model import CharRNN
 from .runfolder import load_model
 from .sample import Sampler, check_prime

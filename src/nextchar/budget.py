@@ -29,7 +29,8 @@ import torch
 
 from . import devices
 from .autotune import Choice
-from .config import ModelConfig, TrainConfig, train_defaults
+from .config import ModelConfig, TrainConfig
+from .fields import train_defaults
 from .model import parameter_shapes
 
 WIDTHS = (128, 192, 256, 320, 384, 448, 512, 640, 768, 1024, 1280, 1536, 2048)

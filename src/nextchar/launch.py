@@ -26,11 +26,12 @@ import torch
 from . import autotune, budget, devices, distributed
 from .atomic import temp_path
 from .autotune import Choice
-from .config import DEFAULT_TIME, DataConfig, ModelConfig, RunConfig, TrainConfig, to_dict
+from .config import DEFAULT_TIME, DataConfig, ModelConfig, RunConfig, TrainConfig
 from .corpus import discover
 from .data import TokenData, is_prepared, load_prepared, prepare
 from .devices import EVAL_SHAPE, eval_precision, resolve_device, train_precision
 from .errors import UserError
+from .fields import to_dict
 from .runfolder import DATA, LATEST, RunFolder
 from .trainer import Trainer, TrainResult
 

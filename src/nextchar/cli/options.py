@@ -9,8 +9,8 @@ import dataclasses
 import sys
 from typing import Any
 
-from ..config import is_option, parse_duration
 from ..errors import UserError
+from ..fields import is_option, parse_duration
 
 TYPES = {"int": int, "int|None": int, "float": float}  # str needs no conversion
 

@@ -23,9 +23,9 @@ from ..config import (
     SampleConfig,
     ServeLimits,
     TrainConfig,
-    train_defaults,
 )
 from ..errors import EXIT_USAGE
+from ..fields import train_defaults
 from .options import Renamed, add_options
 
 PROG = "nextchar"

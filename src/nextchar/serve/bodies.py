@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..config import SampleConfig, is_option
+from ..config import SampleConfig
 from ..config import ServeLimits as Limits
 from ..errors import UserError
+from ..fields import is_option
 from ..report.analysis import LN2, Analysis
 from ..sample import check_prime
 from ..vocab import Vocab
