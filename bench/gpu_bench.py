@@ -46,7 +46,8 @@ def nextchar(*args, check: bool = True) -> subprocess.CompletedProcess:
 
 def steady_chars_per_s(run: Path, skip_s: float) -> float:
     """Training speed from metrics.jsonl, leaving out the first `skip_s` seconds (warm-up)."""
-    from nextchar.runfolder import RunFolder, TrainRecord
+    from nextchar.metrics import TrainRecord
+    from nextchar.runfolder import RunFolder
 
     rows = [r for r in RunFolder(run).read_records() if isinstance(r, TrainRecord)]
     start = next((r for r in rows if r.time >= skip_s), rows[0])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import finish, machine, metrics, nextchar, report  # noqa: E402
-from nextchar.runfolder import TrainRecord  # noqa: E402
+from nextchar.metrics import TrainRecord  # noqa: E402
 
 FLAGS = [
     "--cell",

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import finish, machine, metrics, nextchar, report  # noqa: E402
-from nextchar.runfolder import EvalRecord  # noqa: E402
+from nextchar.metrics import EvalRecord  # noqa: E402
 from reference_loop import train_and_score  # noqa: E402
 
 FLOORS = {180.0: 1.50}  # nats/char on the bundled corpus, on the CPU the defaults were tuned on

@@ -30,8 +30,8 @@ from common import finish, machine, metrics, nextchar, report  # noqa: E402
 from nextchar.config import ModelConfig  # noqa: E402
 from nextchar.corpus import bundled_path  # noqa: E402
 from nextchar.evaluate import score_ids  # noqa: E402
+from nextchar.metrics import TrainRecord  # noqa: E402
 from nextchar.model import CharRNN, flops_per_char  # noqa: E402
-from nextchar.runfolder import TrainRecord  # noqa: E402
 
 B, T, EMBED, V = 64, 128, 64, 65
 

@@ -8,15 +8,8 @@ import math
 import pytest
 
 from nextchar.evaluate import EvalResult
-from nextchar.runfolder import (
-    METRICS,
-    EvalRecord,
-    FinalRecord,
-    RunFolder,
-    SkippedRecord,
-    TrainRecord,
-    parse_record,
-)
+from nextchar.metrics import EvalRecord, FinalRecord, SkippedRecord, TrainRecord, parse_record
+from nextchar.runfolder import METRICS, RunFolder
 
 VAL = EvalResult(chars=900, nats_per_char=1.4, bits_per_char=2.02, perplexity=4.06, accuracy=0.41)
 RECORDS = [

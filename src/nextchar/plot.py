@@ -16,7 +16,8 @@ from pathlib import Path
 
 from .errors import UserError
 from .evaluate import LN2
-from .runfolder import METRICS, EvalRecord, RunFolder, TrainRecord, atomic_write
+from .metrics import EvalRecord, TrainRecord
+from .runfolder import METRICS, RunFolder, atomic_write
 
 
 @dataclass

@@ -11,7 +11,7 @@
       latest.safetensors  weights + optimizer + carried hidden state + RNG (+ the weight average,
                           with --average): the resume point
       metrics.jsonl       one JSON record per line: TrainRecord, EvalRecord, FinalRecord,
-                          SkippedRecord (below)
+                          SkippedRecord (metrics.py)
       machine.json        the machine it ran on and what `auto` chose there, with the timings
       .nextchar.lock      held (flock) by the one process writing the run; see folderlock.py
 
@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -35,8 +34,8 @@ from .checkpoint import build_model, read_weights, vocab_digest, weights_fit
 from .config import RunConfig
 from .data import TokenData, is_prepared, load_prepared, overlaps
 from .errors import UserError
-from .evaluate import EvalResult
 from .folderlock import LOCK, FolderLock, acquire
+from .metrics import Record, parse_record, record_line
 from .model import CharRNN
 from .vocab import Vocab
 
@@ -65,133 +64,6 @@ def check_output_file(path: str | os.PathLike, flag: str) -> None:
         raise UserError(f"{flag} {path} is a folder; name a file in it")
     if not path.parent.is_dir():
         raise UserError(f"cannot write {path}: the folder {path.parent} does not exist")
-
-
-# ---- metrics.jsonl: one typed record per line ----------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrainRecord:
-    """A log line: the mean training loss since the previous one."""
-
-    kind: ClassVar[str] = "train"
-    step: int
-    chars: int  # target characters trained on so far, over all ranks
-    time: float  # seconds of wall clock, over all sessions of the run
-    loss: float  # nats/char
-    lr: float
-    chars_per_s: float
-
-
-@dataclass(frozen=True)
-class EvalRecord:
-    """An evaluation: the scores of the weights in use (without validation text, none) and a
-    preview drawn from them."""
-
-    kind: ClassVar[str] = "eval"
-    step: int
-    chars: int
-    time: float
-    sample: str
-    averaged_steps: int | None = None  # with --average: steps averaged into the weights scored
-    val_loss: float | None = None  # nats/char
-    val_bpc: float | None = None  # bits/char
-    val_accuracy: float | None = None
-
-    @classmethod
-    def of(
-        cls,
-        step: int,
-        chars: int,
-        time: float,
-        sample: str,
-        result: EvalResult | None,
-        averaged_steps: int | None = None,
-    ) -> EvalRecord:
-        """From an evaluation's result (None: there was no validation text)."""
-        if result is None:
-            return cls(step, chars, time, sample, averaged_steps)
-        return cls(
-            step,
-            chars,
-            time,
-            sample,
-            averaged_steps,
-            result.nats_per_char,
-            result.bits_per_char,
-            result.accuracy,
-        )
-
-
-@dataclass(frozen=True)
-class FinalRecord:
-    """The end of a session of the run: why it stopped, the best validation and the test scores."""
-
-    kind: ClassVar[str] = "final"
-    step: int
-    chars: int
-    time: float
-    stop: str  # "steps" or "time"
-    val: EvalResult | None  # the best evaluation
-    test: EvalResult | None  # the test text scored with the best weights
-
-
-@dataclass(frozen=True)
-class SkippedRecord:
-    """Steps skipped for a non-finite loss or gradient since the previous such record."""
-
-    kind: ClassVar[str] = "skipped"
-    step: int
-    count: int = 1
-    reason: str = "non-finite loss or gradient"
-
-
-Record = TrainRecord | EvalRecord | FinalRecord | SkippedRecord
-RECORDS: dict[str, type] = {
-    cls.kind: cls for cls in (TrainRecord, EvalRecord, FinalRecord, SkippedRecord)
-}
-_TYPES = {
-    "int": (int,),
-    "float": (int, float),
-    "str": (str,),
-    "None": (type(None),),
-    "EvalResult": (EvalResult,),
-}
-
-
-def record_line(record: Record) -> str:
-    """One line of metrics.jsonl: "kind" first, optional fields that are not set left out."""
-    line: dict[str, Any] = {"kind": record.kind}
-    for f in fields(record):
-        value = getattr(record, f.name)
-        if value is None and f.default is None:
-            continue
-        line[f.name] = value.to_dict() if isinstance(value, EvalResult) else value
-    return json.dumps(line)
-
-
-def parse_record(entry: Any) -> Record | None:
-    """A line's JSON object as its record; None for an unknown kind, or a line missing a field its
-    kind always has or holding one of another type. Keys no record has are ignored."""
-    cls = RECORDS.get(entry.get("kind")) if isinstance(entry, dict) else None
-    if cls is None:
-        return None
-    values = {f.name: entry[f.name] for f in fields(cls) if f.name in entry}
-    try:
-        for f in fields(cls):
-            if "EvalResult" in f.type and isinstance(values.get(f.name), dict):
-                values[f.name] = EvalResult.from_dict(values[f.name])
-            if f.name in values and not _fits(values[f.name], f.type):
-                return None
-        return cls(**values)
-    except TypeError:  # a field the kind always has is missing (in it or in an EvalResult)
-        return None
-
-
-def _fits(value: Any, annotation: str) -> bool:
-    """Whether `value` is of the type a field is annotated with ("int", "float | None", ...)."""
-    kinds = tuple(t for name in annotation.split("|") for t in _TYPES[name.strip()])
-    return isinstance(value, kinds) and not isinstance(value, bool)
 
 
 class RunFolder:

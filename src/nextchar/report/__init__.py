@@ -27,18 +27,10 @@ from pathlib import Path
 from ..corpus import iter_chunks
 from ..data import TokenData
 from ..errors import UserError
+from ..metrics import EvalRecord, FinalRecord, Record, TrainRecord
 from ..model import CharRNN
 from ..plot import render_png
-from ..runfolder import (
-    DataChanged,
-    EvalRecord,
-    FinalRecord,
-    Record,
-    RunFolder,
-    TrainRecord,
-    atomic_write,
-    load_model,
-)
+from ..runfolder import DataChanged, RunFolder, atomic_write, load_model
 from ..vocab import Vocab
 from .analysis import Analysis, analyse, text_properties, unit_correlations
 from .page import render_html
@@ -117,88 +109,69 @@ def _summary(
     data: TokenData | None,
 ) -> list[tuple[str, str]]:
     """(label, text) rows of the run summary."""
-    rows = []
     command = folder.read_command()
-    if command:
-        rows.append(("command", command))
-    if data is not None:
-        sources = (
-            "; ".join(
-                f"{s.get('path', '?')} ({int(s.get('chars', 0)):,} chars)" for s in data.sources
-            )
-            or "(not recorded)"
-        )
-        sizes = ", ".join(f"{name} {hi - lo:,}" for name, (lo, hi) in data.splits.items())
-        rows.append(("data", f"{sources}; splits: {sizes} chars"))
-    else:
-        rows.append(("data", "not found (the prepared data folder is gone)"))
+    rows = [("command", command)] if command else []
+    rows.append(("data", _data_text(data)))
     rows.append(("vocabulary", f"{len(vocab)} symbols"))
-    m = config.model
+    rows.append(("model", _model_text(config.model)))
+    t = config.train
+    if t.average != "none":
+        decay = f", decay {t.average_decay:g}" if t.average == "ema" else ""
+        averaged = f"averaged ({t.average}{decay}) from {t.average_start:.0%} of the run"
+        rows.append(("weights", averaged))
+    rows.append(("parameters", f"{module.num_parameters():,}"))
+    rows += _training_rows(metrics)
+    if "step" in meta:
+        which = "best" if meta.get("kind") == "weights" else "latest"
+        rows.append(("weights shown", f"{which} checkpoint, step {int(meta['step']):,}"))
+    return rows
+
+
+def _data_text(data: TokenData | None) -> str:
+    if data is None:
+        return "not found (the prepared data folder is gone)"
+    sources = "; ".join(
+        f"{s.get('path', '?')} ({int(s.get('chars', 0)):,} chars)" for s in data.sources
+    )
+    sizes = ", ".join(f"{name} {hi - lo:,}" for name, (lo, hi) in data.splits.items())
+    return f"{sources or '(not recorded)'}; splits: {sizes} chars"
+
+
+def _model_text(m) -> str:
+    layers = f"{m.cell}, {m.layers} layer{'s' if m.layers > 1 else ''} x {m.hidden} hidden"
     inputs = f"embedding {m.embed}" if m.embed else "one-hot input"
     regularisers = [
         f"{'locked ' if m.locked_dropout else ''}dropout {m.dropout:g}" if m.dropout else "",
         f"weight drop {m.weight_drop:g}" if m.weight_drop else "",
         f"embedding dropout {m.embed_drop:g}" if m.embed_drop else "",
     ]
-    rows.append(
-        (
-            "model",
-            ", ".join(
-                [
-                    f"{m.cell}, {m.layers} layer{'s' if m.layers > 1 else ''} x {m.hidden} hidden",
-                    inputs,
-                    *filter(None, regularisers),
-                ]
-            ),
-        )
-    )
-    t = config.train
-    if t.average != "none":
-        decay = f", decay {t.average_decay:g}" if t.average == "ema" else ""
-        rows.append(
-            ("weights", f"averaged ({t.average}{decay}) from {t.average_start:.0%} of the run")
-        )
-    rows.append(("parameters", f"{module.num_parameters():,}"))
+    return ", ".join([layers, inputs, *filter(None, regularisers)])
+
+
+def _training_rows(metrics: list[Record]) -> list[tuple[str, str]]:
+    """How far the run got, its best validation score and its test score."""
+    rows = []
     finals = [r for r in metrics if isinstance(r, FinalRecord)]
     final = finals[-1] if finals else None
     logged = [r for r in metrics if isinstance(r, (TrainRecord, EvalRecord, FinalRecord))]
     last = final or (max(logged, key=lambda r: r.step) if logged else None)
     if last is not None:
         status = "" if final else " (no final record: still training, or stopped early)"
-        rows.append(
-            (
-                "training",
-                f"{last.step:,} steps, {last.chars:,} characters seen, "
-                f"{_duration(float(last.time))}{status}",
-            )
-        )
+        seen = f"{last.step:,} steps, {last.chars:,} characters seen"
+        rows.append(("training", f"{seen}, {_duration(float(last.time))}{status}"))
     evals = [r for r in metrics if isinstance(r, EvalRecord) and r.val_bpc is not None]
     if final and final.val:
+        val = final.val
         rows.append(
-            (
-                "best val",
-                f"{final.val.bits_per_char:.4f} bits/char (accuracy {final.val.accuracy:.1%})",
-            )
+            ("best val", f"{val.bits_per_char:.4f} bits/char (accuracy {val.accuracy:.1%})")
         )
     elif evals:
         best = min(evals, key=lambda r: r.val_bpc)
         rows.append(("best val", f"{best.val_bpc:.4f} bits/char at step {best.step:,}"))
     if final and final.test:
-        rows.append(
-            (
-                "test",
-                f"{final.test.bits_per_char:.4f} bits/char "
-                f"(accuracy {final.test.accuracy:.1%}) with the best weights",
-            )
-        )
-    if "step" in meta:
-        rows.append(
-            (
-                "weights shown",
-                f"{'best' if meta.get('kind') == 'weights' else 'latest'} "
-                f"checkpoint, step {int(meta['step']):,}",
-            )
-        )
+        test = final.test
+        scored = f"{test.bits_per_char:.4f} bits/char (accuracy {test.accuracy:.1%})"
+        rows.append(("test", f"{scored} with the best weights"))
     return rows
 
 

@@ -14,7 +14,7 @@ from importlib import resources
 
 import numpy as np
 
-from ..runfolder import EvalRecord, Record
+from ..metrics import EvalRecord, Record
 from .analysis import PROPERTIES, TOP_K, Analysis, text_properties, unit_correlations
 
 ACTIVATION_SCALE = 100  # activations are embedded as integers in hundredths
