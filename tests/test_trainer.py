@@ -15,6 +15,7 @@ import torch
 
 import nextchar
 import nextchar.trainer
+import nextchar.validation
 import plain_loop
 from clock import install as virtual_clock
 from nextchar.checkpoint import load_checkpoint, prefixed
@@ -197,13 +198,13 @@ def test_time_budget_includes_evaluations_and_saving(tmp_path, monkeypatch):
     """Evaluations that take 3 s each (on the virtual clock) come out of the budget: the run
     keeps back time for its last evaluation and the test score, and ends within --time."""
     clock = virtual_clock(1.0, monkeypatch)
-    real_score = nextchar.trainer.score_ids
+    real_score = nextchar.validation.score_ids
 
     def slow_score(*args, **kwargs):
         clock.now += 3.0
         return real_score(*args, **kwargs)
 
-    monkeypatch.setattr(nextchar.trainer, "score_ids", slow_score)
+    monkeypatch.setattr(nextchar.validation, "score_ids", slow_score)
     run = nextchar.train(text=TEXT, out=tmp_path / "run", time=100, **TIMED)
     records = RunFolder(run.path).read_metrics()
     assert records[-1]["kind"] == "final" and records[-1]["stop"] == "time"

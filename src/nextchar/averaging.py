@@ -19,6 +19,7 @@ import copy
 
 import torch
 
+from .config import TrainConfig
 from .model import CharRNN
 
 
@@ -32,6 +33,11 @@ class WeightAverage:
         self.decay = decay
         self.count = 0  # steps averaged so far; 0 = nothing yet (module holds no average)
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @classmethod
+    def of(cls, model: CharRNN, train: TrainConfig) -> WeightAverage | None:
+        """The average --average asks for, None for "none"."""
+        return None if train.average == "none" else cls(model, train.average, train.average_decay)
 
     @torch.no_grad()
     def update(self, model: CharRNN) -> None:

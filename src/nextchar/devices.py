@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -39,6 +40,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name not in ("cpu", "cuda", "mps"):
         raise UserError(f"--device must be auto, cpu, cuda or mps, got {name!r}")
     return torch.device(name)
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A NumPy batch on `device`; on CUDA through pinned memory, so the copy does not block."""
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def autocast(precision: str, device: torch.device):

@@ -98,6 +98,21 @@ class Dist:
             dist.all_gather(parts, local)
         return torch.cat(parts, dim=1)
 
+    def gather_hidden(self, hidden) -> tuple[torch.Tensor, ...]:
+        """A carried state h or (h, c) with every process's rows, as a tuple; () for None."""
+        if hidden is None:
+            return ()
+        parts = hidden if isinstance(hidden, tuple) else (hidden,)
+        return tuple(self.gather_rows(t) for t in parts)
+
+    def wrap(self, raw_model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """DDP around the model with several processes; the model itself with one."""
+        if not self.active:
+            return raw_model
+        with self.guard("the start of data-parallel training"):
+            ids = [self.local_rank] if device.type == "cuda" else None
+            return torch.nn.parallel.DistributedDataParallel(raw_model, device_ids=ids)
+
     def barrier(self) -> None:
         if self.active:
             with self.guard("a barrier (waiting for rank 0 to set up the run)"):

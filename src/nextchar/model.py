@@ -212,6 +212,18 @@ def keep_mask(
     return keep.to(dtype).mul_(1.0 / (1.0 - p))
 
 
+@contextlib.contextmanager
+def evaluating(module: nn.Module):
+    """Eval mode (no dropout) for the block, then the mode the caller had: whoever changes a
+    model's mode restores it."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout, a mask value per element (F.dropout's own on the GPU)."""
     if not training or p == 0:

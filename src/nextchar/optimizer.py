@@ -39,3 +39,11 @@ def set_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: float) -> N
     """A resumed run may change --weight-decay: it applies to the matrices (group 0) only."""
     for k, group in enumerate(optimizer.param_groups):
         group["weight_decay"] = weight_decay if k == 0 else 0.0
+
+
+def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Clip the gradients to `max_norm` (0: not at all) -> their norm before clipping."""
+    if max_norm > 0:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    norms = [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms))

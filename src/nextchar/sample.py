@@ -18,7 +18,7 @@ import torch
 from . import autotune
 from .config import WEIGHT_FORMATS, SampleConfig
 from .errors import UserError
-from .model import CharRNN, Hidden
+from .model import CharRNN, Hidden, evaluating
 from .stepping import StepModel, int8_fits
 from .vocab import Vocab
 
@@ -181,7 +181,7 @@ class Sampler:
     def __init__(self, model: CharRNN, vocab: Vocab, precision: str = "auto"):
         """precision: auto, fp32, bf16 or int8 for the weights while stepping (see
         sample_precision); the prime always runs through the fp32 module."""
-        self.model = model.eval()
+        self.model = model  # run in eval mode while priming (start), its mode restored after
         self.vocab = vocab
         self.device = model.head.weight.device
         check_sample_precision(precision, model)  # refuse a bad choice up front
@@ -228,6 +228,12 @@ class Sampler:
 
         With a prime (or a line break in the vocabulary to start after), all rows share one run of
         it; otherwise each row starts from a character its own generator draws."""
+        with evaluating(self.model):
+            return self._start(prime, unknown, streams)
+
+    def _start(
+        self, prime: str, unknown: str, streams: list[Stream]
+    ) -> tuple[list[str], torch.Tensor, Hidden]:
         shared = self.shared_prime(prime, unknown)
         B = len(streams)
         if shared is not None:

@@ -4,8 +4,8 @@ One step = one window of the contiguous streams (see data.py): forward with the 
 state, summed cross-entropy over the window's valid targets divided by their global count,
 backward, clip, optimizer step. Only rank 0 logs, evaluates, samples and writes files. Beside the
 loop: cadence.py (when to stop, evaluate, save), guard.py (non-finite steps), logwindow.py (the
-log line and the progress bar), signals.py (Ctrl-C), optimizer.py, checkpoint.py (what a resume
-point holds); launch.py sets a run up.
+log line and the progress bar), signals.py (Ctrl-C), optimizer.py, snapshots.py (saving and
+restoring the weights, through checkpoint.py); launch.py sets a run up.
 """
 
 from __future__ import annotations
@@ -16,29 +16,30 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, distributed
+from . import distributed
 from .averaging import WeightAverage
 from .cadence import Cadence
-from .checkpoint import LoopState, ResumePoint, vocab_digest
-from .config import RunConfig, SampleConfig
+from .checkpoint import LoopState
+from .config import RunConfig
 from .data import IGNORE, Streams, TokenData
-from .devices import autocast, resolve_device
-from .errors import Diverged, Interrupted, PeerFailure, UserError
-from .evaluate import EvalResult, score_ids
+from .devices import autocast, resolve_device, to_device
+from .errors import Diverged, Interrupted, PeerFailure
+from .evaluate import EvalResult
 from .guard import NonFiniteGuard, Ok, carry, taken
 from .logwindow import LogWindow, ProgressBar
+from .metrics import EvalRecord, FinalRecord, SkippedRecord, TrainRecord
 from .model import CharRNN
-from .optimizer import build_optimizer, defers_checks, set_weight_decay
-from .runfolder import BEST, LATEST, EvalRecord, FinalRecord, RunFolder, SkippedRecord, TrainRecord
-from .sample import Sampler
+from .optimizer import build_optimizer, clip_gradients, defers_checks
+from .runfolder import RunFolder
 from .schedule import lr_factor
 from .signals import StopSignals
+from .snapshots import Snapshots
+from .validation import Validation
 
 
 @dataclass
@@ -90,18 +91,16 @@ class Trainer:
         self.params = list(self.raw_model.parameters())
         self.nonfinite = NonFiniteGuard(self.device, defers_checks(self.device), tc.max_bad_steps)
         self.optimizer = build_optimizer(self.raw_model, tc, fused=self.nonfinite.defer)
-        self.average = (
-            WeightAverage(self.raw_model, tc.average, tc.average_decay)
-            if tc.average != "none"
-            else None
-        )
-        self.model = self._wrap(self.raw_model)
+        self.average = WeightAverage.of(self.raw_model, tc)  # None without --average
+        # what a step calls: DDP around the bare model with several processes, compiled with --compile
+        self.model = self.dist.wrap(self.raw_model, self.device)
+        self.model = torch.compile(self.model) if tc.compile else self.model
         self.streams = Streams(
             data.split("train"), tc.batch_size, tc.seq_len, rows=self.dist.rows(tc.batch_size)
         )
-        val = data.split("val")
-        self.val_ids = val[: tc.eval_chars] if tc.eval_chars else val
+        self.validation = Validation(data, tc, self.device, eval_precision)
         self.cadence = Cadence.plan(tc, len(self.streams))
+        self.snapshots = Snapshots(folder, data.vocab, tc.batch_size, self.device)
         self.loop = LoopState()
         self.hidden = None
         self.signals = StopSignals(self.dist.active)
@@ -111,17 +110,6 @@ class Trainer:
             self._restore()
         if not math.isfinite(self.loop.next_eval_time):  # a new run, or one that had no --time
             self.loop.next_eval_time = self.cadence.eval_interval()
-
-    def _wrap(self, raw_model: CharRNN) -> torch.nn.Module:
-        """What a step calls: DDP around the model with several processes, compiled with --compile."""
-        model = raw_model
-        if self.dist.active:
-            with self.dist.guard("the start of data-parallel training"):
-                model = torch.nn.parallel.DistributedDataParallel(
-                    raw_model,
-                    device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None,
-                )
-        return torch.compile(model) if self.config.train.compile else model
 
     # ---- resume points and the best weights ----------------------------------------------
 
@@ -144,84 +132,33 @@ class Trainer:
             return self.average.module
         return self.raw_model
 
-    def _hidden_rows(self) -> tuple[torch.Tensor, ...]:
-        """The carried state with every rank's rows, (h,) or (h, c); () when there is none."""
-        if self.hidden is None:
-            return ()
-        parts = self.hidden if isinstance(self.hidden, tuple) else (self.hidden,)
-        return tuple(self.dist.gather_rows(t) for t in parts)
-
     def _save_latest(self, elapsed: float) -> None:
         self._check_weights()
-        hidden = self._hidden_rows()  # collective: every rank takes part
+        hidden = self.dist.gather_hidden(self.hidden)  # collective: every rank takes part
         if not self.dist.is_main:
             return
         started = time.perf_counter()
         self.loop.elapsed = elapsed
-        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-        average = self.average.tensors() if self.average is not None else {}
-        checkpoint.save_resume(
-            self.folder.file(LATEST),
-            ResumePoint(
-                model=self.raw_model.state_dict(),
-                optimizer=self.optimizer.state_dict(),
-                loop=self.loop,
-                rng_cpu=torch.get_rng_state(),
-                rng_cuda=cuda_rng,
-                hidden=hidden,
-                average=average,
-                **self._averaged(),
-                world_size=self.dist.world,
-                batch_size=self.config.train.batch_size,
-                vocab=vocab_digest(self.data.vocab),
-            ),
+        self.snapshots.save_latest(
+            self.raw_model, self.optimizer, self.loop, hidden, self.average, self.dist.world
         )
         self.cadence.save_cost = time.perf_counter() - started
 
     def _save_best(self, result: EvalResult) -> None:
-        checkpoint.save_weights(
-            self.folder.file(BEST),
-            self._weights_in_use().state_dict(),
-            step=self.loop.step,
-            val=result,
-            vocab=vocab_digest(self.data.vocab),
-            **self._averaged(),
-        )
-
-    def _averaged(self) -> dict[str, Any]:
-        """How the weights are averaged, as a checkpoint records it."""
-        if self.average is None:
-            return {}
-        return {"average_kind": self.average.kind, "average_count": self.average.count}
+        weights = self._weights_in_use()
+        self.snapshots.save_best(weights, self.loop.step, result, self.average)
 
     def _restore(self) -> None:
-        point = checkpoint.load_resume(
-            self.folder.file(LATEST),
-            vocab=vocab_digest(self.data.vocab),
-            batch_size=self.config.train.batch_size,
+        tc = self.config.train
+        point = self.snapshots.restore(
+            self.raw_model, self.optimizer, self.average, tc.weight_decay
         )
-        try:
-            self.raw_model.load_state_dict(point.model)
-            self.optimizer.load_state_dict(point.optimizer)
-            if self.average is not None and point.average_kind == self.average.kind:
-                self.average.load(point.average, point.average_count)
-            # else: averaging turned on (or changed) by this resume starts afresh
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise UserError(
-                f"{self.folder.file(LATEST)} does not match this run's model ({exc})"
-            ) from None
-        set_weight_decay(self.optimizer, self.config.train.weight_decay)  # --lr is set each step
         self.loop = point.loop
         if point.hidden:
-            rows = self.dist.rows(self.config.train.batch_size)
+            rows = self.dist.rows(tc.batch_size)
             parts = tuple(t[:, rows].to(self.device) for t in point.hidden)
             self.hidden = parts if len(parts) == 2 else parts[0]
-        torch.set_rng_state(point.rng_cpu)
-        if self.device.type == "cuda" and point.rng_cuda is not None:
-            torch.cuda.set_rng_state(point.rng_cuda, self.device)
-        if (
-            self.dist.is_main
-        ):  # what was logged after this point belongs to a future that did not happen
+        if self.dist.is_main:  # metrics logged after this point: a future that never came
             self.folder.truncate_metrics(self.loop.step)
 
     # ---- evaluation ----------------------------------------------------------------------
@@ -232,32 +169,14 @@ class Trainer:
 
     def _evaluate(self, elapsed: float) -> EvalResult | None:
         """Rank 0: score the validation text, keep the best weights, draw a preview, log them."""
-        started = time.perf_counter()
-        result = None
-        if len(self.val_ids) >= 2:
-            result = score_ids(
-                self._weights_in_use(),
-                self.val_ids,
-                device=self.device,
-                precision=self.eval_precision,
-            )
-            self.raw_model.train()
-            if result.nats_per_char < self.loop.best_val:
-                self.loop.best_val, self.loop.best_result = result.nats_per_char, result
-                self._save_best(result)
-        else:  # no validation text: the latest weights are the best we know
+        started, weights = time.perf_counter(), self._weights_in_use()
+        result = self.validation.score_val(weights)
+        if result is None:  # no validation text: the latest weights are the best we know
             self._save_best(EvalResult(0, math.nan, math.nan, math.nan, math.nan))
-        sample = ""
-        if self.config.train.sample_chars > 0:  # a preview, in the fastest format here
-            sample = Sampler(self._weights_in_use(), self.data.vocab).generate(
-                SampleConfig(
-                    length=self.config.train.sample_chars,
-                    temperature=0.8,
-                    seed=self.config.train.seed + self.loop.step,
-                )
-            )[0]
-            self.raw_model.train()
-        self.last_sample = sample
+        elif result.nats_per_char < self.loop.best_val:
+            self.loop.best_val, self.loop.best_result = result.nats_per_char, result
+            self._save_best(result)
+        self.last_sample = sample = self.validation.preview(weights, self.loop.step)
         self.cadence.eval_cost = time.perf_counter() - started
         if result:
             self._say(
@@ -266,16 +185,11 @@ class Trainer:
             )
         if sample:
             self._say("  sample: " + sample.replace("\n", "\n          "))
-        self.folder.append_metrics(
-            EvalRecord.of(
-                self.loop.step,
-                self.loop.chars_seen,
-                round(elapsed, 3),
-                sample,
-                result,
-                averaged_steps=self.average.count if self.average is not None else None,
-            )
+        averaged_steps = self.average.count if self.average is not None else None
+        record = EvalRecord.of(
+            self.loop.step, self.loop.chars_seen, round(elapsed, 3), sample, result, averaged_steps
         )
+        self.folder.append_metrics(record)
         return result
 
     def _evaluate_and_save(self, elapsed: float, clock0: float) -> None:
@@ -286,18 +200,6 @@ class Trainer:
         self.loop.last_eval_step = self.loop.step
         self.loop.next_eval_time = self.cadence.next_eval_after(self.loop.next_eval_time, elapsed)
         self._save_latest(time.perf_counter() - clock0)
-
-    def _test_score(self) -> EvalResult | None:
-        """Rank 0, at the end: the test text scored with the best weights."""
-        test_ids = self.data.split("test")
-        test_ids = (
-            test_ids[: self.config.train.eval_chars] if self.config.train.eval_chars else test_ids
-        )
-        if len(test_ids) < 2 or not self.folder.file(BEST).exists():
-            return None
-        best, _ = checkpoint.read_weights(self.folder.file(BEST))
-        scorer = checkpoint.build_model(best, self.config.model).to(self.device)
-        return score_ids(scorer, test_ids, device=self.device, precision=self.eval_precision)
 
     def fit(self) -> TrainResult:
         with self.signals:  # restored last: see the comment below
@@ -340,19 +242,8 @@ class Trainer:
         while True:
             elapsed = time.perf_counter() - clock0
             # ---- agree on every rank: a signal, the stopping point, evaluating or saving by the clock
-            signum, time_up, steps_done, save_by_clock, eval_by_clock = self.dist.any_flags(
-                [
-                    int(self.signals.received),
-                    int(cadence.time_up(elapsed)),
-                    int(cadence.steps_done(self.loop.step)),
-                    int(
-                        cadence.save_by_clock(time.perf_counter() - last_save) and self.dist.is_main
-                    ),
-                    int(
-                        cadence.eval_by_clock(elapsed, self.loop.next_eval_time)
-                        and self.dist.is_main
-                    ),
-                ]
+            signum, time_up, steps_done, save_by_clock, eval_by_clock = self._agree(
+                elapsed, time.perf_counter() - last_save
             )
             if signum:
                 self._interrupted(signum, elapsed)
@@ -368,15 +259,7 @@ class Trainer:
                 self._save_latest(elapsed)
                 last_save = time.perf_counter()
             # ---- a single training step, skipped if its loss or a gradient is not finite
-            lr = tc.lr * lr_factor(
-                step,
-                cadence.progress(step, elapsed),
-                tc.warmup_steps,
-                tc.schedule,
-                tc.final_lr_frac,
-            )
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            lr = self._set_lr(step, elapsed)
             loss_sum, ok, local_valid, valid = self._step(elapsed)
             logged.add(loss_sum, ok, local_valid, valid)
             # ---- the divergence guard's counts, and the log line
@@ -386,6 +269,29 @@ class Trainer:
                 self._log_line(logged, lr, clock0)
             self.bar.advance(time.perf_counter() - clock0)
         return self._finish(stop_reason, clock0)
+
+    def _agree(self, elapsed: float, since_save: float) -> list[int]:
+        """The same answers on every rank -> [signal number or 0, time up, steps done, save by
+        the clock, evaluate by the clock] (rank 0's clock decides the last two)."""
+        cadence, main = self.cadence, self.dist.is_main
+        return self.dist.any_flags(
+            [
+                int(self.signals.received),
+                int(cadence.time_up(elapsed)),
+                int(cadence.steps_done(self.loop.step)),
+                int(cadence.save_by_clock(since_save) and main),
+                int(cadence.eval_by_clock(elapsed, self.loop.next_eval_time) and main),
+            ]
+        )
+
+    def _set_lr(self, step: int, elapsed: float) -> float:
+        """The schedule's learning rate for this step, set on the optimizer -> the rate."""
+        tc = self.config.train
+        progress = self.cadence.progress(step, elapsed)
+        factor = lr_factor(step, progress, tc.warmup_steps, tc.schedule, tc.final_lr_frac)
+        for group in self.optimizer.param_groups:
+            group["lr"] = tc.lr * factor
+        return tc.lr * factor
 
     def _say_start(self) -> None:
         if self.loop.step == 0:
@@ -405,7 +311,7 @@ class Trainer:
             self.hidden = None  # each epoch starts its streams afresh
         x, y, valid = self.streams.window(window)
         local_valid = int((y != IGNORE).sum())  # this rank's share of the global `valid`
-        x, y = self._to_device(x), self._to_device(y)
+        x, y = to_device(x, self.device), to_device(y, self.device)
         with autocast(self.precision, self.device):  # bf16 autocast, or nothing; weights stay fp32
             logits, hidden = self.model(x, self.hidden)  # (B, T, V)
             loss_sum = F.cross_entropy(
@@ -422,7 +328,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with self.dist.guard("the gradient all-reduce"):
             loss.backward()
-        finite = torch.isfinite(self._clip())  # NaN if the loss or any gradient was not finite
+        finite = torch.isfinite(
+            clip_gradients(self.params, self.config.train.grad_clip)
+        )  # NaN if the loss or any gradient was not finite
         self.loop.step += 1
         self.loop.chars_seen += valid
         ok = self.nonfinite.step(self.optimizer, finite)  # False, or on the device (see guard.py)
@@ -431,22 +339,6 @@ class Trainer:
             self.average.update(self.raw_model)
         self.hidden = carry(hidden, ok)
         return loss_sum, ok, local_valid, valid
-
-    def _clip(self) -> torch.Tensor:
-        """Clip the gradients to --grad-clip (0: not at all) -> their norm before clipping."""
-        if self.config.train.grad_clip > 0:
-            return torch.nn.utils.clip_grad_norm_(self.params, self.config.train.grad_clip)
-        return torch.linalg.vector_norm(
-            torch.stack(
-                [torch.linalg.vector_norm(p.grad) for p in self.params if p.grad is not None]
-            )
-        )
-
-    def _to_device(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(array)
-        if self.device.type == "cuda":  # from pinned memory the copy does not block the host
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor.to(self.device)
 
     def _read_skips(self) -> None:
         """Log the steps the guard skipped since its last read; too many in a row end the run."""
@@ -464,19 +356,14 @@ class Trainer:
     def _log_line(self, logged: LogWindow, lr: float, clock0: float) -> None:
         """Every rank (the sums are collective): the train record of the log window, and the bar."""
         train_loss, speed, now = logged.close(self.dist, time.perf_counter)
+        loop, seconds = self.loop, round(now - clock0, 3)
         if self.dist.is_main:
-            self.folder.append_metrics(
-                TrainRecord(
-                    self.loop.step,
-                    self.loop.chars_seen,
-                    round(now - clock0, 3),
-                    train_loss,
-                    lr,
-                    round(speed, 1),
-                )
+            record = TrainRecord(
+                loop.step, loop.chars_seen, seconds, train_loss, lr, round(speed, 1)
             )
-        best = self.loop.best_result.nats_per_char if self.loop.best_result else None
-        self.bar.show(self.loop.step, train_loss, speed, best)
+            self.folder.append_metrics(record)
+        best = loop.best_result.nats_per_char if loop.best_result else None
+        self.bar.show(loop.step, train_loss, speed, best)
 
     def _finish(self, stop_reason: str, clock0: float) -> TrainResult:
         """The end: the guard's last counts, a last evaluation, a resume point, the test score."""
@@ -488,26 +375,20 @@ class Trainer:
         self.loop.last_eval_step = self.loop.step
         self._save_latest(time.perf_counter() - clock0)
         self.bar.close()
-        test_result = None
+        test_result, loop = None, self.loop
         if self.dist.is_main:
-            test_result = self._test_score()
-            elapsed = time.perf_counter() - clock0
-            self.folder.append_metrics(
-                FinalRecord(
-                    self.loop.step,
-                    self.loop.chars_seen,
-                    round(elapsed, 3),
-                    stop_reason,
-                    self.loop.best_result,
-                    test_result,
-                )
+            test_result = self.validation.score_test(self.snapshots.best_model(self.config.model))
+            seconds = round(time.perf_counter() - clock0, 3)
+            final = FinalRecord(
+                loop.step, loop.chars_seen, seconds, stop_reason, loop.best_result, test_result
             )
+            self.folder.append_metrics(final)
         return TrainResult(
             folder=self.folder.path,
-            steps=self.loop.step,
+            steps=loop.step,
             elapsed=time.perf_counter() - clock0,
-            chars_seen=self.loop.chars_seen,
-            best_val=self.loop.best_result,
+            chars_seen=loop.chars_seen,
+            best_val=loop.best_result,
             test=test_result,
             stop_reason=stop_reason,
             sample=self.last_sample,

@@ -190,38 +190,30 @@ def cmd_eval(args) -> int:
         result = model.evaluate_ids(ids, args.precision)
         adapted = model.evaluate_ids(ids, dynamic=dynamic) if dynamic else None
         label = f"{args.split} split"
-    if args.json:
-        extra = (
-            {
-                "dynamic": {
-                    **adapted.to_dict(),
-                    "lr": dynamic.lr,
-                    "decay": dynamic.decay,
-                    "window": dynamic.window,
-                }
-            }
-            if adapted
-            else {}
-        )
-        print_json({"run": args.run, "text": label, **result.to_dict(), **extra})
-    else:
-        print(_eval_line(label, result))
-        if adapted:
-            print(
-                _eval_line(
-                    f"{label}, dynamic (lr {dynamic.lr:g}, decay {dynamic.decay:g}, "
-                    f"window {dynamic.window})",
-                    adapted,
-                )
-            )
-        if result.unknown_chars:
-            from ..vocab import describe_chars
-
-            print(
-                f"{result.unknown_chars:,} chars outside the vocabulary were not scored: "
-                f"{describe_chars(result.unknown_symbols)}"
-            )
+    _print_eval(args, label, result, adapted, dynamic)
     return EXIT_OK
+
+
+def _print_eval(args, label: str, result, adapted, dynamic) -> None:
+    """eval's answer: one JSON object with --json, else a line each for static and dynamic."""
+    from ..vocab import describe_chars
+
+    if args.json:
+        extra = {}
+        if adapted:
+            how = {"lr": dynamic.lr, "decay": dynamic.decay, "window": dynamic.window}
+            extra = {"dynamic": {**adapted.to_dict(), **how}}
+        print_json({"run": args.run, "text": label, **result.to_dict(), **extra})
+        return
+    print(_eval_line(label, result))
+    if adapted:
+        how = f"lr {dynamic.lr:g}, decay {dynamic.decay:g}, window {dynamic.window}"
+        print(_eval_line(f"{label}, dynamic ({how})", adapted))
+    if result.unknown_chars:
+        print(
+            f"{result.unknown_chars:,} chars outside the vocabulary were not scored: "
+            f"{describe_chars(result.unknown_symbols)}"
+        )
 
 
 def cmd_sample(args) -> int:
