@@ -12,6 +12,7 @@ from nextchar.cli.options import config_from, options_given
 from nextchar.config import (
     DataConfig,
     DynamicConfig,
+    LessonConfig,
     ModelConfig,
     SampleConfig,
     ServeLimits,
@@ -54,6 +55,7 @@ COMMANDS = {
             "quiet",
         },
     ),
+    "hihello": ([(LessonConfig, "", None)], {"json"}),
 }
 
 

@@ -30,6 +30,7 @@ UNKNOWN_POLICIES = ("error", "skip")  # characters outside the vocabulary: refus
 CHECKPOINTS = ("best", "latest")  # the weights a reader loads from a run folder
 LESSON_CELLS = ("rnn", "lstm", "gru")  # the lesson's cells (nextchar hihello)
 FEEDS = ("char", "sequence")  # the lesson: one character per call, or the whole sequence
+DEFAULT_EMBED_HIDDEN = 8  # the lesson's hidden width when --embed is set and --hidden is not
 API_KEY_ENV = "NEXTCHAR_API_KEY"  # `nextchar serve`'s key when --api-key is not given
 DEFAULT_TIME = 180.0  # seconds of a `nextchar train` given no stopping point
 
@@ -298,6 +299,43 @@ class ServeLimits:
             self.request_timeout > 0,
             f"--request-timeout must be positive, got {self.request_timeout}",
         )
+
+
+@dataclass(frozen=True)
+class LessonConfig:
+    """One lesson run. embed == 0 and hidden == 0 is the classic lesson model."""
+
+    text: str = option("hihello", "the word to learn (input text[:-1], target text[1:])")
+    cell: str = option("rnn", "the recurrent cell", choices=LESSON_CELLS)
+    feed: str = option(
+        "char",
+        "one character per call, hidden carried (the lesson), or the whole sequence in one call",
+        choices=FEEDS,
+    )
+    embed: int = option(0, "embedding size (0: one-hot input, the lesson)")
+    hidden: int = option(
+        0,
+        "hidden size with a linear head (0: as many as classes, the lesson; "
+        f"{DEFAULT_EMBED_HIDDEN} with --embed)",
+    )
+    epochs: int = option(15, "epochs, one printed line each")
+    lr: float = option(0.1, "Adam's learning rate")
+    seed: int = option(
+        16, "the random seed (16 reaches ihello at epoch 6 and keeps it: docs/lesson.md)"
+    )
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        require(
+            len(self.text) >= 2,
+            f"--text must have at least 2 characters (an input and a target), got {self.text!r}",
+        )
+        require(self.embed >= 0, f"--embed must be 0 (one-hot) or positive, got {self.embed}")
+        require(
+            self.hidden >= 0, f"--hidden must be 0 (as the lesson) or positive, got {self.hidden}"
+        )
+        require(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
+        require(self.lr > 0, f"--lr must be a positive number, got {self.lr}")
 
 
 @dataclass(frozen=True)

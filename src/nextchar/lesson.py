@@ -13,57 +13,17 @@ docs/lesson.md walks through it step by step.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .config import FEEDS, LESSON_CELLS
-from .errors import UserError
+from .config import DEFAULT_EMBED_HIDDEN, LESSON_CELLS, LessonConfig
 from .vocab import Vocab
-
-DEFAULT_EMBED_HIDDEN = 8  # hidden width when --embed is set and --hidden is not
 
 # An LSTM carries (h, c); RNN and GRU carry h alone. Each tensor is (layers=1, B, H).
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class LessonConfig:
-    """One lesson run. embed == 0 and hidden == 0 is the classic lesson model."""
-
-    text: str = "hihello"  # input is text[:-1], target is text[1:]
-    cell: str = "rnn"  # rnn | lstm | gru
-    feed: str = "char"  # char: one character per call, hidden carried | sequence: one call
-    embed: int = 0  # 0 = one-hot input
-    hidden: int = 0  # 0 = as many as classes (one-hot) or DEFAULT_EMBED_HIDDEN (embedding)
-    epochs: int = 15
-    lr: float = 0.1
-    seed: int = 16  # reaches ihello at epoch 6 and keeps it; seed counts in docs/lesson.md
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.text, str) or len(self.text) < 2:
-            raise UserError(
-                f"--text must have at least 2 characters (an input and a target), got {self.text!r}"
-            )
-        if self.cell not in LESSON_CELLS:
-            raise UserError(
-                f"--cell must be one of {', '.join(LESSON_CELLS)} for the lesson, got {self.cell!r}"
-            )
-        if self.feed not in FEEDS:
-            raise UserError(f"--feed must be one of {', '.join(FEEDS)}, got {self.feed!r}")
-        if self.embed < 0:
-            raise UserError(f"--embed must be 0 (one-hot) or positive, got {self.embed}")
-        if self.hidden < 0:
-            raise UserError(
-                f"--hidden must be 0 (the default for the model) or positive, got {self.hidden}"
-            )
-        if self.epochs < 1:
-            raise UserError(f"--epochs must be at least 1, got {self.epochs}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise UserError(f"--lr must be a positive number, got {self.lr}")
 
 
 @dataclass(frozen=True)

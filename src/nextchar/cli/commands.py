@@ -21,14 +21,10 @@ def dynamic_config(args) -> DynamicConfig:
 
 
 def cmd_hihello(args) -> int:
-    from ..lesson import LessonConfig, format_line, train_lesson
+    from ..config import LessonConfig
+    from ..lesson import format_line, train_lesson
 
-    options = {
-        k: getattr(args, k) for k in ("text", "cell", "feed", "embed", "hidden", "epochs", "lr")
-    }
-    if args.seed is not None:
-        options["seed"] = args.seed
-    config = LessonConfig(**options)
+    config = config_from(args, LessonConfig)
     for result in train_lesson(config):
         if args.json:
             print(

@@ -13,12 +13,11 @@ from .. import __version__
 from ..config import (
     CHECKPOINTS,
     DEVICES,
-    FEEDS,
-    LESSON_CELLS,
     PRECISIONS,
     WEIGHT_FORMATS,
     DataConfig,
     DynamicConfig,
+    LessonConfig,
     ModelConfig,
     SampleConfig,
     ServeLimits,
@@ -77,23 +76,7 @@ def _hihello(sub) -> None:
         help="the classic lesson: teach an RNN 'hihell' -> 'ihello'",
         description="Train the lesson's tiny RNN and print its prediction every epoch.",
     )
-    p.add_argument(
-        "--text", default="hihello", help="the word to learn (input text[:-1], target text[1:])"
-    )
-    p.add_argument("--cell", default="rnn", choices=LESSON_CELLS)
-    p.add_argument(
-        "--feed",
-        default="char",
-        choices=FEEDS,
-        help="one character at a time (as the lesson) or the whole sequence in one call",
-    )
-    p.add_argument("--embed", type=int, default=0, help="embedding size (0 = one-hot, the lesson)")
-    p.add_argument(
-        "--hidden", type=int, default=0, help="hidden size with a linear head (0 = the lesson)"
-    )
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=None)
+    add_options(p, LessonConfig)
     p.add_argument("--json", action="store_true", help="one JSON object per epoch")
 
 
