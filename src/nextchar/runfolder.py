@@ -31,9 +31,10 @@ import torch
 
 from .atomic import CheckpointWriteError, atomic_write, is_temp, remove_temps
 from .checkpoint import build_model, read_weights, vocab_digest, weights_fit
-from .config import RunConfig
+from .config import CHECKPOINTS, RunConfig
 from .data import TokenData, is_prepared, load_prepared, overlaps
 from .errors import UserError
+from .fields import one_of
 from .folderlock import LOCK, FolderLock, acquire
 from .metrics import Record, parse_record, record_line
 from .model import CharRNN
@@ -270,8 +271,10 @@ class RunFolder:
             pass
 
     def weights_path(self, which: str = "best") -> Path:
-        if which not in ("best", "latest"):
-            raise UserError(f"--checkpoint must be best or latest, got {which!r}")
+        """The weights file `which` (config.CHECKPOINTS) names; best falls back to latest before
+        the first evaluation has written best.safetensors."""
+        if which not in CHECKPOINTS:
+            raise UserError(f"--checkpoint must be {one_of(CHECKPOINTS)}, got {which!r}")
         path = self.file(BEST if which == "best" else LATEST)
         if which == "best" and not path.exists() and self.file(LATEST).exists():
             path = self.file(LATEST)

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..evaluate import LN2
 from ..model import CharRNN
 from ..vocab import Vocab, code_points
 
-LN2 = math.log(2.0)
 TOP_K = 5
 UNITS_PER_PROPERTY = 3
 
