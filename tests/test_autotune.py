@@ -206,6 +206,7 @@ def test_bf16_training_follows_fp32_loss_per_step(tmp_path, tiny_text, tiny_opti
     assert losses["fp32"][-1] < losses["fp32"][0] - 0.5  # and it did learn
 
 
+@pytest.mark.slow
 def test_train_says_and_records_what_auto_chose(tmp_path, tiny_file):
     out = subprocess.run(
         [
@@ -246,6 +247,7 @@ def test_train_says_and_records_what_auto_chose(tmp_path, tiny_file):
     assert record["budget"] is None  # a --steps run: no budget to spend
 
 
+@pytest.mark.slow
 def test_a_time_budget_records_its_plan(tmp_path, tiny_text, tiny_options):
     options = {k: v for k, v in tiny_options.items() if k != "hidden"}
     run = nextchar.train(text=tiny_text, out=tmp_path / "run", time=4, **options)

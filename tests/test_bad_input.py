@@ -251,6 +251,7 @@ def in_process(capsys, *args) -> str:
 # ---- input text ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_missing_file(world, cli):
     root = world[0]
     assert "no such file or directory: nope.txt" in user_error(cli["missing"])

@@ -53,6 +53,7 @@ def trained_run(tmp_path_factory):
     return run, text, json.loads(proc.stdout)
 
 
+@pytest.mark.slow
 def test_train_json_result(trained_run):
     run, _, result = trained_run
     assert result["steps"] == 40 and result["stop"] == "steps"
@@ -60,6 +61,7 @@ def test_train_json_result(trained_run):
     assert (run / "command.txt").read_text().startswith("nextchar train")
 
 
+@pytest.mark.slow
 def test_eval_split_and_text(trained_run):
     run, text, result = trained_run
     val = json.loads(nextchar("eval", run, "--json").stdout)
@@ -74,6 +76,7 @@ def test_eval_split_and_text(trained_run):
     assert "bits/char" in human and "not scored" in human
 
 
+@pytest.mark.slow
 def test_sample_streams_and_repeats(trained_run):
     run, _, _ = trained_run
     a = nextchar("sample", run, "--prime", "to be", "--length", 50, "--seed", 3).stdout
@@ -101,6 +104,7 @@ def test_sample_streams_and_repeats(trained_run):
     assert greedy == nextchar("sample", run, "--greedy", "--length", 30, "--prime", "line").stdout
 
 
+@pytest.mark.slow
 def test_sample_precision_still_names_the_weight_format(trained_run):
     """--precision was sample's name for --weights: it still works, and says so in one line."""
     run, _, _ = trained_run
@@ -112,6 +116,7 @@ def test_sample_precision_still_names_the_weight_format(trained_run):
     )
 
 
+@pytest.mark.slow
 def test_unknown_prime_is_a_one_line_error(trained_run):
     run, _, _ = trained_run
     proc = nextchar("sample", run, "--prime", "to be 😀", check=False)
@@ -120,6 +125,7 @@ def test_unknown_prime_is_a_one_line_error(trained_run):
     assert proc.stdout.startswith("to be ")
 
 
+@pytest.mark.slow
 def test_prepare_then_train_on_prepared(tmp_path, trained_run):
     _, text, _ = trained_run
     data = tmp_path / "data"
@@ -150,6 +156,7 @@ def test_help_is_fast():
     )
 
 
+@pytest.mark.slow
 def test_hihello_cli():
     lines = nextchar("hihello").stdout.splitlines()
     assert len(lines) == 15 and lines[-1].startswith("predicted string: ihello\t epoch: 15, loss: ")
@@ -179,6 +186,7 @@ def test_usage_errors_are_one_line_exit_2(args):
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_plot_and_report_commands(trained_run, tmp_path):
     run, _, _ = trained_run
     png = tmp_path / "curves.png"

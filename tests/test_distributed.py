@@ -175,6 +175,7 @@ def alive(pid: int) -> bool:
 # ---- two processes = one process --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_processes_reach_the_weights_of_one(text_dir):
     steps = ["--steps", "30"]
     one = single("train", "tiny.txt", "--out", "one", *FLAGS, *steps, cwd=text_dir)
@@ -213,6 +214,7 @@ def test_two_processes_reach_the_weights_of_one(text_dir):
     assert max_difference(a, b) < 1e-5
 
 
+@pytest.mark.slow
 def test_two_processes_match_the_plain_loop_with_ragged_windows(text_dir):
     """Loss scaling across ranks: each rank's summed loss x world / the global count of scored
     targets, averaged by DDP, is the one-process loss. The last window of each epoch has 56 scored
@@ -266,6 +268,7 @@ def test_two_processes_match_the_plain_loop_with_ragged_windows(text_dir):
         assert float(((got - want).abs() / want.abs().clamp(min=1)).max()) < 1e-5
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_processes_is_refused(text_dir):
     flags = [f for f in FLAGS]
     flags[flags.index("--batch-size") + 1] = "3"
@@ -279,6 +282,7 @@ def test_batch_not_divisible_by_processes_is_refused(text_dir):
 # ---- a rank that dies or hangs --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_killed_rank_ends_the_run_and_resume_finishes_it(text_dir):
     args = ["train", "tiny.txt", *FLAGS, "--steps", "400", "--checkpoint-every", "20"]
     reference = torchrun(2, *args, "--out", "reference", cwd=text_dir)
@@ -309,6 +313,7 @@ def test_killed_rank_ends_the_run_and_resume_finishes_it(text_dir):
     assert max_difference(a, b) == 0.0  # the resume point holds everything: the very same weights
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_rank_at_one_step_with_a_checkpoint(text_dir):
     """A terminal's Ctrl-C reaches torchrun and its workers, and torchrun passes it on again."""
     run = text_dir / "run"
@@ -342,6 +347,7 @@ def test_ctrl_c_stops_every_rank_at_one_step_with_a_checkpoint(text_dir):
     assert f"stopped at step {meta['step']} and saved" in stops[0]
 
 
+@pytest.mark.slow
 def test_stopped_rank_times_out_with_a_clear_message(text_dir):
     run = text_dir / "run"
     # The timeout holds from the start: rank 1 waits for rank 0 to prepare the run (--eval-chars
@@ -410,6 +416,7 @@ def _rank_on_a_clock(
     os._exit(0)  # as in _rank below
 
 
+@pytest.mark.slow
 def test_every_rank_stops_together_on_time(text_dir):
     """Each rank decides from its own clock that the time is up; the ranks agree before stopping,
     or the one still stepping would wait for the other forever. On virtual clocks of 1 s and
@@ -478,6 +485,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_inf_loss_on_one_rank_is_skipped_by_every_rank(text_dir, monkeypatch):
     text = str(text_dir / "tiny.txt")
     torch.multiprocessing.spawn(

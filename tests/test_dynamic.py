@@ -95,6 +95,7 @@ def nextchar(*args) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_reports_static_and_dynamic_side_by_side_and_leaves_the_run(tmp_path):
     (tmp_path / "t.txt").write_text(TINY_TEXT)
     run = tmp_path / "run"
@@ -137,6 +138,7 @@ def test_adapting_ends_with_the_hand_written_weights_and_leaves_the_model(model,
     assert all(torch.equal(before[k], v) for k, v in unchanged.state_dict().items())
 
 
+@pytest.mark.slow
 def test_sample_adapt_learns_from_the_prime_and_refuses_without_one(tmp_path):
     (tmp_path / "t.txt").write_text(TINY_TEXT)
     run = tmp_path / "run"

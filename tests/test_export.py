@@ -82,6 +82,7 @@ def onnx_greedy(
 @pytest.mark.parametrize(
     "cell, embed", [("lstm", 8), ("lstm", 0), ("gru", 8), ("rnn", 0), ("rnn-relu", 8)]
 )
+@pytest.mark.slow
 def test_onnx_steps_match_pytorch_over_1000_characters(trained, cell, embed):
     model = trained(cell, embed)
     sess = session(build_onnx(model, VOCAB).SerializeToString())

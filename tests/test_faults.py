@@ -81,6 +81,7 @@ def stray_temps(run: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.slow
 def test_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, signum, code):
     (tmp_path / "tiny.txt").write_text(TEXT)
     run = tmp_path / "run"
@@ -211,6 +212,7 @@ def uninterrupted(tmp_path_factory) -> Path:
     "name, point",
     [("latest.safetensors", p) for p in atomic.FAULT_POINTS] + [("best.safetensors", "partial")],
 )
+@pytest.mark.slow
 def test_sigkill_inside_a_checkpoint_write_loses_nothing(tmp_path, uninterrupted, name, point):
     (tmp_path / "tiny.txt").write_text(TEXT)
     run = tmp_path / "run"

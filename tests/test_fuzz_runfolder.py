@@ -85,6 +85,7 @@ def files_strategy(original, names):
 
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
+@pytest.mark.slow
 def test_damaged_run_folder_loads_the_same_model_or_is_refused(original, data):
     run, files, vocab, logits = original
     name, damaged = data.draw(files_strategy(original, FILES))

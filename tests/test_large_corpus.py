@@ -98,6 +98,7 @@ def test_vocab_filling_the_id_type(tmp_path, size, dtype):
         prepare([str(path)], tmp_path / "d2", vocab=vocab)
 
 
+@pytest.mark.slow
 def test_large_vocabulary_prepares_and_trains(tmp_path):
     """Several thousand CJK symbols (uint16 ids) and astral emoji: the model gets the whole
     vocabulary, learns, and samples only its symbols."""
@@ -160,6 +161,7 @@ def test_prepare_memory_does_not_grow_with_the_corpus(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_training_on_a_huge_memory_mapped_corpus_never_loads_it(tmp_path):
     """3 GB of ids (a sparse file: zeros after a real beginning) trains its first steps in a
     fraction of that memory and time, with --eval-chars capping the evaluations."""

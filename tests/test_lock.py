@@ -73,6 +73,7 @@ def text_file(tmp_path) -> Path:
     return tmp_path / "t.txt"
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_while_the_first_trains(tmp_path, text_file):
     run = tmp_path / "run"
     first = start(
@@ -99,6 +100,7 @@ def test_a_second_writer_is_refused_while_the_first_trains(tmp_path, text_file):
     assert resumed.returncode == 0, resumed.stderr
 
 
+@pytest.mark.slow
 def test_two_resumes_at_once_one_is_refused(tmp_path, text_file):
     run = tmp_path / "run"
     assert (

@@ -98,6 +98,7 @@ def evals(run: Path) -> list[tuple]:
     ]
 
 
+@pytest.mark.slow
 def test_cli_run_interrupted_by_sigint_and_resumed_is_bit_identical(tmp_path):
     (tmp_path / "tiny.txt").write_text(TEXT)
 
@@ -177,6 +178,7 @@ def interrupt_at(monkeypatch, stop_at: int) -> None:
         ("gru-swa", [14]),
     ],
 )
+@pytest.mark.slow
 def test_in_process_interrupted_runs_are_bit_identical(
     tmp_path, monkeypatch, whole_runs, variant, stops
 ):

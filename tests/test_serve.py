@@ -533,6 +533,7 @@ def test_serve_cli_refusals_are_one_line(run, monkeypatch):
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.slow
 def test_serve_command_end_to_end(run, tmp_path):
     """The real command: it binds, says where, answers, and stops on Ctrl-C."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "NEXTCHAR_API_KEY": "k"}
@@ -619,6 +620,7 @@ def until(page, condition: str, timeout: float = 30.0) -> None:
     wait_for(lambda: page.evaluate(condition), timeout)
 
 
+@pytest.mark.slow
 def test_the_page_generates_and_shades_in_chromium(url, client):
     executable = browser_or_skip()
     from playwright.sync_api import sync_playwright

@@ -48,6 +48,7 @@ def one_error_line(stderr: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_closed_stdout_refused_before_any_work(run):
     closed = nextchar("sample", run, "--length", "10", stdout=None, preexec_fn=lambda: os.close(1))
     assert closed.returncode == 2
@@ -63,6 +64,7 @@ def test_closed_stderr_still_samples(run):
     assert done.returncode == 0 and len(done.stdout) > 10
 
 
+@pytest.mark.slow
 def test_ascii_stdout_gets_escapes_and_one_note(run):
     """Characters the encoding cannot show are escaped, never dropped, never a traceback."""
     plain = nextchar("sample", run, "--length", "200", "--seed", "4", "--num-samples", "2")
@@ -143,6 +145,7 @@ def test_ctrl_c_keeps_what_was_drawn_in_every_mode(run, mode):
         assert out.endswith("\n") and len(samples) >= rows and samples[0]
 
 
+@pytest.mark.slow
 def test_a_seed_fixes_each_sample_through_the_cli(run):
     three = nextchar(
         "sample",
@@ -210,6 +213,7 @@ def test_spooled_samples_move_to_disk_and_come_back_in_order(tmp_path, monkeypat
     }
 
 
+@pytest.mark.slow
 def test_train_hint_primes_with_characters_of_the_vocabulary(run, tmp_path):
     text = tmp_path / "greek.txt"
     text.write_text("Αλφα βήτα γάμμα δέλτα\n" * 200, encoding="utf-8")
@@ -222,6 +226,7 @@ def test_train_hint_primes_with_characters_of_the_vocabulary(run, tmp_path):
     assert sampled.returncode == 0 and sampled.stdout.startswith("Αλφα")
 
 
+@pytest.mark.slow
 def test_report_passage_is_what_eval_scores_with_invisible_marks_shown(run, tmp_path):
     """CRLF line ends are kept (eval scores the \\r), and bidirectional and zero-width characters
     show as visible U+XXXX marks: the raw character never reaches the page."""

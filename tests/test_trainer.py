@@ -114,6 +114,7 @@ def test_steps_match_a_plain_pytorch_loop(tmp_path, case, steps):
     not (shutil.which("cc") or shutil.which("gcc")),
     reason="torch.compile on the CPU needs a C compiler (cc or gcc), none found",
 )
+@pytest.mark.slow
 def test_compile_trains_and_saves_the_same_weights(tmp_path):
     """--compile runs the steps through torch.compile (inductor writes its kernels into the cache
     folder given here) and trains to the weights of the same run without it."""
@@ -214,6 +215,7 @@ def test_time_budget_includes_evaluations_and_saving(tmp_path, monkeypatch):
     assert 90 < evals[-1] <= 100 - 2 * 3  # at the end, with time kept for it and the test score
 
 
+@pytest.mark.slow
 def test_time_alone_on_the_real_clock(tmp_path):
     """The same through the CLI with real time: it stops on time, soon after the budget (the
     margin is for a loaded two-core machine; the exact accounting is tested above)."""
