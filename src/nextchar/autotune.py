@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .atomic import temp_path
+from .atomic import CheckpointWriteError, atomic_write
 
 CACHE_VERSION = 1
 MARGIN = (
@@ -192,18 +192,12 @@ def cache_get(key: dict[str, Any]) -> dict[str, float] | None:
 def cache_put(key: dict[str, Any], timings: dict[str, float]) -> None:
     """Store timings atomically; a cache that cannot be written is simply not used."""
     path = _entry_path(key)
-    tmp = temp_path(path)
+    entry = json.dumps({"version": CACHE_VERSION, "key": key, "seconds": timings})
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(
-            json.dumps({"version": CACHE_VERSION, "key": key, "seconds": timings}), encoding="utf-8"
-        )
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        atomic_write(path, entry)
+    except (OSError, CheckpointWriteError):
+        pass
 
 
 # ---- timing --------------------------------------------------------------------------------
