@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from nextchar.config import parse_duration
+    from nextchar.fields import parse_duration
 
     budget = parse_duration(args.time)
     if args.threads:
