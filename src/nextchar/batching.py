@@ -94,8 +94,9 @@ class Batcher:
             job.seed = (
                 config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
             )
+            steps = 0 if config.greedy else config.length
             job.streams = [
-                Stream(row_seed(job.seed, row), len(self.symbols)) for row in range(job.rows)
+                Stream(row_seed(job.seed, row), len(self.symbols), steps) for row in range(job.rows)
             ]
             shared = self.sampler.shared_prime(config.prime, config.unknown)
             if shared is not None:
