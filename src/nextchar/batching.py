@@ -221,7 +221,7 @@ class Batcher:
             )
         if not batch.jobs:
             return batch
-        if batch.noise.steps_left == 0:  # a stream has read all of its block: on to the next
+        if batch.noise.steps_left == 0:  # a row has read all of its window: on to the next
             batch.noise = NoiseTable.build(batch, [], batch.logits)
         # draw and deliver
         ids = self._draw(batch)  # (B,)

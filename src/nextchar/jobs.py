@@ -81,18 +81,22 @@ class Arrival:
 
 
 class NoiseTable:
-    """The Gumbel noise of every row of the batch in one (N, V) table, read a step at a time by
-    one index_select: row b of step t sits at cursor[b] + t. Copying what is left of each
-    stream's block in once costs less than slicing 64 streams' blocks every step (2.6 us a
-    slice on the 2-core machine, against 8 us for the one gather). Built again when jobs join or
-    a stream's block is used up (a block holds 2**18 values: 4,000 steps over 65 symbols); rows
-    that leave only leave the cursor. Row 0 is zeros, read by greedy rows."""
+    """The Gumbel noise of every row of the batch for the next few steps in one (N, V) table,
+    read a step at a time by one index_select: row b of step t sits at cursor[b] + t. Copying
+    WINDOW steps of each stream's block in once costs less than slicing 64 streams' blocks every
+    step (2.6 us a slice on the 2-core machine, against 8 us for the one gather). Built again
+    when jobs join or a row has read its window; rows that leave only leave the cursor. Holding
+    a window rather than the whole rest of every block keeps a join cheap: a burst of 64
+    requests joining one by one would otherwise copy every stream's block again at each join.
+    Row 0 is zeros, read by greedy rows."""
+
+    WINDOW = 64  # steps of noise per row copied in at a time
 
     def __init__(
         self, table: torch.Tensor, cursor: torch.Tensor, stride: torch.Tensor, steps_left: float
     ):
         self.table, self.cursor, self.stride = table, cursor, stride  # (N, V), (B,), (B,)
-        self.steps_left = steps_left  # steps until some stream's block is used up
+        self.steps_left = steps_left  # steps until some row has read all of its window
         self.steps = 0  # read since built
 
     @classmethod
@@ -111,7 +115,7 @@ class NoiseTable:
                 stride += [0] * job.rows
                 continue
             for stream in job.streams:
-                rest = stream.rest()  # (m, V)
+                rest = stream.rest()[: cls.WINDOW]  # (m, V)
                 parts.append(rest)
                 cursor.append(base)
                 stride.append(1)
