@@ -13,7 +13,7 @@
         draw     each row's next character from the shared logits with its own stream's noise
                  (read for all rows at once, NoiseTable) and its job's settings (jobs with the
                  same settings drawn in one call)
-        deliver  the characters to each job; wake its reader
+        deliver  the characters to each job; wake its reader at the first ones
         leave    finished, cancelled and late jobs drop out (StepModel.select)
         step     one StepModel.step for every row left
 
@@ -234,8 +234,7 @@ class Batcher:
                 for r, text in enumerate(job.texts):
                     text.append(symbols[chars[row + r]])
             job.produced += 1
-            if not job.woken:  # Job.signal, inlined
-                job.woken = True
+            if job.produced == 1:  # its first characters; then its reader reads at its own pace
                 job.wake()
         # leave: finished, cancelled and late jobs (looked for only when one may be there)
         batch.steps_to_end -= 1

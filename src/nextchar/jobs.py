@@ -18,9 +18,10 @@ from .stepping import StepState
 class Job:
     """One request: `config.num_samples` rows drawn together, their text read as it grows.
 
-    The batch thread appends characters and calls `wake` when a reader should look (at most once
-    between two reads, so a fast stream costs one wake-up per read, not one per character). A
-    reader calls `read()` for what is new; `ended` says why it stopped once it has."""
+    The batch thread appends characters and calls `wake` when a reader should look: when the
+    first characters land and when the job ends (a wake-up crosses threads and costs both of
+    them; in between, a streaming reader reads at its own pace). A reader calls `read()` for
+    what is new; `ended` says why it stopped once it has."""
 
     def __init__(
         self, config: SampleConfig, deadline: float, wake: Callable[[], None] = lambda: None
@@ -39,7 +40,6 @@ class Job:
         self.ended: str | None = None  # "done", "cancelled", "timeout" or "failed"
         self.cancelled = False
         self.prime_ids: list[int] | None = None  # what every row reads first, or None: each its own
-        self.woken = False  # woken and not read since: no further wake-up needed
 
     def cancel(self) -> None:
         """Leave the batch at the next step (a reader that went away)."""
@@ -47,7 +47,6 @@ class Job:
 
     def read(self) -> list[str]:
         """Per row, the text generated since the last read (a drawn first character included)."""
-        self.woken = False  # before reading: what lands after this wakes the reader again
         upto = self.leading + self.produced
         new = ["".join(row[self.read_upto : upto]) for row in self.texts]
         self.read_upto = upto
@@ -57,18 +56,11 @@ class Job:
         """Row `row`'s whole text: the prime, then what was drawn."""
         return self.prime + "".join(self.texts[row])
 
-    def signal(self) -> None:
-        """Wake the reader, at most once between two reads (called by the batch thread)."""
-        if not self.woken:
-            self.woken = True
-            self.wake()
-
     def end(self, reason: str) -> None:
         """Over, for `reason`: its noise is freed and its reader woken (by the Batcher)."""
         self.ended = reason
         self.streams = []  # free the noise now
-        self.woken = False
-        self.signal()
+        self.wake()
 
 
 @dataclass

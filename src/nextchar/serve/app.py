@@ -276,7 +276,7 @@ class Service:
     async def generate(self, request: Request) -> Response:
         body = await read_json(request, self.limits, GenerateBody)
         served = self.pick(body.model)
-        job, woken, over = self._job(sample_config(body, served.vocab, self.limits))
+        job, wakeups = self._job(sample_config(body, served.vocab, self.limits))
         try:
             served.batcher.reserve(job)
         except Busy as exc:
@@ -293,9 +293,9 @@ class Service:
             raise
         streamed = body.stream or "text/event-stream" in request.headers.get("accept", "")
         if streamed:
-            return JobStream(job, self.events(job, woken, over, served.name))
+            return JobStream(job, self.events(job, wakeups, served.name))
         try:
-            if not await _finished_or_gone(job, woken, request):
+            if not await _finished_or_gone(job, wakeups, request):
                 return Response(status_code=499)
         finally:
             job.cancel()  # a no-op once it ended
@@ -310,32 +310,19 @@ class Service:
             }
         )
 
-    def _job(self, config: SampleConfig) -> tuple[Job, asyncio.Event, asyncio.Event]:
-        """A job whose batch thread wakes this event loop: `woken` on new text or the end,
-        `over` at the end."""
-        loop = asyncio.get_running_loop()
-        woken, over = asyncio.Event(), asyncio.Event()
+    def _job(self, config: SampleConfig) -> tuple[Job, Wakeups]:
+        """A job whose batch thread wakes this event loop (at its first characters and its end)."""
+        wakeups = Wakeups()
+        job = Job(config, time.monotonic() + self.limits.request_timeout, wakeups.from_thread)
+        return job, wakeups
 
-        def on_wake() -> None:
-            woken.set()
-            if job.ended:
-                over.set()
-
-        def wake() -> None:  # called from the batch thread
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to wake
-                loop.call_soon_threadsafe(on_wake)
-
-        job = Job(config, time.monotonic() + self.limits.request_timeout, wake)
-        return job, woken, over
-
-    async def events(self, job: Job, woken: asyncio.Event, over: asyncio.Event, name: str):
+    async def events(self, job: Job, wakeups: Wakeups, name: str):
         """start, then text chunks as they are drawn, then done (or error)."""
         yield _sse(
             "start", {"model": name, "seed": job.seed, "prime": job.prime, "num_samples": job.rows}
         )
+        await wakeups.wait()  # the first characters, or the end
         while True:
-            await woken.wait()
-            woken.clear()
             ended = job.ended  # before reading: everything drawn before it ended is read
             for row, text in enumerate(job.read()):
                 if text:
@@ -347,8 +334,7 @@ class Service:
                 error = self.ended_error(ended)
                 yield _sse("error", {"error": {"field": error.field, "message": error.message}})
                 return
-            with contextlib.suppress(asyncio.TimeoutError):  # let a few characters gather
-                await asyncio.wait_for(over.wait(), STREAM_FLUSH_S)  # (unless that was all)
+            await wakeups.wait(STREAM_FLUSH_S)  # let a few characters gather (unless it ends)
 
     async def score(self, request: Request) -> Response:
         body = await read_json(request, self.limits, ScoreBody)
@@ -416,13 +402,12 @@ async def _not_allowed(request: Request, exc) -> Response:
     return ApiError(405, None, f"{request.method} is not allowed on {request.url.path}").response()
 
 
-async def _finished_or_gone(job: Job, woken: asyncio.Event, request: Request) -> bool:
+async def _finished_or_gone(job: Job, wakeups: Wakeups, request: Request) -> bool:
     """Wait for the job to end (True) or the client to hang up (False)."""
 
     async def finished() -> None:
         while job.ended is None:
-            await woken.wait()
-            woken.clear()
+            await wakeups.wait()
 
     async def gone() -> None:
         while (await request.receive())["type"] != "http.disconnect":
@@ -435,3 +420,43 @@ async def _finished_or_gone(job: Job, woken: asyncio.Event, request: Request) ->
         for task in tasks:
             task.cancel()
     return tasks[0] in done
+
+
+class Wakeups:
+    """The event loop's side of a job's wake-ups: the batch thread calls `from_thread`, a reader
+    awaits `wait`. One future and at most one timer per wait (asyncio.wait_for would start a task
+    for every 50 ms pause of every stream)."""
+
+    def __init__(self):
+        self.loop = asyncio.get_running_loop()
+        self.pending = False  # woken while nobody waited: the next wait returns at once
+        self.waiter: asyncio.Future | None = None
+
+    def from_thread(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to wake
+            self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        if self.waiter is None:
+            self.pending = True
+        else:
+            _resolve(self.waiter)
+
+    async def wait(self, timeout: float | None = None) -> None:
+        """Until woken, or `timeout` seconds; a wake-up that came before returns at once."""
+        if self.pending:
+            self.pending = False
+            return
+        self.waiter = self.loop.create_future()
+        timer = None if timeout is None else self.loop.call_later(timeout, _resolve, self.waiter)
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+            if timer is not None:
+                timer.cancel()
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
