@@ -4,7 +4,7 @@ import torch
 from nextchar.config import ModelConfig, SampleConfig
 from nextchar.errors import UserError
 from nextchar.model import CharRNN
-from nextchar.sample import Sampler, check_prime, draw, filter_logits, sample_precision
+from nextchar.sample import Sampler, Stream, check_prime, draw, filter_logits, sample_precision
 from nextchar.stepping import StepModel
 from nextchar.vocab import Vocab
 
@@ -60,6 +60,20 @@ def test_a_seed_fixes_each_sample_whatever_else_is_asked(precision):
         t[:62] for t in four[:3]
     ]
     assert sampler.generate(SampleConfig(length=120, seed=6, prime="ab"))[0] != four[0]
+
+
+def test_a_stream_told_its_steps_draws_the_same_noise_in_smaller_blocks(monkeypatch):
+    """Drawing only the steps a sample needs (and one at a time past them) changes no draw:
+    the generator's numbers do not depend on the block size."""
+    monkeypatch.setattr(Stream, "NOISE_BLOCK", 50 * 7)
+    whole, told = Stream(9, 7), Stream(9, 7, steps=30)
+    first = told.rest()
+    assert first.shape == (30, 7)
+    assert torch.equal(first, whole.rest()[:30])
+    told.skip(30)
+    whole.skip(30)
+    past = [(told.noise(), whole.noise()) for _ in range(40)]  # across whole's next block
+    assert all(torch.equal(a, b) for a, b in past)
 
 
 def test_a_long_prime_is_run_in_chunks_exactly(sampler, monkeypatch):

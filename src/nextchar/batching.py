@@ -13,7 +13,7 @@
         draw     each row's next character from the shared logits with its own stream's noise
                  (read for all rows at once, NoiseTable) and its job's settings (jobs with the
                  same settings drawn in one call)
-        deliver  the characters to each job; wake its reader
+        deliver  the characters to each job; wake its reader at the first ones
         leave    finished, cancelled and late jobs drop out (StepModel.select)
         step     one StepModel.step for every row left
 
@@ -94,8 +94,9 @@ class Batcher:
             job.seed = (
                 config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
             )
+            steps = 0 if config.greedy else config.length
             job.streams = [
-                Stream(row_seed(job.seed, row), len(self.symbols)) for row in range(job.rows)
+                Stream(row_seed(job.seed, row), len(self.symbols), steps) for row in range(job.rows)
             ]
             shared = self.sampler.shared_prime(config.prime, config.unknown)
             if shared is not None:
@@ -220,7 +221,7 @@ class Batcher:
             )
         if not batch.jobs:
             return batch
-        if batch.noise.steps_left == 0:  # a stream has read all of its block: on to the next
+        if batch.noise.steps_left == 0:  # a row has read all of its window: on to the next
             batch.noise = NoiseTable.build(batch, [], batch.logits)
         # draw and deliver
         ids = self._draw(batch)  # (B,)
@@ -233,8 +234,7 @@ class Batcher:
                 for r, text in enumerate(job.texts):
                     text.append(symbols[chars[row + r]])
             job.produced += 1
-            if not job.woken:  # Job.signal, inlined
-                job.woken = True
+            if job.produced == 1:  # its first characters; then its reader reads at its own pace
                 job.wake()
         # leave: finished, cancelled and late jobs (looked for only when one may be there)
         batch.steps_to_end -= 1

@@ -18,9 +18,10 @@ from .stepping import StepState
 class Job:
     """One request: `config.num_samples` rows drawn together, their text read as it grows.
 
-    The batch thread appends characters and calls `wake` when a reader should look (at most once
-    between two reads, so a fast stream costs one wake-up per read, not one per character). A
-    reader calls `read()` for what is new; `ended` says why it stopped once it has."""
+    The batch thread appends characters and calls `wake` when a reader should look: when the
+    first characters land and when the job ends (a wake-up crosses threads and costs both of
+    them; in between, a streaming reader reads at its own pace). A reader calls `read()` for
+    what is new; `ended` says why it stopped once it has."""
 
     def __init__(
         self, config: SampleConfig, deadline: float, wake: Callable[[], None] = lambda: None
@@ -39,7 +40,6 @@ class Job:
         self.ended: str | None = None  # "done", "cancelled", "timeout" or "failed"
         self.cancelled = False
         self.prime_ids: list[int] | None = None  # what every row reads first, or None: each its own
-        self.woken = False  # woken and not read since: no further wake-up needed
 
     def cancel(self) -> None:
         """Leave the batch at the next step (a reader that went away)."""
@@ -47,7 +47,6 @@ class Job:
 
     def read(self) -> list[str]:
         """Per row, the text generated since the last read (a drawn first character included)."""
-        self.woken = False  # before reading: what lands after this wakes the reader again
         upto = self.leading + self.produced
         new = ["".join(row[self.read_upto : upto]) for row in self.texts]
         self.read_upto = upto
@@ -57,18 +56,11 @@ class Job:
         """Row `row`'s whole text: the prime, then what was drawn."""
         return self.prime + "".join(self.texts[row])
 
-    def signal(self) -> None:
-        """Wake the reader, at most once between two reads (called by the batch thread)."""
-        if not self.woken:
-            self.woken = True
-            self.wake()
-
     def end(self, reason: str) -> None:
         """Over, for `reason`: its noise is freed and its reader woken (by the Batcher)."""
         self.ended = reason
         self.streams = []  # free the noise now
-        self.woken = False
-        self.signal()
+        self.wake()
 
 
 @dataclass
@@ -81,18 +73,22 @@ class Arrival:
 
 
 class NoiseTable:
-    """The Gumbel noise of every row of the batch in one (N, V) table, read a step at a time by
-    one index_select: row b of step t sits at cursor[b] + t. Copying what is left of each
-    stream's block in once costs less than slicing 64 streams' blocks every step (2.6 us a
-    slice on the 2-core machine, against 8 us for the one gather). Built again when jobs join or
-    a stream's block is used up (a block holds 2**18 values: 4,000 steps over 65 symbols); rows
-    that leave only leave the cursor. Row 0 is zeros, read by greedy rows."""
+    """The Gumbel noise of every row of the batch for the next few steps in one (N, V) table,
+    read a step at a time by one index_select: row b of step t sits at cursor[b] + t. Copying
+    WINDOW steps of each stream's block in once costs less than slicing 64 streams' blocks every
+    step (2.6 us a slice on the 2-core machine, against 8 us for the one gather). Built again
+    when jobs join or a row has read its window; rows that leave only leave the cursor. Holding
+    a window rather than the whole rest of every block keeps a join cheap: a burst of 64
+    requests joining one by one would otherwise copy every stream's block again at each join.
+    Row 0 is zeros, read by greedy rows."""
+
+    WINDOW = 64  # steps of noise per row copied in at a time
 
     def __init__(
         self, table: torch.Tensor, cursor: torch.Tensor, stride: torch.Tensor, steps_left: float
     ):
         self.table, self.cursor, self.stride = table, cursor, stride  # (N, V), (B,), (B,)
-        self.steps_left = steps_left  # steps until some stream's block is used up
+        self.steps_left = steps_left  # steps until some row has read all of its window
         self.steps = 0  # read since built
 
     @classmethod
@@ -111,7 +107,7 @@ class NoiseTable:
                 stride += [0] * job.rows
                 continue
             for stream in job.streams:
-                rest = stream.rest()  # (m, V)
+                rest = stream.rest()[: cls.WINDOW]  # (m, V)
                 parts.append(rest)
                 cursor.append(base)
                 stride.append(1)

@@ -129,15 +129,17 @@ def row_seed(seed: int, row: int) -> int:
 
 class Stream:
     """One sample's random draws: its own seeded generator, so its text is the same whatever
-    other samples are drawn beside it. Gumbel noise comes in blocks of (n, V)."""
+    other samples are drawn beside it. Gumbel noise comes in blocks of (n, V), never more steps
+    of it than the caller said it would read (`steps`; None: no limit)."""
 
     NOISE_BLOCK = 1 << 18  # noise values drawn at a time
 
-    def __init__(self, seed: int, vocab_size: int):
+    def __init__(self, seed: int, vocab_size: int, steps: int | None = None):
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self.V = vocab_size
         self.block = torch.empty(0, vocab_size)
         self.used = 0
+        self.undrawn = steps  # steps the caller may still read beyond those drawn (None: any)
 
     def noise(self) -> torch.Tensor:
         """(V,) standard Gumbel noise for the next step (the generator's stream does not depend on
@@ -159,6 +161,9 @@ class Stream:
     def _fill(self) -> None:
         if self.used == len(self.block):
             n = max(1, self.NOISE_BLOCK // self.V)
+            if self.undrawn is not None:  # a 500-step sample needs an eighth of a block
+                n = max(1, min(n, self.undrawn))
+                self.undrawn -= n
             block = torch.empty(n, self.V).exponential_(generator=self.generator)
             self.block = block.clamp_min_(1e-30).log_().neg_()  # -log Exp(1) ~ Gumbel
             self.used = 0
@@ -261,7 +266,8 @@ class Sampler:
         """
         seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
         B = config.num_samples
-        streams = [Stream(row_seed(seed, row), len(self.vocab)) for row in range(B)]
+        steps = 0 if config.greedy else config.length
+        streams = [Stream(row_seed(seed, row), len(self.vocab), steps) for row in range(B)]
         kept: list[list[str]] = [[] for _ in range(B)]
         emit = on_text if on_text is not None else lambda row, text: kept[row].append(text)
         shown, logits, hidden = self.start(config.prime, config.unknown, streams)

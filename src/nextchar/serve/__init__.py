@@ -12,7 +12,9 @@ batch at the next step and leaves when it is done or its client goes away. Bad r
 other stream. docs/serving.md is the user's guide: the API with examples, limits, security.
 
     bodies.py    what a request may send, and the errors it is answered with
-    app.py       the routes, over the models served (load_models) and their batches
+    models.py    the runs served: named, loaded, their weight format settled, their batches
+    streams.py   a running job seen from the event loop: wake-ups, server-sent events, its end
+    app.py       the routes, over the models served
     binding.py   the address, its exposure check, the socket and uvicorn
     serve()      (here) check, bind, load, run
 """
@@ -24,8 +26,9 @@ import sys
 from ..config import API_KEY_ENV
 from ..config import ServeLimits as Limits
 from ..errors import UserError
-from .app import create_app, load_models, named_runs
+from .app import create_app
 from .binding import bind, check_exposure, make_server, url_of
+from .models import load_models, named_runs
 
 __all__ = ["bind", "check_exposure", "create_app", "load_models", "make_server", "serve"]
 

@@ -1,134 +1,28 @@
-"""The ASGI app: the routes, each a method of Service, over the models it serves."""
+"""The ASGI app: the routes, each a method of Service, over the models it serves (models.py);
+a generate request's job is streamed or awaited by streams.py."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import hmac
-import json
-import re
-import time
-from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
-from typing import Any
 
 import anyio
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
-from ..api import Model, load
-from ..batching import Batcher, Busy
-from ..config import DynamicConfig, SampleConfig
+from ..batching import Busy
+from ..config import DynamicConfig
 from ..config import ServeLimits as Limits
-from ..errors import UserError
-from ..jobs import Job
 from ..report.analysis import analyse
-from ..runfolder import RunFolder
-from ..sample import Sampler, check_sample_precision, sample_precision
 from .bodies import JSON, ApiError, GenerateBody, ScoreBody, read_json, sample_config, score_summary
+from .models import Served
+from .streams import JobStream, ended_error, events, finished_or_gone, start_job
 
-STREAM_FLUSH_S = 0.05  # a stream sends what it has at most every 50 ms (the first at once)
-AUTO_PRECISION_STREAMS = 64  # `auto` picks the weight format that is fastest for this many streams
 WORKERS = 2  # requests started (seeds, first noise) and texts scored at once, beside the batches
-
-
-@dataclass
-class Served:
-    """One run being served: its model, its batch, and what /v1/models says about it."""
-
-    name: str
-    model: Model
-    batcher: Batcher
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def vocab(self):
-        return self.model.vocab
-
-
-def _best_val_bits(folder: RunFolder) -> float | None:
-    """The run's best validation bits/char: its final record's, else its best evaluation's."""
-    records = folder.read_metrics()
-    finals = [r for r in records if r.get("kind") == "final" and isinstance(r.get("val"), dict)]
-    if finals and isinstance(finals[-1]["val"].get("bits_per_char"), (int, float)):
-        return float(finals[-1]["val"]["bits_per_char"])
-    evals = [
-        r["val_bpc"]
-        for r in records
-        if r.get("kind") == "eval" and isinstance(r.get("val_bpc"), (int, float))
-    ]
-    return float(min(evals)) if evals else None
-
-
-def named_runs(runs: list[str]) -> list[tuple[str, str]]:
-    """RUN or NAME=RUN -> (name, path); a name defaults to the folder's name."""
-    named = []
-    for item in runs:
-        name, sep, path = item.partition("=")
-        if not sep or Path(item).exists():
-            name, path = Path(item).resolve().name, item
-        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
-            raise UserError(
-                f"model name {name!r} (from {item}) must be 1-64 letters, digits, '.', "
-                f"'_' or '-'; name it with NAME={path}"
-            )
-        named.append((name, path))
-    names = [n for n, _ in named]
-    for name in names:
-        if names.count(name) > 1:
-            raise UserError(
-                f"two runs would both be served as {name!r}; name them apart with NAME=RUN"
-            )
-    return named
-
-
-def load_models(
-    runs: list[str],
-    limits: Limits,
-    precision: str = "auto",
-    checkpoint: str = "best",
-    device: str = "cpu",
-    say=lambda line: None,
-) -> list[Served]:
-    """Load every run (all of them before anything starts), settle each one's weight format and
-    start its batch."""
-    loaded = []
-    for name, path in named_runs(runs):
-        model = load(path, checkpoint, device)
-        RunFolder(path).check_data()
-        check_sample_precision(precision, model.module)
-        loaded.append((name, path, model))
-    served = []
-    for name, path, model in loaded:
-        choice = sample_precision(
-            precision, model.module, min(AUTO_PRECISION_STREAMS, limits.max_streams)
-        )
-        m = model.config.model
-        info = {
-            "name": name,
-            "cell": m.cell,
-            "layers": m.layers,
-            "hidden": m.hidden,
-            "embed": m.embed,
-            "vocab_size": len(model.vocab),
-            "parameters": model.module.num_parameters(),
-            "best_val_bits_per_char": _best_val_bits(RunFolder(path)),
-            "checkpoint_step": model.meta.get("step"),
-            "precision": choice.value,
-        }
-        batcher = Batcher(
-            Sampler(model.module, model.vocab, choice.value), limits.max_streams, name
-        )
-        served.append(Served(name, model, batcher, info))
-        say(
-            f"model {name}: {m.cell} {m.layers}x{m.hidden}, {len(model.vocab)} symbols, "
-            f"{choice.value} weights ({choice.how}), from {path}"
-        )
-    return served
 
 
 def _page_files() -> dict[str, tuple[bytes, str]]:
@@ -151,22 +45,6 @@ PAGE_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-
-
-def _sse(event: str, data: dict) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
-
-
-_ENDED = {
-    "timeout": (
-        503,
-        "length",
-        "the request ran past the service's {timeout:g} s limit "
-        "(--request-timeout); ask for fewer characters",
-    ),
-    "cancelled": (503, None, "the service is shutting down"),
-    "failed": (500, None, "internal error while sampling; the service log has the details"),
-}
 
 
 def create_app(
@@ -205,10 +83,6 @@ class Service:
         yield
         for m in self.models:
             await anyio.to_thread.run_sync(m.batcher.close)
-
-    def ended_error(self, reason: str) -> ApiError:
-        status, name, message = _ENDED[reason]
-        return ApiError(status, name, message.format(timeout=self.limits.request_timeout))
 
     def authorize(self, request: Request) -> None:
         if self.api_key is None:
@@ -276,7 +150,8 @@ class Service:
     async def generate(self, request: Request) -> Response:
         body = await read_json(request, self.limits, GenerateBody)
         served = self.pick(body.model)
-        job, woken, over = self._job(sample_config(body, served.vocab, self.limits))
+        timeout = self.limits.request_timeout
+        job, wakeups = start_job(sample_config(body, served.vocab, self.limits), timeout)
         try:
             served.batcher.reserve(job)
         except Busy as exc:
@@ -293,14 +168,14 @@ class Service:
             raise
         streamed = body.stream or "text/event-stream" in request.headers.get("accept", "")
         if streamed:
-            return JobStream(job, self.events(job, woken, over, served.name))
+            return JobStream(job, events(job, wakeups, served.name, timeout))
         try:
-            if not await _finished_or_gone(job, woken, request):
+            if not await finished_or_gone(job, wakeups, request):
                 return Response(status_code=499)
         finally:
             job.cancel()  # a no-op once it ended
         if job.ended != "done":
-            raise self.ended_error(job.ended)
+            raise ended_error(job.ended, timeout)
         return JSON(
             {
                 "model": served.name,
@@ -309,46 +184,6 @@ class Service:
                 "samples": [job.text(r) for r in range(job.rows)],
             }
         )
-
-    def _job(self, config: SampleConfig) -> tuple[Job, asyncio.Event, asyncio.Event]:
-        """A job whose batch thread wakes this event loop: `woken` on new text or the end,
-        `over` at the end."""
-        loop = asyncio.get_running_loop()
-        woken, over = asyncio.Event(), asyncio.Event()
-
-        def on_wake() -> None:
-            woken.set()
-            if job.ended:
-                over.set()
-
-        def wake() -> None:  # called from the batch thread
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to wake
-                loop.call_soon_threadsafe(on_wake)
-
-        job = Job(config, time.monotonic() + self.limits.request_timeout, wake)
-        return job, woken, over
-
-    async def events(self, job: Job, woken: asyncio.Event, over: asyncio.Event, name: str):
-        """start, then text chunks as they are drawn, then done (or error)."""
-        yield _sse(
-            "start", {"model": name, "seed": job.seed, "prime": job.prime, "num_samples": job.rows}
-        )
-        while True:
-            await woken.wait()
-            woken.clear()
-            ended = job.ended  # before reading: everything drawn before it ended is read
-            for row, text in enumerate(job.read()):
-                if text:
-                    yield _sse("text", {"sample": row, "text": text})
-            if ended == "done":
-                yield _sse("done", {"chars": job.produced})
-                return
-            if ended:
-                error = self.ended_error(ended)
-                yield _sse("error", {"error": {"field": error.field, "message": error.message}})
-                return
-            with contextlib.suppress(asyncio.TimeoutError):  # let a few characters gather
-                await asyncio.wait_for(over.wait(), STREAM_FLUSH_S)  # (unless that was all)
 
     async def score(self, request: Request) -> Response:
         body = await read_json(request, self.limits, ScoreBody)
@@ -384,26 +219,6 @@ class Service:
         return JSON(answer)
 
 
-class JobStream(StreamingResponse):
-    """A job's server-sent events. However the response ends (done, or the client gone, which
-    Starlette answers by cancelling it, even before the first event), the job is cancelled, so
-    its rows leave the batch at the next step."""
-
-    def __init__(self, job: Job, events):
-        super().__init__(
-            events,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-        self.job = job
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.job.cancel()  # a no-op once it ended
-
-
 async def _not_found(request: Request, exc) -> Response:
     return ApiError(
         404,
@@ -414,24 +229,3 @@ async def _not_found(request: Request, exc) -> Response:
 
 async def _not_allowed(request: Request, exc) -> Response:
     return ApiError(405, None, f"{request.method} is not allowed on {request.url.path}").response()
-
-
-async def _finished_or_gone(job: Job, woken: asyncio.Event, request: Request) -> bool:
-    """Wait for the job to end (True) or the client to hang up (False)."""
-
-    async def finished() -> None:
-        while job.ended is None:
-            await woken.wait()
-            woken.clear()
-
-    async def gone() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    tasks = [asyncio.ensure_future(finished()), asyncio.ensure_future(gone())]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-    return tasks[0] in done
