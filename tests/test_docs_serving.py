@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 import nextchar
-from test_serve import events, running
+from serving import events, running
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "serving.md"
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```\n", re.MULTILINE | re.DOTALL)

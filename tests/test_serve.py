@@ -1,9 +1,7 @@
 """`nextchar serve`: the HTTP API on a real uvicorn server (in a thread, on a free port), its
 limits and errors, streams sharing the batch, disconnects, the CLI, and the page in Chromium."""
 
-import contextlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -21,8 +19,9 @@ import pytest
 import nextchar
 from nextchar.config import DynamicConfig, ServeLimits
 from nextchar.errors import UserError
-from nextchar.serve import bind, check_exposure, create_app, load_models, make_server
+from nextchar.serve import bind, check_exposure
 from processes import TINY_TEXT, cli, cli_output
+from serving import events, running
 
 JSON = {"Content-Type": "application/json"}
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,48 +46,6 @@ def run(tmp_path_factory):
     return out
 
 
-class Problems(logging.Handler):
-    """Warnings and errors that uvicorn or nextchar log while a server runs."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-    def errors(self) -> list[str]:
-        return [self.format(r) for r in self.records if r.levelno >= logging.ERROR]
-
-
-@contextlib.contextmanager
-def running(runs, limits=None, api_key=None, keep_alive_s=5):
-    """A served app on 127.0.0.1:<free port>: (base URL, the Served models, logged problems)."""
-    limits = limits or ServeLimits()
-    models = load_models([str(r) for r in runs], limits, precision="fp32")
-    sock = bind("127.0.0.1", 0)
-    server = make_server(
-        create_app(models, limits, api_key), access_log=False, keep_alive_s=keep_alive_s
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    problems = Problems()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    for name in ("uvicorn", "uvicorn.error", "nextchar"):
-        logging.getLogger(name).addHandler(problems)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", models, problems
-    finally:
-        for name in ("uvicorn", "uvicorn.error", "nextchar"):
-            logging.getLogger(name).removeHandler(problems)
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
-
-
 @pytest.fixture(scope="module")
 def service(run):
     with running([run]) as served:
@@ -111,17 +68,6 @@ def cli_sample(*args) -> str:
     code, out, err = cli_output("sample", *args)
     assert code == 0, err
     return out
-
-
-def events(lines) -> list[tuple[str, dict]]:
-    """(event, data) of a server-sent event stream, from its lines."""
-    found, name = [], None
-    for line in lines:
-        if line.startswith("event: "):
-            name = line[7:]
-        elif line.startswith("data: "):
-            found.append((name, json.loads(line[6:])))
-    return found
 
 
 def stream(client, body) -> list[tuple[str, dict]]:

@@ -12,6 +12,7 @@ from ..api import Model, load
 from ..batching import Batcher
 from ..config import ServeLimits as Limits
 from ..errors import UserError
+from ..metrics import EvalRecord, FinalRecord
 from ..runfolder import RunFolder
 from ..sample import Sampler, check_sample_precision, sample_precision
 
@@ -33,17 +34,13 @@ class Served:
 
 
 def _best_val_bits(folder: RunFolder) -> float | None:
-    """The run's best validation bits/char: its final record's, else its best evaluation's."""
-    records = folder.read_metrics()
-    finals = [r for r in records if r.get("kind") == "final" and isinstance(r.get("val"), dict)]
-    if finals and isinstance(finals[-1]["val"].get("bits_per_char"), (int, float)):
-        return float(finals[-1]["val"]["bits_per_char"])
-    evals = [
-        r["val_bpc"]
-        for r in records
-        if r.get("kind") == "eval" and isinstance(r.get("val_bpc"), (int, float))
-    ]
-    return float(min(evals)) if evals else None
+    """The run's best validation bits/char: its last final record's, else its best evaluation's."""
+    records = folder.read_records()
+    finals = [r for r in records if isinstance(r, FinalRecord) and r.val is not None]
+    if finals:
+        return finals[-1].val.bits_per_char
+    evals = [r.val_bpc for r in records if isinstance(r, EvalRecord) and r.val_bpc is not None]
+    return min(evals) if evals else None
 
 
 def named_runs(runs: list[str]) -> list[tuple[str, str]]:
