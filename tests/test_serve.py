@@ -619,3 +619,12 @@ def test_the_page_generates_and_shades_in_chromium(url, client):
             assert not problems, problems
         finally:
             browser.close()
+
+
+def test_streams_flush_less_often_when_many_are_open():
+    """A stream alone sends every 50 ms; 64 together every 100 ms (640 events a second in all)."""
+    from nextchar.serve.streams import flush_interval
+
+    assert flush_interval(1) == flush_interval(32) == 0.05
+    assert flush_interval(64) == pytest.approx(0.1)
+    assert 64 / flush_interval(64) == pytest.approx(128 / flush_interval(128))
