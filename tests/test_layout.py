@@ -42,3 +42,15 @@ def test_tests_import_helpers_from_modules_not_from_conftest_or_other_tests():
                 if node.module == "conftest" or node.module.startswith("test_"):
                     offenders.append(f"{path.name}: from {node.module} import ...")
     assert not offenders, offenders
+
+
+def test_the_readme_map_names_every_module():
+    """README's "How the code is laid out" names each module (a package's by its stem)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## How the code is laid out", 1)[1].split("\n## ", 1)[0]
+    missing = [
+        str(p.relative_to(ROOT))
+        for p in MODULES
+        if p.stem not in ("__init__", "__main__") and p.stem not in section
+    ]
+    assert not missing, f"not in README's module map: {missing}"
