@@ -288,10 +288,10 @@ class Trainer:
         """The schedule's learning rate for this step, set on the optimizer -> the rate."""
         tc = self.config.train
         progress = self.cadence.progress(step, elapsed)
-        factor = lr_factor(step, progress, tc.warmup_steps, tc.schedule, tc.final_lr_frac)
+        lr = tc.lr * lr_factor(step, progress, tc.warmup_steps, tc.schedule, tc.final_lr_frac)
         for group in self.optimizer.param_groups:
-            group["lr"] = tc.lr * factor
-        return tc.lr * factor
+            group["lr"] = lr
+        return lr
 
     def _say_start(self) -> None:
         if self.loop.step == 0:
@@ -377,7 +377,9 @@ class Trainer:
         self.bar.close()
         test_result, loop = None, self.loop
         if self.dist.is_main:
-            test_result = self.validation.score_test(self.snapshots.best_model(self.config.model))
+            test_result = self.validation.score_test(
+                lambda: self.snapshots.best_model(self.config.model)
+            )
             seconds = round(time.perf_counter() - clock0, 3)
             final = FinalRecord(
                 loop.step, loop.chars_seen, seconds, stop_reason, loop.best_result, test_result

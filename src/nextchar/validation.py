@@ -5,6 +5,8 @@ result and decides what to save.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -36,9 +38,13 @@ class Validation:
             return None
         return score_ids(weights, self.val_ids, device=self.device, precision=self.precision)
 
-    def score_test(self, weights: CharRNN | None) -> EvalResult | None:
-        """The test text's score with `weights` (the best ones), None without text or weights."""
-        if len(self.test_ids) < 2 or weights is None:
+    def score_test(self, best: Callable[[], CharRNN | None]) -> EvalResult | None:
+        """The test text's score with the weights `best()` loads (called only when there is test
+        text), None without text or weights."""
+        if len(self.test_ids) < 2:
+            return None
+        weights = best()
+        if weights is None:
             return None
         return score_ids(weights, self.test_ids, device=self.device, precision=self.precision)
 
