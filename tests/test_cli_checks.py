@@ -1,40 +1,16 @@
 """Answers every input clearly: --json is always valid JSON, --resume refuses what it cannot honour,
 and output paths are checked before the work."""
 
-import io
 import json
-from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 
-from nextchar.cli import main
 from nextchar.cli.commands import _finite
+from processes import TINY_TEXT, TINY_TRAIN_FLAGS
+from processes import cli_output as cli
 
-TRAIN = [
-    "--hidden",
-    "16",
-    "--layers",
-    "1",
-    "--embed",
-    "8",
-    "--batch-size",
-    "4",
-    "--seq-len",
-    "16",
-    "--steps",
-    "3",
-    "--sample-chars",
-    "0",
-    "--quiet",
-]
-TEXT = "".join(f"{i}: the quick brown fox jumps over the lazy dog.\n" for i in range(60))
-
-
-def cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stderr(err), redirect_stdout(out), pytest.raises(SystemExit) as ended:
-        main([str(a) for a in args])
-    return ended.value.code, out.getvalue(), err.getvalue()
+TRAIN = [*TINY_TRAIN_FLAGS, "--quiet"]
+TEXT = TINY_TEXT
 
 
 def strict_json(text: str):
