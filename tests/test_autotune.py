@@ -256,6 +256,7 @@ def test_a_time_budget_records_its_plan(tmp_path, tiny_text, tiny_options):
     config = json.loads((run.path / "config.json").read_text())
     assert plan["options"]["hidden"] == config["model"]["hidden"]
     assert plan["param_chars_per_s"] > 0 and plan["chars"] > 0 and plan["epochs"] > 0
+    assert plan["batch"] == config["train"]["batch_size"]  # the batch the plan chose is run
     assert 1 / 2 < plan["params"] / plan["target_params"] < 2 or config["model"]["hidden"] == 128
 
 

@@ -84,11 +84,14 @@ def test_a_faster_machine_never_gets_a_smaller_model():
     assert widths == sorted(widths) and widths[0] == 128 and widths[-1] >= 1024
 
 
-def _fake_speed(monkeypatch, param_chars_per_s):
-    """Timings of a machine whose training throughput is K / parameters."""
+def _fake_speed(monkeypatch, param_chars_per_s, small_batch_speed=0.5):
+    """Timings of a machine whose training throughput is K / parameters at batch 32, and
+    `small_batch_speed` times that at batch 16 (0.5: a step costs the same at 16 as at 32, as
+    on a GPU; 1.0: a CPU where fp32 runs as fast at 16)."""
 
     def step_seconds(config, batch, seq_len, device, precisions, budget_s=0.0):
-        return {p: batch * seq_len * num_params(config) / param_chars_per_s for p in precisions}
+        speed = param_chars_per_s * (small_batch_speed if batch == 16 else 1.0)
+        return {p: batch * seq_len * num_params(config) / speed for p in precisions}
 
     monkeypatch.setattr(devices, "train_step_seconds", step_seconds)
     monkeypatch.setattr(budget.devices.autotune, "bf16_possible", lambda device: False)
@@ -118,3 +121,38 @@ def test_plan_keeps_what_the_user_named(monkeypatch, fresh_cache):
     assert "dropout" not in named.options and named.options["weight_decay"] == 0.2
     fixed = plan({"steps": 100}, BASE, 32, 64, SHAKESPEARE_TRAIN, torch.device("cpu"), "fp32")
     assert fixed.options == {"hidden": 384, "lr": 3e-3} and fixed.to_dict() is None
+
+
+@pytest.mark.parametrize("small_batch_speed, batch", [(1.0, 16), (0.85, 16), (0.75, 32), (0.5, 32)])
+def test_a_compute_limited_run_takes_16_streams_where_they_cost_little_speed(
+    monkeypatch, fresh_cache, small_batch_speed, batch
+):
+    """BENCHMARKS.md, "Batch 16 where it costs little": on a CPU without AMX (fp32 as fast at 16
+    streams as at 32) 16 streams and lr 2e-3 beat 32 by 2% on validation at 3 minutes; with AMX
+    (16 streams at 0.75-0.8x the chars/s) the two tied."""
+    _fake_speed(monkeypatch, 3.5e10, small_batch_speed)
+    chosen = plan({"time": 180.0}, BASE, 32, 64, 10_000_000, torch.device("cpu"), "fp32")
+    assert chosen.batch == batch and chosen.options.get("batch_size", 32) == batch
+    assert chosen.options["lr"] == (2e-3 if batch == 16 else 3e-3)
+    assert set(chosen.batch_speeds) == {"32", "16"}
+    assert chosen.chars == pytest.approx(
+        3.5e10
+        / num_params(dataclasses.replace(BASE, hidden=320))
+        * (small_batch_speed if batch == 16 else 1.0)
+        * 180.0
+        * TRAIN_SHARE
+    )
+    line = budget.describe(chosen.to_dict(), dataclasses.replace(BASE, hidden=320))
+    assert f"batch {batch} (measured chars/s by batch: 32 " in line
+
+
+def test_the_batch_stays_when_named_or_when_data_limits_the_run(monkeypatch, fresh_cache):
+    _fake_speed(monkeypatch, 3.5e10, 1.0)
+    named = plan(
+        {"time": 180.0, "batch_size": 32}, BASE, 32, 64, 10_000_000, torch.device("cpu"), "fp32"
+    )
+    assert "batch_size" not in named.options and list(named.batch_speeds) == ["32"]
+    assert named.options["lr"] == 3e-3
+    limited = plan({"time": 600.0}, BASE, 32, 64, 200_000, torch.device("cpu"), "fp32")
+    assert limited.data_limited and "batch_size" not in limited.options
+    assert list(limited.batch_speeds) == ["32"]

@@ -11,7 +11,11 @@ rule"):
     compute, is the limit: a DATA_LIMITED_SCALE times larger model with dropout and weight decay
     instead of more passes
     width = the one on WIDTHS whose parameter count is nearest P (in ratio)
-    lr    = 3e-3 up to 384 wide, 2e-3 above (the 3- and 10-minute sweeps)
+    batch = SMALL_BATCH streams instead of the default 32 when the run is compute-limited and
+            they run at least SMALL_BATCH_SPEED of its characters per second at that width (timed
+            here): twice the optimizer steps for the same characters (on CPUs without AMX, where
+            fp32 runs as fast at 16 streams as at 32)
+    lr    = 3e-3 up to 384 wide, 2e-3 above, and 2e-3 at SMALL_BATCH (the 3- and 10-minute sweeps)
 
 A slower machine gets a smaller model, a faster one (or a GPU) a larger one. Options the user
 names are kept; only the rest are chosen. Runs stopped by --steps or --epochs alone keep fixed
@@ -40,6 +44,9 @@ DATA_LIMITED_EPOCHS = 6.0  # passes over the training split beyond which data is
 DATA_LIMITED_SCALE = 2.5  # how much larger the model is made then (768 at the 10-minute level)
 TRAIN_SHARE = 0.85  # of --time spent in training steps (evaluations ~10%, saves and start-up)
 REGULARISED = {"dropout": 0.3, "weight_decay": 0.2}  # the 10-minute sweep's best
+SMALL_BATCH = 16  # streams of a compute-limited run where they cost little speed
+SMALL_BATCH_SPEED = 0.8  # share of the default batch's chars/s SMALL_BATCH must reach
+SMALL_BATCH_LR = 2e-3  # the 3-minute runs at SMALL_BATCH (BENCHMARKS.md)
 EVAL_SHARE = 0.1  # of a run's wall time that evaluation may take
 EVALUATIONS = 12  # about ten during a run, the final one and the test split
 EVAL_CHARS = (20_000, 2_000_000)  # the fewest and most characters one evaluation scores
@@ -62,6 +69,8 @@ class Plan:
     chars: float = 0.0  # characters the budget is expected to buy
     epochs: float = 0.0
     data_limited: bool = False
+    batch: int = 0  # the streams it trains with
+    batch_speeds: dict[str, float] = dataclasses.field(default_factory=dict)  # chars/s by batch
 
     def to_dict(self) -> dict[str, Any] | None:
         """The record of a --time plan (its precision is recorded beside it), None otherwise."""
@@ -77,11 +86,15 @@ def describe(plan: dict[str, Any], model: ModelConfig) -> str:
     regime = (
         "data-limited: a larger model with dropout" if plan["data_limited"] else "compute-limited"
     )
+    batch = ""
+    if len(plan.get("batch_speeds") or {}) > 1:
+        timed = ", ".join(f"{b} {v / 1000:.1f}k" for b, v in plan["batch_speeds"].items())
+        batch = f"; batch {plan['batch']} (measured chars/s by batch: {timed})"
     return (
         f"budget: {model.layers}x{model.hidden} {model.cell}, {plan['params'] / 1e6:.2f} M "
         f"parameters (measured {plan['param_chars_per_s'] / 1e9:.2f} G parameter-chars/s buys "
         f"~{plan['chars'] / 1e6:.1f} M chars, {plan['epochs']:.1f} passes over the training "
-        f"text; {regime})"
+        f"text; {regime}{batch})"
     )
 
 
@@ -107,6 +120,18 @@ def spend(k: float, seconds: float, train_chars: int, params_of) -> tuple[int, b
     return width, data_limited, target
 
 
+def _speed(
+    precision: str, config: ModelConfig, batch: int, seq_len: int, device: torch.device
+) -> tuple[Choice, float]:
+    """The precision a training step of these shapes runs in (timed, or cached) -> (that choice,
+    its training chars/s)."""
+    choice = devices.train_precision(precision, config, batch, seq_len, device)
+    if not choice.timings:  # a named precision: time it alone
+        timings = devices.train_step_seconds(config, batch, seq_len, device, (choice.value,))
+        choice = Choice(choice.value, timings, "named")
+    return choice, batch * seq_len / choice.timings[choice.value]
+
+
 def plan(
     options: dict[str, Any],
     model: ModelConfig,
@@ -126,30 +151,31 @@ def plan(
         shape = dataclasses.replace(model, **{k: v for k, v in chosen.items() if k == "hidden"})
         return Plan(chosen, devices.train_precision(precision, shape, batch, seq_len, device))
 
-    def shape_of(width: int) -> ModelConfig:
-        return dataclasses.replace(model, hidden=width)
+    def speed(width: int, streams: int = batch) -> tuple[Choice, float]:
+        return _speed(precision, dataclasses.replace(model, hidden=width), streams, seq_len, device)
 
-    def speed(config: ModelConfig) -> tuple[Choice, float]:
-        choice = devices.train_precision(precision, config, batch, seq_len, device)
-        if not choice.timings:  # a named precision: time it alone
-            timings = devices.train_step_seconds(config, batch, seq_len, device, (choice.value,))
-            choice = Choice(choice.value, timings, "named")
-        return choice, batch * seq_len / choice.timings[choice.value]
+    def params_of(width: int) -> int:
+        return num_params(dataclasses.replace(model, hidden=width))
 
     fixed_width = "hidden" in options
-    probe = shape_of(options["hidden"] if fixed_width else PROBE_WIDTH)
+    probe = options["hidden"] if fixed_width else PROBE_WIDTH
     choice, chars_per_s = speed(probe)
-    k = chars_per_s * num_params(probe)
-    width, data_limited, target = spend(k, seconds, train_chars, lambda w: num_params(shape_of(w)))
+    k = chars_per_s * params_of(probe)
+    width, data_limited, target = spend(k, seconds, train_chars, params_of)
     if fixed_width:
         width = options["hidden"]
-    elif width != probe.hidden:
-        choice, chars_per_s = speed(shape_of(width))  # the real shape: its own precision verdict
-    chosen: dict[str, Any] = {}
-    if not fixed_width:
-        chosen["hidden"] = width
+    elif width != probe:
+        choice, chars_per_s = speed(width)  # the real shape: its own precision verdict
+    chosen: dict[str, Any] = {} if fixed_width else {"hidden": width}
+    speeds = {str(batch): chars_per_s}
+    if not data_limited and "batch_size" not in options and batch > SMALL_BATCH:
+        small_choice, speeds[str(SMALL_BATCH)] = speed(width, SMALL_BATCH)
+        if speeds[str(SMALL_BATCH)] >= SMALL_BATCH_SPEED * chars_per_s:
+            chosen["batch_size"] = SMALL_BATCH
+            choice, chars_per_s = small_choice, speeds[str(SMALL_BATCH)]
     if "lr" not in options:
-        chosen["lr"] = 3e-3 if width <= 384 else 2e-3
+        small = chosen.get("batch_size") == SMALL_BATCH
+        chosen["lr"] = SMALL_BATCH_LR if small else (3e-3 if width <= 384 else 2e-3)
     if data_limited:
         chosen.update({k: v for k, v in REGULARISED.items() if k not in options})
     chars = chars_per_s * seconds * TRAIN_SHARE
@@ -158,8 +184,10 @@ def plan(
         choice,
         param_chars_per_s=k,
         target_params=target,
-        params=num_params(shape_of(width)),
+        params=params_of(width),
         chars=chars,
         epochs=chars / max(1, train_chars),
         data_limited=data_limited,
+        batch=chosen.get("batch_size", batch),
+        batch_speeds=speeds,
     )
