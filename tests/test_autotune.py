@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -144,6 +145,32 @@ def test_a_candidate_that_cannot_run_is_dropped():
 
     timings = autotune.time_interleaved({"fp32": lambda: None, "bf16": broken}, 0.01)
     assert list(timings) == ["fp32"]
+
+
+def test_a_clear_loser_is_timed_once_and_the_winner_goes_on_alone():
+    """After one round, a candidate CLEAR_LOSS times slower than the fastest is out: the
+    measuring costs less where the answer is plain (bf16 with AMX, or emulated bf16)."""
+    calls = {"fast": 0, "slow": 0, "close": 0}
+
+    def sleeper(name, seconds):
+        def run():
+            calls[name] += 1
+            time.sleep(seconds)
+
+        return run
+
+    timings = autotune.time_interleaved(
+        {
+            "fast": sleeper("fast", 0.002),
+            "slow": sleeper("slow", 0.002 * autotune.CLEAR_LOSS * 2),
+            "close": sleeper("close", 0.0024),
+        },
+        0.02,
+    )
+    assert calls["slow"] == 2  # the warm-up and one timed round
+    assert calls["fast"] == calls["close"] >= 4  # the warm-up and at least three rounds
+    assert set(timings) == {"fast", "slow", "close"} and autotune.clear(timings)
+    assert not autotune.clear({"fp32": 1.0, "bf16": 1.2}) and not autotune.clear({"fp32": 1.0})
 
 
 def test_real_timings_cover_every_candidate_and_are_positive():

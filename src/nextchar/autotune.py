@@ -32,6 +32,7 @@ CACHE_VERSION = 1
 MARGIN = (
     0.03  # a candidate other than fp32 must be this much faster: noise never buys a slower path
 )
+CLEAR_LOSS = 1.5  # a candidate this many times slower than the fastest after one round is out
 ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 CPU_FLAGS = ("amx_bf16", "amx_tile", "amx_int8", "avx512_bf16", "avx512f", "avx2")
 
@@ -211,7 +212,8 @@ def time_interleaved(
 ) -> dict[str, float]:
     """Median seconds per call of each candidate. One warm-up call each, then the candidates in
     turn (so drift in machine load hits all of them) until `budget_s` is spent: at least one
-    timed round, and three whenever the first round leaves room for them."""
+    timed round, and three whenever the first round leaves room for them. A candidate CLEAR_LOSS
+    times slower than the fastest in the first round is timed no further (`clear`)."""
     started = time.perf_counter()
     working = {}
     for name, fn in candidates.items():
@@ -231,11 +233,22 @@ def time_interleaved(
             fn()
             sync()
             times[name].append(time.perf_counter() - t0)
+        if round_ == 0:
+            fastest = min(ts[0] for ts in times.values())
+            candidates = {
+                n: fn for n, fn in candidates.items() if times[n][0] < CLEAR_LOSS * fastest
+            }
         if round_ >= 2 and time.perf_counter() - started >= budget_s:
             break
         if round_ < 2 and time.perf_counter() - started >= 2 * budget_s:
             break
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def clear(timings: dict[str, float]) -> bool:
+    """Whether the slowest of several timed candidates lost by CLEAR_LOSS or more (so the fastest
+    ran alone after the first round of time_interleaved)."""
+    return len(timings) > 1 and max(timings.values()) >= CLEAR_LOSS * min(timings.values())
 
 
 def decide(
