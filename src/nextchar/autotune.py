@@ -236,7 +236,7 @@ def time_interleaved(
         if round_ == 0:
             fastest = min(ts[0] for ts in times.values())
             candidates = {
-                n: fn for n, fn in candidates.items() if times[n][0] < CLEAR_LOSS * fastest
+                n: fn for n, fn in candidates.items() if not _lost_clearly(times[n][0], fastest)
             }
         if round_ >= 2 and time.perf_counter() - started >= budget_s:
             break
@@ -245,10 +245,14 @@ def time_interleaved(
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def _lost_clearly(seconds: float, fastest: float) -> bool:
+    return seconds >= CLEAR_LOSS * fastest
+
+
 def clear(timings: dict[str, float]) -> bool:
     """Whether the slowest of several timed candidates lost by CLEAR_LOSS or more (so the fastest
     ran alone after the first round of time_interleaved)."""
-    return len(timings) > 1 and max(timings.values()) >= CLEAR_LOSS * min(timings.values())
+    return len(timings) > 1 and _lost_clearly(max(timings.values()), min(timings.values()))
 
 
 def decide(
