@@ -156,3 +156,12 @@ def test_the_batch_stays_when_named_or_when_data_limits_the_run(monkeypatch, fre
     limited = plan({"time": 600.0}, BASE, 32, 64, 200_000, torch.device("cpu"), "fp32")
     assert limited.data_limited and "batch_size" not in limited.options
     assert list(limited.batch_speeds) == ["32"]
+
+
+def test_a_lone_candidate_is_not_reported_as_named(monkeypatch, fresh_cache):
+    """Without bf16 (an AVX2 laptop) `auto` has fp32 alone: the first line says so, not
+    "named", though the budget still times it."""
+    _fake_speed(monkeypatch, 3.5e10)
+    chosen = plan({"time": 180.0}, BASE, 32, 64, 10_000_000, torch.device("cpu"), "auto")
+    assert chosen.precision.value == "fp32" and chosen.precision.how == "only candidate"
+    assert chosen.precision.timings  # timed for the budget all the same

@@ -126,9 +126,9 @@ def _speed(
     """The precision a training step of these shapes runs in (timed, or cached) -> (that choice,
     its training chars/s)."""
     choice = devices.train_precision(precision, config, batch, seq_len, device)
-    if not choice.timings:  # a named precision: time it alone
+    if not choice.timings:  # named, or the only candidate: time it alone (and keep why it runs)
         timings = devices.train_step_seconds(config, batch, seq_len, device, (choice.value,))
-        choice = Choice(choice.value, timings, "named")
+        choice = Choice(choice.value, timings, choice.how)
     return choice, batch * seq_len / choice.timings[choice.value]
 
 
