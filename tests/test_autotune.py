@@ -4,12 +4,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 import nextchar
+from clock import VirtualClock
 from nextchar import autotune, devices
 from nextchar.autotune import Choice, cache_get, cache_put, decide, pick
 from nextchar.config import ModelConfig
@@ -147,30 +147,41 @@ def test_a_candidate_that_cannot_run_is_dropped():
     assert list(timings) == ["fp32"]
 
 
-def test_a_clear_loser_is_timed_once_and_the_winner_goes_on_alone():
-    """After one round, a candidate CLEAR_LOSS times slower than the fastest is out: the
-    measuring costs less where the answer is plain (bf16 with AMX, or emulated bf16)."""
-    calls = {"fast": 0, "slow": 0, "close": 0}
-
-    def sleeper(name, seconds):
-        def run():
-            calls[name] += 1
-            time.sleep(seconds)
-
-        return run
-
+def test_a_clear_loser_is_timed_twice_and_the_winner_goes_on_alone(monkeypatch):
+    """After two rounds, a candidate CLEAR_LOSS times slower than the fastest in both is out:
+    the measuring costs less where the answer is plain (bf16 with AMX, or emulated bf16)."""
+    clock = VirtualClock()
+    monkeypatch.setattr(autotune, "time", clock)
+    slow = 0.002 * autotune.CLEAR_LOSS * 2
     timings = autotune.time_interleaved(
         {
-            "fast": sleeper("fast", 0.002),
-            "slow": sleeper("slow", 0.002 * autotune.CLEAR_LOSS * 2),
-            "close": sleeper("close", 0.0024),
+            "fast": clock.candidate("fast", 0.002),
+            "slow": clock.candidate("slow", slow),
+            "close": clock.candidate("close", 0.0024),
         },
-        0.02,
+        0.05,
     )
-    assert calls["slow"] == 2  # the warm-up and one timed round
-    assert calls["fast"] == calls["close"] >= 4  # the warm-up and at least three rounds
-    assert set(timings) == {"fast", "slow", "close"} and autotune.clear(timings)
+    assert clock.calls["slow"] == 3  # the warm-up and two timed rounds
+    assert clock.calls["fast"] == clock.calls["close"] >= 4  # the warm-up and three rounds or more
+    assert timings == pytest.approx({"fast": 0.002, "slow": slow, "close": 0.0024})
+    assert autotune.clear(timings)
     assert not autotune.clear({"fp32": 1.0, "bf16": 1.2}) and not autotune.clear({"fp32": 1.0})
+
+
+def test_one_stall_of_the_winner_does_not_put_it_out(monkeypatch):
+    """The winner stalls 10x in its first timed round (another process took the core): one
+    bad round is not a clear loss, so it stays in, is timed on, and still wins."""
+    clock = VirtualClock()
+    monkeypatch.setattr(autotune, "time", clock)
+    timings = autotune.time_interleaved(
+        {
+            "bf16": clock.candidate("bf16", 0.001, 0.010, 0.001),  # warm-up, stall, then steady
+            "fp32": clock.candidate("fp32", 0.0012),
+        },
+        0.05,
+    )
+    assert clock.calls["bf16"] == clock.calls["fp32"] >= 4
+    assert min(timings, key=timings.get) == "bf16" and not autotune.clear(timings)
 
 
 def test_real_timings_cover_every_candidate_and_are_positive():

@@ -32,7 +32,7 @@ CACHE_VERSION = 1
 MARGIN = (
     0.03  # a candidate other than fp32 must be this much faster: noise never buys a slower path
 )
-CLEAR_LOSS = 1.5  # a candidate this many times slower than the fastest after one round is out
+CLEAR_LOSS = 1.5  # a candidate this many times slower than the fastest in two rounds is out
 ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 CPU_FLAGS = ("amx_bf16", "amx_tile", "amx_int8", "avx512_bf16", "avx512f", "avx2")
 
@@ -213,7 +213,9 @@ def time_interleaved(
     """Median seconds per call of each candidate. One warm-up call each, then the candidates in
     turn (so drift in machine load hits all of them) until `budget_s` is spent: at least one
     timed round, and three whenever the first round leaves room for them. A candidate CLEAR_LOSS
-    times slower than the fastest in the first round is timed no further (`clear`)."""
+    times slower than the fastest in each of the first two rounds is timed no further (`clear`):
+    one stall of the real winner (another process, the OS) cannot put it out, and a wrong pick
+    would be cached for the machine."""
     started = time.perf_counter()
     working = {}
     for name, fn in candidates.items():
@@ -233,10 +235,11 @@ def time_interleaved(
             fn()
             sync()
             times[name].append(time.perf_counter() - t0)
-        if round_ == 0:
-            fastest = min(ts[0] for ts in times.values())
+        if round_ == 1:
+            best = {n: min(times[n]) for n in candidates}  # each one's better round of two
+            fastest = min(best.values())
             candidates = {
-                n: fn for n, fn in candidates.items() if not _lost_clearly(times[n][0], fastest)
+                n: fn for n, fn in candidates.items() if not _lost_clearly(best[n], fastest)
             }
         if round_ >= 2 and time.perf_counter() - started >= budget_s:
             break
@@ -251,7 +254,7 @@ def _lost_clearly(seconds: float, fastest: float) -> bool:
 
 def clear(timings: dict[str, float]) -> bool:
     """Whether the slowest of several timed candidates lost by CLEAR_LOSS or more (so the fastest
-    ran alone after the first round of time_interleaved)."""
+    ran alone after the first two rounds of time_interleaved)."""
     return len(timings) > 1 and _lost_clearly(max(timings.values()), min(timings.values()))
 
 
