@@ -165,3 +165,46 @@ def test_a_lone_candidate_is_not_reported_as_named(monkeypatch, fresh_cache):
     chosen = plan({"time": 180.0}, BASE, 32, 64, 10_000_000, torch.device("cpu"), "auto")
     assert chosen.precision.value == "fp32" and chosen.precision.how == "only candidate"
     assert chosen.precision.timings  # timed for the budget all the same
+
+
+@pytest.mark.parametrize("fp32_slower, timed_after", [(2.0, ("bf16",)), (1.2, ("fp32", "bf16"))])
+def test_a_precision_that_lost_clearly_is_not_timed_again_at_a_neighbouring_shape(
+    monkeypatch, fresh_cache, fp32_slower, timed_after
+):
+    """With AMX, fp32 runs about half as fast as bf16: timing it again at the next width and at
+    half the batch would only add to the first run's measuring (bench/startup_memory.py). A
+    close loser is timed at every shape, and the probe's timings stay on record."""
+    timed = []
+
+    def step_seconds(config, batch, seq_len, device, precisions, budget_s=0.0):
+        timed.append((config.hidden, batch, precisions))
+        per_char = num_params(config) / 3.5e10
+        slower = {"fp32": fp32_slower, "bf16": 1.0}
+        return {p: batch * seq_len * per_char * slower[p] for p in precisions}
+
+    monkeypatch.setattr(devices, "train_step_seconds", step_seconds)
+    monkeypatch.setattr(budget.devices.autotune, "bf16_possible", lambda device: True)
+    chosen = plan({"time": 180.0}, BASE, 32, 64, 10_000_000, torch.device("cpu"), "auto")
+    both = ("fp32", "bf16")
+    assert timed == [(256, 32, both), (320, 32, timed_after), (320, 16, timed_after)]
+    assert chosen.batch == 16 and chosen.precision.value == "bf16"
+    assert chosen.probe_width == 256 and set(chosen.probe_speeds) == {"fp32", "bf16"}
+    speeds = chosen.probe_speeds
+    assert speeds["bf16"] == pytest.approx(fp32_slower * speeds["fp32"])
+    line = budget.describe(chosen.to_dict(), dataclasses.replace(BASE, hidden=320))
+    assert "measured at 2x256: bf16 " in line and "k, fp32 " in line
+
+
+def test_a_width_far_from_the_probe_times_every_precision(monkeypatch, fresh_cache):
+    """A data-limited run (or a GPU) trains a model far wider than the probe, where bf16's
+    margin over fp32 can differ: every precision is timed there."""
+    timed = []
+
+    def step_seconds(config, batch, seq_len, device, precisions, budget_s=0.0):
+        timed.append((config.hidden, precisions))
+        return {p: (2.0 if p == "fp32" else 1.0) * num_params(config) / 1e9 for p in precisions}
+
+    monkeypatch.setattr(devices, "train_step_seconds", step_seconds)
+    monkeypatch.setattr(budget.devices.autotune, "bf16_possible", lambda device: True)
+    chosen = plan({"time": 600.0}, BASE, 32, 64, SHAKESPEARE_TRAIN, torch.device("cpu"), "auto")
+    assert chosen.data_limited and timed[-1] == (chosen.options["hidden"], ("fp32", "bf16"))

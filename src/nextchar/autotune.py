@@ -252,10 +252,16 @@ def _lost_clearly(seconds: float, fastest: float) -> bool:
     return seconds >= CLEAR_LOSS * fastest
 
 
+def clear_losers(timings: dict[str, float]) -> tuple[str, ...]:
+    """The timed candidates that lost to the fastest by CLEAR_LOSS or more."""
+    fastest = min(timings.values(), default=0.0)
+    return tuple(name for name, seconds in timings.items() if _lost_clearly(seconds, fastest))
+
+
 def clear(timings: dict[str, float]) -> bool:
     """Whether the slowest of several timed candidates lost by CLEAR_LOSS or more (so the fastest
     ran alone after the first two rounds of time_interleaved)."""
-    return len(timings) > 1 and _lost_clearly(max(timings.values()), min(timings.values()))
+    return bool(clear_losers(timings))
 
 
 def decide(

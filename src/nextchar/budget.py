@@ -10,11 +10,12 @@ rule"):
     if that run would pass over the training text more than DATA_LIMITED_EPOCHS times, data, not
     compute, is the limit: a DATA_LIMITED_SCALE times larger model with dropout and weight decay
     instead of more passes
-    width = the one on WIDTHS whose parameter count is nearest P (in ratio)
+    width = the one on WIDTHS whose parameter count is nearest P (in ratio); a precision that
+            lost clearly at the probe is not timed again at the next width
     batch = SMALL_BATCH streams instead of the default 32 when the run is compute-limited and
             they run at least SMALL_BATCH_SPEED of its characters per second at that width (timed
-            here): twice the optimizer steps for the same characters (on CPUs without AMX, where
-            fp32 runs as fast at 16 streams as at 32)
+            here, without a precision that lost clearly at 32): twice the optimizer steps for the
+            same characters (on CPUs without AMX, where fp32 runs as fast at 16 streams as at 32)
     lr    = 3e-3 up to 384 wide, 2e-3 above, and 2e-3 at SMALL_BATCH (the 3- and 10-minute sweeps)
 
 A slower machine gets a smaller model, a faster one (or a GPU) a larger one. Options the user
@@ -31,7 +32,7 @@ from typing import Any
 
 import torch
 
-from . import devices
+from . import autotune, devices
 from .autotune import Choice
 from .config import ModelConfig, TrainConfig
 from .fields import train_defaults
@@ -71,6 +72,8 @@ class Plan:
     data_limited: bool = False
     batch: int = 0  # the streams it trains with
     batch_speeds: dict[str, float] = dataclasses.field(default_factory=dict)  # chars/s by batch
+    probe_width: int = 0  # the width timed first, to measure K
+    probe_speeds: dict[str, float] = dataclasses.field(default_factory=dict)  # its chars/s
 
     def to_dict(self) -> dict[str, Any] | None:
         """The record of a --time plan (its precision is recorded beside it), None otherwise."""
@@ -90,9 +93,14 @@ def describe(plan: dict[str, Any], model: ModelConfig) -> str:
     if len(plan.get("batch_speeds") or {}) > 1:
         timed = ", ".join(f"{b} {v / 1000:.1f}k" for b, v in plan["batch_speeds"].items())
         batch = f"; batch {plan['batch']} (measured chars/s by batch: {timed})"
+    probe = ""
+    if plan.get("probe_speeds"):  # by precision, fastest first
+        timed = sorted(plan["probe_speeds"].items(), key=lambda kv: -kv[1])
+        speeds = ", ".join(f"{p} {v / 1000:.1f}k" for p, v in timed)
+        probe = f" at {model.layers}x{plan['probe_width']}: {speeds} chars/s,"
     return (
         f"budget: {model.layers}x{model.hidden} {model.cell}, {plan['params'] / 1e6:.2f} M "
-        f"parameters (measured {plan['param_chars_per_s'] / 1e9:.2f} G parameter-chars/s buys "
+        f"parameters (measured{probe} {plan['param_chars_per_s'] / 1e9:.2f} G parameter-chars/s buys "
         f"~{plan['chars'] / 1e6:.1f} M chars, {plan['epochs']:.1f} passes over the training "
         f"text; {regime}{batch})"
     )
@@ -121,11 +129,16 @@ def spend(k: float, seconds: float, train_chars: int, params_of) -> tuple[int, b
 
 
 def _speed(
-    precision: str, config: ModelConfig, batch: int, seq_len: int, device: torch.device
+    precision: str,
+    config: ModelConfig,
+    batch: int,
+    seq_len: int,
+    device: torch.device,
+    lost: tuple[str, ...] = (),
 ) -> tuple[Choice, float]:
-    """The precision a training step of these shapes runs in (timed, or cached) -> (that choice,
-    its training chars/s)."""
-    choice = devices.train_precision(precision, config, batch, seq_len, device)
+    """The precision a training step of these shapes runs in (timed, or cached; `lost` are not
+    timed) -> (that choice, its training chars/s)."""
+    choice = devices.train_precision(precision, config, batch, seq_len, device, lost)
     if not choice.timings:  # named, or the only candidate: time it alone (and keep why it runs)
         timings = devices.train_step_seconds(config, batch, seq_len, device, (choice.value,))
         choice = Choice(choice.value, timings, choice.how)
@@ -141,18 +154,15 @@ def plan(
     device: torch.device,
     precision: str,
 ) -> Plan:
-    """Choose the options the user left out for a --time budget, timing on this machine.
-
-    `options`: what the user named; `model`: the model config with the user's values and the
-    plain defaults for the rest (vocab_size filled in)."""
+    """Choose the options the user left out (`options`: those named) for a --time budget, timing
+    on this machine; `model` has the user's values, plain defaults for the rest, the vocab size."""
     seconds = options.get("time") or 0.0
     if not seconds:
-        chosen = {k: v for k, v in FIXED_DEFAULTS.items() if k not in options}
-        shape = dataclasses.replace(model, **{k: v for k, v in chosen.items() if k == "hidden"})
-        return Plan(chosen, devices.train_precision(precision, shape, batch, seq_len, device))
+        return _fixed_plan(options, model, batch, seq_len, device, precision)
 
-    def speed(width: int, streams: int = batch) -> tuple[Choice, float]:
-        return _speed(precision, dataclasses.replace(model, hidden=width), streams, seq_len, device)
+    def speed(width: int, streams: int = batch, lost: tuple = ()) -> tuple[Choice, float]:
+        shape = dataclasses.replace(model, hidden=width)
+        return _speed(precision, shape, streams, seq_len, device, lost)
 
     def params_of(width: int) -> int:
         return num_params(dataclasses.replace(model, hidden=width))
@@ -160,24 +170,26 @@ def plan(
     fixed_width = "hidden" in options
     probe = options["hidden"] if fixed_width else PROBE_WIDTH
     choice, chars_per_s = speed(probe)
+    probe_speeds = {p: batch * seq_len / s for p, s in choice.timings.items()}  # by precision
+    # a clear loser is not timed again at a neighbouring shape (the next width, half the batch)
+    lost = autotune.clear_losers(choice.timings)
     k = chars_per_s * params_of(probe)
     width, data_limited, target = spend(k, seconds, train_chars, params_of)
     if fixed_width:
         width = options["hidden"]
     elif width != probe:
-        choice, chars_per_s = speed(width)  # the real shape: its own precision verdict
+        if abs(WIDTHS.index(width) - WIDTHS.index(probe)) > 1:
+            lost = ()  # far from the probe (a GPU, a data-limited run): time every precision
+        choice, chars_per_s = speed(width, batch, lost)  # the real shape's own verdict
+        lost += autotune.clear_losers(choice.timings)
     chosen: dict[str, Any] = {} if fixed_width else {"hidden": width}
     speeds = {str(batch): chars_per_s}
     if not data_limited and "batch_size" not in options and batch > SMALL_BATCH:
-        small_choice, speeds[str(SMALL_BATCH)] = speed(width, SMALL_BATCH)
+        small_choice, speeds[str(SMALL_BATCH)] = speed(width, SMALL_BATCH, lost)
         if speeds[str(SMALL_BATCH)] >= SMALL_BATCH_SPEED * chars_per_s:
             chosen["batch_size"] = SMALL_BATCH
             choice, chars_per_s = small_choice, speeds[str(SMALL_BATCH)]
-    if "lr" not in options:
-        small = chosen.get("batch_size") == SMALL_BATCH
-        chosen["lr"] = SMALL_BATCH_LR if small else (3e-3 if width <= 384 else 2e-3)
-    if data_limited:
-        chosen.update({k: v for k, v in REGULARISED.items() if k not in options})
+    chosen.update(_optimizer_options(options, width, chosen.get("batch_size", batch), data_limited))
     chars = chars_per_s * seconds * TRAIN_SHARE
     return Plan(
         chosen,
@@ -190,4 +202,32 @@ def plan(
         data_limited=data_limited,
         batch=chosen.get("batch_size", batch),
         batch_speeds=speeds,
+        probe_width=probe,
+        probe_speeds=probe_speeds,
     )
+
+
+def _fixed_plan(
+    options: dict[str, Any],
+    model: ModelConfig,
+    batch: int,
+    seq_len: int,
+    device: torch.device,
+    precision: str,
+) -> Plan:
+    """A run stopped by --steps or --epochs alone: FIXED_DEFAULTS for what the user left out."""
+    chosen = {k: v for k, v in FIXED_DEFAULTS.items() if k not in options}
+    shape = dataclasses.replace(model, **{k: v for k, v in chosen.items() if k == "hidden"})
+    return Plan(chosen, devices.train_precision(precision, shape, batch, seq_len, device))
+
+
+def _optimizer_options(
+    options: dict[str, Any], width: int, batch: int, data_limited: bool
+) -> dict[str, Any]:
+    """The learning rate and regularisation the rule gives a width and batch (unless named)."""
+    chosen: dict[str, Any] = {}
+    if "lr" not in options:
+        chosen["lr"] = SMALL_BATCH_LR if batch == SMALL_BATCH else (3e-3 if width <= 384 else 2e-3)
+    if data_limited:
+        chosen.update({k: v for k, v in REGULARISED.items() if k not in options})
+    return chosen

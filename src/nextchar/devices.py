@@ -108,14 +108,21 @@ def train_step_seconds(
 
 
 def train_precision(
-    requested: str, config: ModelConfig, batch: int, seq_len: int, device: torch.device
+    requested: str,
+    config: ModelConfig,
+    batch: int,
+    seq_len: int,
+    device: torch.device,
+    lost: tuple[str, ...] = (),
 ) -> Choice:
     """The precision a training step runs in: a named one as it is, `auto` the faster of fp32 and
-    bf16 autocast timed on these shapes (bf16 only where the hardware runs it at all)."""
+    bf16 autocast timed on these shapes (bf16 only where the hardware runs it at all). `lost`:
+    precisions that lost clearly on a closely related shape, not timed again here."""
     if requested != "auto":
         return Choice(requested, how="named")
-    candidates = precision_candidates(device)
-    if len(candidates) == 1:
+    everything = precision_candidates(device)
+    candidates = tuple(p for p in everything if p not in lost) or everything
+    if len(everything) == 1:
         return Choice("fp32", how="only candidate")
     return autotune.decide(
         "train",
