@@ -10,6 +10,7 @@ split, fixes CHARS_PER_PARAM; the last 10% (val+test) is reported beside it, nev
 
     python bench/budget_sweep.py --level 2.7e12 --widths 192 256 320 384
     python bench/budget_sweep.py --level 1.8e13 --widths 512 768 -- --dropout 0.3 --weight-decay 0.2
+    python bench/budget_sweep.py --level 3e12 --batch-size 16 --widths 256 320 -- --lr 2e-3
     python bench/budget_sweep.py --probe            # K on this machine (the rule's measurement)
 
 Each point appends a JSON line to bench/results/budget_sweep.jsonl.
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[256, 384, 512])
     parser.add_argument("--text", default=None)
     parser.add_argument("--label", default="")
+    parser.add_argument("--batch-size", type=int, default=32, help="streams (32 as in the rule)")
     parser.add_argument("--probe", action="store_true")
     parser.add_argument("extra", nargs="*", help="flags passed to nextchar train (after --)")
     args = parser.parse_args()
@@ -76,7 +78,8 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     for width in args.widths:
         params = params_of(width)
-        steps = max(1, round(args.level / params / (32 * 64)))
+        chars_per_step = args.batch_size * 64
+        steps = max(1, round(args.level / params / chars_per_step))
         with tempfile.TemporaryDirectory() as tmp:
             run = Path(tmp) / "run"
             inputs = [args.text] if args.text else []
@@ -94,6 +97,8 @@ def main() -> None:
                 "--quiet",
                 "--sample-chars",
                 0,
+                "--batch-size",
+                args.batch_size,
                 *args.extra,
             )
             wall = time.perf_counter() - started
@@ -108,7 +113,8 @@ def main() -> None:
             "width": width,
             "params": params,
             "steps": steps,
-            "chars_per_param": round(steps * 32 * 64 / params, 3),
+            "batch_size": args.batch_size,
+            "chars_per_param": round(steps * chars_per_step / params, 3),
             "extra": args.extra,
             "text": args.text or "tinyshakespeare",
             "label": args.label,
