@@ -168,6 +168,21 @@ def test_a_clear_loser_is_timed_twice_and_the_winner_goes_on_alone(monkeypatch):
     assert not autotune.clear({"fp32": 1.0, "bf16": 1.2}) and not autotune.clear({"fp32": 1.0})
 
 
+def test_a_candidate_that_has_just_run_is_timed_without_a_warm_up(monkeypatch):
+    """devices.train_step_seconds times the winner alone right after the interleaved rounds: it
+    is warm, so it pays for timed rounds only (costs in binary fractions: exact sums)."""
+    calls = {}
+    for warm_up in (False, True):
+        clock = VirtualClock()
+        monkeypatch.setattr(autotune, "time", clock)
+        timings = autotune.time_interleaved(
+            {"bf16": clock.candidate("bf16", 0.125)}, 0.25, warm_up=warm_up
+        )
+        calls[warm_up] = clock.calls["bf16"]
+        assert timings == {"bf16": 0.125}
+    assert calls == {False: 3, True: 4}  # three timed rounds, and the warm-up before them
+
+
 def test_one_stall_of_the_winner_does_not_put_it_out(monkeypatch):
     """The winner stalls 10x in its first timed round (another process took the core): one
     bad round is not a clear loss, so it stays in, is timed on, and still wins."""

@@ -209,19 +209,21 @@ def time_interleaved(
     budget_s: float,
     sync: Callable[[], None] = lambda: None,
     max_rounds: int = 50,
+    warm_up: bool = True,
 ) -> dict[str, float]:
-    """Median seconds per call of each candidate. One warm-up call each, then the candidates in
-    turn (so drift in machine load hits all of them) until `budget_s` is spent: at least one
-    timed round, and three whenever the first round leaves room for them. A candidate CLEAR_LOSS
-    times slower than the fastest in each of the first two rounds is timed no further (`clear`):
-    one stall of the real winner (another process, the OS) cannot put it out, and a wrong pick
-    would be cached for the machine."""
+    """Median seconds per call of each candidate. One warm-up call each (unless they have just
+    run: `warm_up=False`), then the candidates in turn (so drift in machine load hits all of them)
+    until `budget_s` is spent: at least one timed round, and three whenever the first round
+    leaves room for them. A candidate CLEAR_LOSS times slower than the fastest in each of the
+    first two rounds is timed no further (`clear`): one stall of the real winner (another
+    process, the OS) cannot put it out, and a wrong pick would be cached for the machine."""
     started = time.perf_counter()
     working = {}
     for name, fn in candidates.items():
         try:  # a kernel the ISA caps rule out (bf16 under ONEDNN_MAX_CPU_ISA=AVX2) is no candidate
-            fn()
-            sync()
+            if warm_up:
+                fn()
+                sync()
             working[name] = fn
         except RuntimeError:
             continue
