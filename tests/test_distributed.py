@@ -510,7 +510,7 @@ def test_device_side_skip_matches_the_host_side_skip(text_dir, monkeypatch):
     log steps); forced here on the CPU, it must skip exactly what the host-side check skips."""
     text = str(text_dir / "tiny.txt")
     for defer in (False, True):
-        monkeypatch.setattr(trainer, "defers_checks", lambda device, defer=defer: defer)
+        monkeypatch.setattr(trainer, "defers_checks", lambda device, optimizer, defer=defer: defer)
         monkeypatch.setattr(trainer, "F", _LossWithInf({4, 9, 10}))
         launch([text], text_dir / f"defer-{defer}", quiet=True, options=dict(OPTIONS, steps=14))
     host, device = (text_dir / f"defer-{d}" for d in (False, True))
@@ -524,7 +524,7 @@ def test_device_side_skip_matches_the_host_side_skip(text_dir, monkeypatch):
     assert [(r["step"], r["count"]) for r in records(device, "skipped")] == [(5, 1), (10, 2)]
 
     for defer in (False, True):  # divergence: 5 non-finite steps in a row end the run either way
-        monkeypatch.setattr(trainer, "defers_checks", lambda device, defer=defer: defer)
+        monkeypatch.setattr(trainer, "defers_checks", lambda device, optimizer, defer=defer: defer)
         monkeypatch.setattr(trainer, "F", _LossWithInf({"all"}))
         with pytest.raises(Diverged, match="non-finite steps in a row"):
             launch(
@@ -536,14 +536,14 @@ def test_checkpoint_from_a_gpu_run_resumes_and_samples_on_the_cpu(text_dir, monk
     """A CUDA run's checkpoint differs from a CPU run's by its CUDA RNG state and a fused
     optimizer's state: both must load on a machine without a GPU."""
     text = str(text_dir / "tiny.txt")
-    monkeypatch.setattr(trainer, "defers_checks", lambda device: True)  # the fused optimizer
+    monkeypatch.setattr(trainer, "defers_checks", lambda device, optimizer: True)  # as on CUDA
     launch([text], text_dir / "run", quiet=True, options=dict(OPTIONS, steps=10))
     latest = text_dir / "run" / "latest.safetensors"
     tensors, meta = load_checkpoint(latest)
     tensors["rng.cuda"] = torch.zeros(16, dtype=torch.uint8)
     save_checkpoint(latest, tensors, {k: v for k, v in meta.items() if k != "checksum"})
 
-    monkeypatch.setattr(trainer, "defers_checks", lambda device: False)
+    monkeypatch.setattr(trainer, "defers_checks", lambda device, optimizer: False)
     result = launch(resume=text_dir / "run", quiet=True, options={"steps": 15})
     assert result.steps == 15
     model, vocab, _, _ = load_model(text_dir / "run", "latest", device="cpu")

@@ -106,7 +106,10 @@ def test_steps_match_a_plain_pytorch_loop(tmp_path, case, steps):
     assert moved > 1e-3  # the comparison below is not between two untouched models
     assert max_difference(prefixed(tensors, "model"), model.state_dict()) < 1e-6
     states = hidden if isinstance(hidden, tuple) else (hidden,)
-    assert max_difference(prefixed(tensors, "hidden"), dict(zip("hc", states))) < 1e-6
+    # an LSTM's cell state grows past 10 here: a few float32 roundings of the fused optimizer
+    # (which the plain loop does not use) show in it as 1e-5, so it is compared relatively
+    for name, state in zip("hc", states):
+        torch.testing.assert_close(tensors[f"hidden.{name}"], state, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -12,9 +12,10 @@ import torch.nn.functional as F
 
 from . import autotune
 from .autotune import Choice
-from .config import ModelConfig
+from .config import ModelConfig, TrainConfig
 from .errors import UserError
 from .model import CharRNN, detach_hidden
+from .optimizer import build_optimizer
 
 TRAIN_TIMING_S = 0.3  # seconds of timing per training-precision decision (plus one warm-up each)
 EVAL_TIMING_S = 0.15
@@ -73,11 +74,12 @@ def train_step_seconds(
     precisions: tuple[str, ...],
     budget_s: float = TRAIN_TIMING_S,
 ) -> dict[str, float]:
-    """Seconds per training step (forward with carried state, loss, backward, clip, AdamW) of a
-    freshly initialised model of `config`, for each precision, timed in turn."""
+    """Seconds per training step (forward with carried state, loss, backward, clip, and the
+    trainer's own optimizer) of a freshly initialised model of `config`, for each precision,
+    timed in turn."""
     torch.manual_seed(0)
     model = CharRNN(config).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = build_optimizer(model, TrainConfig(lr=1e-4))
     ids = torch.randint(config.vocab_size, (batch, seq_len + 1), device=device)
     x, y = ids[:, :-1], ids[:, 1:]
     carried = {p: None for p in precisions}  # each precision carries its own state's dtype

@@ -20,7 +20,7 @@ from .config import ModelConfig
 from .errors import UserError
 from .evaluate import EvalResult
 from .model import CharRNN
-from .optimizer import set_weight_decay
+from .optimizer import load_state, set_weight_decay
 from .runfolder import BEST, LATEST, RunFolder
 from .vocab import Vocab
 
@@ -91,7 +91,7 @@ class Snapshots:
         point = checkpoint.load_resume(path, vocab=self.vocab, batch_size=self.batch_size)
         try:
             raw_model.load_state_dict(point.model)
-            optimizer.load_state_dict(point.optimizer)
+            load_state(optimizer, point.optimizer)
             if average is not None and point.average_kind == average.kind:
                 average.load(point.average, point.average_count)
             # else: averaging turned on (or changed) by this resume starts afresh

@@ -89,8 +89,9 @@ class Trainer:
         torch.manual_seed(tc.seed)
         self.raw_model = CharRNN(config.model).to(self.device)
         self.params = list(self.raw_model.parameters())
-        self.nonfinite = NonFiniteGuard(self.device, defers_checks(self.device), tc.max_bad_steps)
-        self.optimizer = build_optimizer(self.raw_model, tc, fused=self.nonfinite.defer)
+        self.optimizer = build_optimizer(self.raw_model, tc)
+        defer = defers_checks(self.device, self.optimizer)
+        self.nonfinite = NonFiniteGuard(self.device, defer, tc.max_bad_steps)
         self.average = WeightAverage.of(self.raw_model, tc)  # None without --average
         # what a step calls: DDP around the bare model with several processes, compiled with --compile
         self.model = self.dist.wrap(self.raw_model, self.device)
