@@ -19,7 +19,7 @@ from .optimizer import build_optimizer
 
 TRAIN_TIMING_S = 0.3  # seconds of timing per training-precision decision (plus one warm-up each)
 EVAL_TIMING_S = 0.15
-EVAL_SHAPE = (64, 64)  # streams x characters timed for evaluation (it runs 64 x 256 windows)
+EVAL_SHAPE = (64, 32)  # streams x characters timed for evaluation (it runs 64 x 256 windows)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
