@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -310,8 +311,14 @@ def test_train_says_and_records_what_auto_chose(tmp_path, tiny_file):
     record = json.loads((tmp_path / "run" / "machine.json").read_text())
     chosen = record["train_precision"]["value"]
     assert first.startswith(f"precision {chosen} (")
-    assert record["machine"] == autotune.machine(CPU) | {"threads": record["machine"]["threads"]}
-    assert {"cpu", "flags", "l2_bytes", "torch", "threads", "isa_caps"} <= set(record["machine"])
+    run_machine = record["machine"]
+    assert run_machine == autotune.machine(CPU) | {
+        "threads": run_machine["threads"],
+        "allocator": run_machine["allocator"],  # the CLI keeps freed memory (allocator.py)
+    }
+    assert {"cpu", "flags", "l2_bytes", "torch", "threads", "isa_caps"} <= set(run_machine)
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert run_machine["allocator"] == "kept (glibc)"
     assert record["eval_precision"]["value"] in ("fp32", "bf16")
     if len(record["train_precision"]["seconds"]) > 1:
         assert "chars/s" in first

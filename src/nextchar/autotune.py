@@ -5,9 +5,9 @@ How fast a way of computing is depends on the machine: bf16 autocast doubles tra
 CPU with AMX and slows it by 1.4x on one that only emulates bf16 (BENCHMARKS.md). So every `auto`
 (training and evaluation precision, the sampler's weight format, the budget's model width) times
 its candidates for a bounded time, takes the fastest (never one slower than fp32), and caches the
-timings per machine (CPU name and flags, oneDNN/ATen ISA caps, torch version, threads) and shapes
-in the user's cache directory ($NEXTCHAR_CACHE_DIR, else $XDG_CACHE_HOME/nextchar, else
-~/.cache/nextchar). A damaged or foreign cache entry is ignored, never an error.
+timings per machine (CPU name and flags, oneDNN/ATen ISA caps, torch version, threads, the
+allocator's setting) and shapes in the user's cache directory ($NEXTCHAR_CACHE_DIR, else
+$XDG_CACHE_HOME/nextchar, else ~/.cache/nextchar). A damaged or foreign cache entry is ignored, never an error.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from . import allocator
 from .atomic import CheckpointWriteError, atomic_write
 
 CACHE_VERSION = 1
@@ -131,7 +132,8 @@ def l2_bytes() -> int:
 
 def machine(device: torch.device | None = None) -> dict[str, Any]:
     """What a timing depends on: the processor, its flags, the ISA caps set in the environment,
-    torch and its threads, and the accelerator if one is used."""
+    torch and its threads, whether freed memory is kept (allocator.py), and the accelerator if
+    one is used."""
     info: dict[str, Any] = {
         "cpu": cpu_name(),
         "flags": cpu_flags(),
@@ -139,6 +141,7 @@ def machine(device: torch.device | None = None) -> dict[str, Any]:
         "isa_caps": {v: os.environ[v] for v in ISA_VARIABLES if os.environ.get(v)},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "allocator": allocator.state(),
     }
     if device is not None and device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -282,6 +285,7 @@ def decide(
     how = "cached"
     if timings is None:
         timings = measure()
+        allocator.release()
         cache_put(key, timings)
         how = "measured"
     if len(timings) == 1:

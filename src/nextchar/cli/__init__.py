@@ -46,8 +46,10 @@ STDOUT_COMMANDS = ("hihello", "eval", "sample")  # their product is what they pr
 
 
 def main(argv: list[str] | None = None) -> None:
+    from ..allocator import keep_freed_memory
     from ..output import StdoutFailed, replaced_note, setup_streams
 
+    keep_freed_memory()  # before any tensor: each training step reuses the memory the last freed
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
