@@ -9,6 +9,11 @@ bare fp32 loop; evaluation >= 3x training chars/s. Also reports GFLOP/s against 
 matmul timed in the same run. The two training floors are judged on the median of each round's
 own ratio (nextchar's run against the bare loop run just before it): the host's speed drifts
 between rounds by more than the floors' margins, and a ratio of medians mixes rounds.
+
+The bare loops run as a plain script does, with glibc's malloc as it comes; `nextchar` keeps the
+memory a step frees (allocator.py). So each round also times the bare loop in the precision
+`auto` chose in a child process that keeps freed memory too: the ratio to it is nextchar's loop
+alone, without the allocator's share (no floor).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +35,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import finish, machine, metrics, nextchar, report  # noqa: E402
+from nextchar.allocator import keep_freed_memory  # noqa: E402
 from nextchar.config import ModelConfig  # noqa: E402
 from nextchar.corpus import bundled_path  # noqa: E402
 from nextchar.evaluate import score_ids  # noqa: E402
@@ -128,7 +135,31 @@ def nextchar_loop(hidden: int, steps: int, folder: Path, precision: str) -> tupl
 
 
 def eval_speed(hidden: int, tokens: np.ndarray, precision: str) -> float:
-    """chars/s of the evaluation that training and `nextchar eval` run (score_ids)."""
+    """chars/s of the evaluation that training and `nextchar eval` run (score_ids), in a child
+    process that keeps freed memory as the command line does (allocator.py): this process's
+    bare loops run with the allocator as a plain script has it."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--eval-child", str(hidden), precision],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout)
+
+
+def kept_bare_loop(hidden: int, steps: int, precision: str) -> float:
+    """bare_loop's chars/s in a child process that keeps freed memory, as nextchar does."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--bare-child", str(hidden), str(steps), precision],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout)
+
+
+def eval_child(hidden: int, tokens: np.ndarray, precision: str) -> float:
+    keep_freed_memory()
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=V, hidden=hidden, layers=2, embed=EMBED))
     ids = tokens[:200_000]
@@ -148,17 +179,29 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
+    parser.add_argument("--bare-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--eval-child", nargs=2, metavar=("HIDDEN", "PRECISION"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
-    print(f"machine: {machine()}")
     text = bundled_path().read_text(encoding="utf-8")
     symbols = sorted(set(text))
     tokens = np.array([symbols.index(c) for c in text[:400_000]], dtype=np.uint8)
+    if args.eval_child:
+        print(eval_child(int(args.eval_child[0]), tokens, args.eval_child[1]))
+        return
+    if args.bare_child:
+        keep_freed_memory()
+        hidden, steps, precision = args.bare_child
+        print(bare_loop(int(hidden), int(steps), tokens, precision))
+        return
+    print(f"machine: {machine()}")
     peak = matmul_gflops()
     report("matmul 2048^3 fp32", peak, "GFLOP/s")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["NEXTCHAR_CACHE_DIR"] = str(Path(tmp) / "cache")  # `auto` measures afresh
         for hidden in args.sizes:
-            bare, bare16, fp32, auto, chosen = [], [], [], [], set()
+            bare, bare16, fp32, auto, kept, chosen = [], [], [], [], [], set()
             for _ in range(args.rounds):  # interleaved, so drift in machine load hits all four
                 bare.append(bare_loop(hidden, args.steps, tokens))
                 bare16.append(bare_loop(hidden, args.steps, tokens, "bf16"))
@@ -166,6 +209,7 @@ def main() -> None:
                 cps, precision = nextchar_loop(hidden, args.steps, Path(tmp), "auto")
                 auto.append(cps)
                 chosen.add(precision)
+                kept.append(kept_bare_loop(hidden, args.steps, precision))
             bare_cps, bare16_cps, fp32_cps, auto_cps = map(
                 statistics.median, (bare, bare16, fp32, auto)
             )
@@ -207,6 +251,16 @@ def main() -> None:
                 paired(auto, faster_runs),
                 "x (median)",
                 floor=0.97,
+            )
+            report(
+                f"bare {'/'.join(sorted(chosen))} loop keeping freed memory 2x{hidden}",
+                statistics.median(kept),
+                "chars/s",
+            )
+            report(
+                f"nextchar train (default) 2x{hidden} / that loop, round by round",
+                paired(auto, kept),
+                "x (median)",
             )
             for precision, train_cps in (("fp32", fp32_cps), ("auto", auto_cps)):
                 evals = eval_speed(hidden, tokens, precision)
