@@ -127,12 +127,17 @@ def _eval_chars(
     return budget.eval_chars(run_seconds, EVAL_SHAPE[0] * EVAL_SHAPE[1] / eval_s)
 
 
+def _hardware(machine: dict[str, Any] | None) -> dict[str, Any]:
+    """A machine record but its allocator setting, which changes speed, not what is computed."""
+    return {k: v for k, v in (machine or {}).items() if k != "allocator"}
+
+
 def _resumed_choices(folder: RunFolder, config: RunConfig, device: torch.device) -> dict[str, Any]:
     """On the machine the run was made on, the precisions it recorded (so a resumed run computes
     exactly as before); elsewhere, or for a precision named now, decided afresh."""
     record = folder.read_machine()
     if (
-        record.get("machine") == autotune.machine(device)
+        _hardware(record.get("machine")) == _hardware(autotune.machine(device))
         and config.train.precision == "auto"
         and "train_precision" in record
         and "eval_precision" in record
