@@ -9,9 +9,9 @@ the kernel zeroes each page. On the development CPU (BENCHMARKS.md, "Page faults
 faster without them, every shape, both precisions.
 
 `keep_freed_memory` raises both thresholds, once per process: buffers under 64 MiB come from
-the heap, and the heap keeps what is freed for the next step. That is every buffer of a step at
-the shapes `--time` picks (a 2x1024 LSTM's gates at batch 32 x 64 are 34 MB). Larger ones (batch
-64 x 128 at 2x512: oneDNN's workspace of the whole window) still go back to the kernel: with a
+the heap, and the heap keeps what is freed for the next step: 0 faults a step at 2x256 and 2x640
+in bf16 and at 2x256 in fp32, batch 16-32 x 64. Larger buffers (a 2x640 fp32 step at batch 32 x
+64 still faults 25,000 pages; 2x512 at batch 64 x 128) still go back to the kernel: with a
 1 GiB threshold such a run went 1.25x faster again, but while `auto` timed fp32 against bf16 the
 process held both precisions' buffers, 1.27 GB at its peak against 0.84 GB before. The cost here:
 the process keeps its peak heap until it exits, as jemalloc and tcmalloc also do by default.
