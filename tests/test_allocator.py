@@ -15,7 +15,7 @@ import pytest
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 # A training step of one LSTM layer, 256 wide, at batch 64 x 64: its gate activations (16.8 MB)
-# and oneDNN's workspace go back to the kernel with glibc's defaults, and stay under the 64 MiB
+# and oneDNN's workspace go back to the kernel with glibc's defaults, and stay under the 128 MiB
 # that allocator.py keeps. Eight steps; the page faults of the last five.
 CHILD = """
 import json, resource, sys

@@ -8,12 +8,13 @@ the kernel zeroes each page. On the development CPU (BENCHMARKS.md, "Page faults
 20,000 faults a step at 2x640 and 33,000 at 2x256 with batch 64 x 128: steps ran 1.09-1.16x
 faster without them, every shape, both precisions.
 
-`keep_freed_memory` raises both thresholds, once per process: buffers under 64 MiB come from
-the heap, and the heap keeps what is freed for the next step: 0 faults a step at 2x256 and 2x640
-in bf16 and at 2x256 in fp32, batch 16-32 x 64. Larger buffers (a 2x640 fp32 step at batch 32 x
-64 still faults 25,000 pages; 2x512 at batch 64 x 128) still go back to the kernel: with a
-1 GiB threshold such a run went 1.25x faster again, but while `auto` timed fp32 against bf16 the
-process held both precisions' buffers, 1.27 GB at its peak against 0.84 GB before. The cost here:
+`keep_freed_memory` raises both thresholds, once per process: buffers under 128 MiB come from
+the heap, and the heap keeps what is freed for the next step: 0 faults a step from 2x256 to
+2x1024, fp32 and bf16, at batch 16-32 x 64 (at 64 MiB a 2x640 fp32 step still faulted 25,000
+pages). Larger buffers (2x512 at batch 64 x 128: oneDNN's workspace of the whole window) still
+go back to the kernel: with a 1 GiB threshold such a run went 1.25x faster again, but while
+`auto` timed fp32 against bf16 the process held both precisions' buffers, 1.27 GB at its peak
+against 0.84 GB before (0.85 GB with 128 MiB). The cost here:
 the process keeps its peak heap until it exits, as jemalloc and tcmalloc also do by default.
 Where the allocator is not glibc's (macOS, Windows, musl, an LD_PRELOADed jemalloc/tcmalloc), or
 the user tuned glibc's malloc in the environment, nothing is changed.
@@ -28,7 +29,7 @@ import sys
 
 # bytes: a buffer this large or larger is still mapped on its own (glibc before 2.26 refuses more
 # than 32 MiB, which still keeps the buffers of most steps)
-MMAP_THRESHOLDS = (64 << 20, 32 << 20)
+MMAP_THRESHOLDS = (128 << 20, 32 << 20)
 TRIM_THRESHOLD = (1 << 31) - 1  # bytes of free heap top before any goes back (mallopt: an int)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
