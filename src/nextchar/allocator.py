@@ -14,8 +14,8 @@ the heap, and the heap keeps what is freed for the next step: 0 faults a step fr
 pages). Larger buffers (2x512 at batch 64 x 128: oneDNN's workspace of the whole window) still
 go back to the kernel: with a 1 GiB threshold such a run went 1.25x faster again, but while
 `auto` timed fp32 against bf16 the process held both precisions' buffers, 1.27 GB at its peak
-against 0.84 GB before (0.85 GB with 128 MiB). The cost here:
-the process keeps its peak heap until it exits, as jemalloc and tcmalloc also do by default.
+against 0.84 GB before (0.85 GB with 128 MiB). The cost here: the process keeps its peak heap
+until it exits, as jemalloc and tcmalloc also do by default.
 Where the allocator is not glibc's (macOS, Windows, musl, an LD_PRELOADed jemalloc/tcmalloc), or
 the user tuned glibc's malloc in the environment, nothing is changed.
 """
@@ -35,6 +35,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (mall
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 
+KEPT = "kept (glibc)"
 _state: str | None = None  # what the first call found: this process's answer
 
 
@@ -70,11 +71,11 @@ def _apply() -> str:
     if not any(mallopt(M_MMAP_THRESHOLD, size) for size in MMAP_THRESHOLDS):
         return "default (mallopt refused)"
     mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    return "kept (glibc)"
+    return KEPT
 
 
 def release() -> None:
     """Give the free memory back to the kernel now (glibc's malloc_trim), where memory is kept:
     after timing candidates of different shapes, whose freed buffers the run will not reuse."""
-    if state() == "kept (glibc)":
+    if state() == KEPT:
         ctypes.CDLL(None).malloc_trim(0)

@@ -7,7 +7,8 @@ CPU with AMX and slows it by 1.4x on one that only emulates bf16 (BENCHMARKS.md)
 its candidates for a bounded time, takes the fastest (never one slower than fp32), and caches the
 timings per machine (CPU name and flags, oneDNN/ATen ISA caps, torch version, threads, the
 allocator's setting) and shapes in the user's cache directory ($NEXTCHAR_CACHE_DIR, else
-$XDG_CACHE_HOME/nextchar, else ~/.cache/nextchar). A damaged or foreign cache entry is ignored, never an error.
+$XDG_CACHE_HOME/nextchar, else ~/.cache/nextchar). A damaged or foreign cache entry is ignored,
+never an error.
 """
 
 from __future__ import annotations
