@@ -224,6 +224,22 @@ def test_resume_refuses_model_changes_and_a_missing_checkpoint(tmp_path, whole_r
         nextchar.train(resume=run)
 
 
+def test_a_refused_resume_leaves_the_machine_record_as_it_was(tmp_path, whole_runs):
+    """A resume on another machine decides the precisions afresh, but writes that record only
+    once the checkpoint was accepted: a damaged one leaves machine.json byte for byte."""
+    run = tmp_path / "run"
+    shutil.copytree(whole_runs["lstm"], run)
+    record = json.loads((run / "machine.json").read_text())
+    record["machine"]["cpu"] = "a machine that is not this one"
+    (run / "machine.json").write_text(json.dumps(record))
+    before = (run / "machine.json").read_bytes()
+    latest = run / "latest.safetensors"
+    latest.write_bytes(latest.read_bytes()[:-100])  # cut short
+    with pytest.raises(UserError):
+        nextchar.train(resume=run)
+    assert (run / "machine.json").read_bytes() == before
+
+
 def test_resume_can_turn_weight_decay_on_for_the_matrices_only(tmp_path, whole_runs):
     run = tmp_path / "run"
     shutil.copytree(whole_runs["lstm"], run)  # trained without weight decay

@@ -113,6 +113,15 @@ class Dist:
             ids = [self.local_rank] if device.type == "cuda" else None
             return torch.nn.parallel.DistributedDataParallel(raw_model, device_ids=ids)
 
+    def share(self, value: Any) -> Any:
+        """Rank 0's `value` (any picklable object) on every process."""
+        if not self.active:
+            return value
+        box = [value if self.is_main else None]
+        with self.guard("the sharing of rank 0's choices for the run"):
+            dist.broadcast_object_list(box, src=0, group=self.host_group)
+        return box[0]
+
     def barrier(self) -> None:
         if self.active:
             with self.guard("a barrier (waiting for rank 0 to set up the run)"):

@@ -277,20 +277,14 @@ def _resumed_run(
     with folder.lock("resuming") if dist.is_main else contextlib.nullcontext():
         if dist.is_main:
             folder.remove_stray_temps()  # of writes a crash cut short
-            folder.write_machine(_resumed_choices(folder, config, device))
-        dist.barrier()
+        record = dist.share(_resumed_choices(folder, config, device) if dist.is_main else None)
         trainer = _trainer(
-            config,
-            data,
-            folder,
-            folder.read_machine(),
-            resume=True,
-            quiet=quiet,
-            log=log,
-            dist=dist,
+            config, data, folder, record, resume=True, quiet=quiet, log=log, dist=dist
         )  # every rank computes as rank 0 decided
-        if dist.is_main and options:  # only once the checkpoint accepted them
-            folder.write_config(config)
+        if dist.is_main:  # only once the checkpoint accepted them
+            folder.write_machine(record)
+            if options:
+                folder.write_config(config)
         return trainer.fit()
 
 
