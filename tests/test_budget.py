@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from nextchar import budget, devices
+from nextchar import budget, devices, overfit
 from nextchar.budget import RUN_DEFAULTS, TRAIN_SHARE, num_params, plan, spend
 from nextchar.config import ModelConfig
 
@@ -208,3 +208,21 @@ def test_a_width_far_from_the_probe_times_every_precision(monkeypatch, fresh_cac
     monkeypatch.setattr(budget.devices.autotune, "bf16_possible", lambda device: True)
     chosen = plan({"time": 600.0}, BASE, 32, 64, SHAKESPEARE_TRAIN, torch.device("cpu"), "auto")
     assert chosen.data_limited and timed[-1] == (chosen.options["hidden"], ("fp32", "bf16"))
+
+
+def test_compute_limited_runs_get_dropout_once_validation_stalls(monkeypatch, fresh_cache):
+    _fake_speed(monkeypatch, 3.5e10)
+    cpu = torch.device("cpu")
+    computed = plan({"time": 180.0}, BASE, 32, 64, 10_000_000, cpu, "fp32")
+    assert not computed.data_limited and computed.options["on_overfit"] == "regularise"
+    line = budget.describe(computed.to_dict(), dataclasses.replace(BASE, hidden=320))
+    assert "compute-limited, dropout once validation stalls" in line
+    for named in ({"dropout": 0.1}, {"weight_decay": 0.01}, {"on_overfit": "nothing"}):
+        kept = plan({"time": 180.0, **named}, BASE, 32, 64, 10_000_000, cpu, "fp32")
+        assert "on_overfit" not in kept.options, named
+    _fake_speed(monkeypatch, 4e13 / 510 / TRAIN_SHARE)
+    limited = plan({"time": 600.0}, BASE, 32, 64, SHAKESPEARE_TRAIN, cpu, "fp32")
+    assert limited.data_limited and "on_overfit" not in limited.options
+    assert limited.options["dropout"] == overfit.REGULARISED["dropout"]
+    fixed = plan({"steps": 100}, BASE, 32, 64, SHAKESPEARE_TRAIN, cpu, "fp32")
+    assert "on_overfit" not in fixed.options

@@ -17,6 +17,9 @@ rule"):
             here, without a precision that lost clearly at 32): twice the optimizer steps for the
             same characters (on CPUs without AMX, where fp32 runs as fast at 16 streams as at 32)
     lr    = 3e-3 up to 384 wide, 2e-3 above, and 2e-3 at SMALL_BATCH (the 3- and 10-minute sweeps)
+    and a compute-limited run gets --on-overfit regularise: the data-limited run's dropout and
+    weight decay once validation stops improving, for texts learnt by heart in fewer passes than
+    tinyshakespeare (overfit.py)
 
 A slower machine gets a smaller model, a faster one (or a GPU) a larger one. Options the user
 names are kept; only the rest are chosen. Runs stopped by --steps or --epochs alone keep fixed
@@ -37,6 +40,7 @@ from .autotune import Choice
 from .config import ModelConfig, TrainConfig
 from .fields import train_defaults
 from .model import parameter_shapes
+from .overfit import REGULARISED  # the 10-minute sweep's best
 
 WIDTHS = (128, 192, 256, 320, 384, 448, 512, 640, 768, 1024, 1280, 1536, 2048)
 PROBE_WIDTH = 256  # the width timed first, to measure K
@@ -44,7 +48,6 @@ CHARS_PER_PARAM = 3.0  # characters per parameter at the validation optimum (BEN
 DATA_LIMITED_EPOCHS = 6.0  # passes over the training split beyond which data is the limit
 DATA_LIMITED_SCALE = 2.5  # how much larger the model is made then (768 at the 10-minute level)
 TRAIN_SHARE = 0.85  # of --time spent in training steps (evaluations ~10%, saves and start-up)
-REGULARISED = {"dropout": 0.3, "weight_decay": 0.2}  # the 10-minute sweep's best
 SMALL_BATCH = 16  # streams of a compute-limited run where they cost little speed
 SMALL_BATCH_SPEED = 0.8  # share of the default batch's chars/s SMALL_BATCH must reach
 SMALL_BATCH_LR = 2e-3  # the 3-minute runs at SMALL_BATCH (BENCHMARKS.md)
@@ -87,7 +90,10 @@ class Plan:
 def describe(plan: dict[str, Any], model: ModelConfig) -> str:
     """One line on what a recorded plan (Plan.to_dict) chose and why."""
     regime = (
-        "data-limited: a larger model with dropout" if plan["data_limited"] else "compute-limited"
+        "data-limited: a larger model with dropout"
+        if plan["data_limited"]
+        else "compute-limited"
+        + (", dropout once validation stalls" if plan["options"].get("on_overfit") else "")
     )
     batch = ""
     if len(plan.get("batch_speeds") or {}) > 1:
@@ -230,4 +236,6 @@ def _optimizer_options(
         chosen["lr"] = SMALL_BATCH_LR if batch == SMALL_BATCH else (3e-3 if width <= 384 else 2e-3)
     if data_limited:
         chosen.update({k: v for k, v in REGULARISED.items() if k not in options})
+    elif not {"on_overfit", *REGULARISED} & options.keys():
+        chosen["on_overfit"] = "regularise"  # the same, once validation shows the need
     return chosen

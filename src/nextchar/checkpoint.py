@@ -59,6 +59,8 @@ class LoopState:
     best_result: EvalResult | None = None  # the evaluation that scored best_val
     next_eval_time: float = math.inf  # `elapsed` due for the next timed evaluation (inf: none)
     last_eval_step: int = -1  # the step evaluated last (-1: none yet)
+    stalls: int = 0  # evaluations in a row without a new best validation (overfit.py)
+    regularised_at: int = 0  # the step --on-overfit regularise switched at (0: not yet)
 
     def to_meta(self) -> dict[str, Any]:
         """JSON-ready: infinities as null, the result as a dict."""
@@ -83,6 +85,8 @@ class LoopState:
             else None,
             next_eval_time=next_eval_time if next_eval_time is not None else fresh.next_eval_time,
             last_eval_step=int(meta.get("last_eval_step", fresh.last_eval_step)),
+            stalls=int(meta.get("stalls", fresh.stalls)),
+            regularised_at=int(meta.get("regularised_at", fresh.regularised_at)),
         )
 
 

@@ -25,6 +25,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")  # the arithmetic of training and scoring (autocast)
 WEIGHT_FORMATS = ("auto", "fp32", "bf16", "int8")  # how the sampler holds the weights
 AVERAGES = ("none", "ema", "swa")
+ON_OVERFIT = ("nothing", "regularise")  # overfit.py
 ERRORS_POLICIES = ("strict", "replace")  # undecodable bytes: refuse the file, or U+FFFD
 UNKNOWN_POLICIES = ("error", "skip")  # characters outside the vocabulary: refuse, or drop
 CHECKPOINTS = ("best", "latest")  # the weights a reader loads from a run folder
@@ -117,6 +118,13 @@ class TrainConfig:
     optimizer: str = option("adamw", "the optimizer", choices=OPTIMIZERS)
     weight_decay: float = option(
         0.0, "weight decay of the matrices (not of biases or the embedding table)"
+    )
+    on_overfit: str = option(
+        "nothing",
+        "regularise: after 3 evaluations in a row without a new best validation, train on "
+        "with dropout 0.3 and weight decay 0.2",
+        choices=ON_OVERFIT,
+        shown="regularise for a --time run the budget calls compute-limited, else nothing",
     )
     grad_clip: float = option(1.0, "max global gradient norm; 0 = off")
     steps: int = option(0, "stop after N steps", shown="")  # 0 = not set

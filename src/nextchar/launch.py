@@ -32,8 +32,9 @@ from .data import TokenData, is_prepared, load_prepared, prepare
 from .devices import EVAL_SHAPE, eval_precision, resolve_device, train_precision
 from .errors import UserError
 from .fields import to_dict
+from .metrics import TrainResult
 from .runfolder import DATA, LATEST, RunFolder
-from .trainer import Trainer, TrainResult
+from .trainer import Trainer
 
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}

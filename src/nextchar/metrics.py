@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, ClassVar
 
 from .evaluate import EvalResult
@@ -80,6 +81,20 @@ class FinalRecord:
     test: EvalResult | None  # the test text scored with the best weights
 
 
+@dataclass
+class TrainResult:
+    """What Trainer.fit returns: the final record's figures, the folder and the last preview."""
+
+    folder: Path
+    steps: int
+    elapsed: float  # seconds of wall clock, over all sessions of the run
+    chars_seen: int
+    best_val: EvalResult | None
+    test: EvalResult | None
+    stop_reason: str
+    sample: str
+
+
 @dataclass(frozen=True)
 class SkippedRecord:
     """Steps skipped for a non-finite loss or gradient since the previous such record."""
@@ -90,9 +105,23 @@ class SkippedRecord:
     reason: str = "non-finite loss or gradient"
 
 
-Record = TrainRecord | EvalRecord | FinalRecord | SkippedRecord
+@dataclass(frozen=True)
+class RegularisedRecord:
+    """--on-overfit regularise switched on: from this step, this dropout and weight decay."""
+
+    kind: ClassVar[str] = "regularised"
+    step: int
+    time: float
+    dropout: float
+    weight_decay: float
+    val_loss: float  # the last of the evaluations without a new best
+    best_val_loss: float
+
+
+Record = TrainRecord | EvalRecord | FinalRecord | SkippedRecord | RegularisedRecord
 RECORDS: dict[str, type] = {
-    cls.kind: cls for cls in (TrainRecord, EvalRecord, FinalRecord, SkippedRecord)
+    cls.kind: cls
+    for cls in (TrainRecord, EvalRecord, FinalRecord, SkippedRecord, RegularisedRecord)
 }
 _TYPES = {
     "int": (int,),

@@ -14,6 +14,7 @@ checkpoints use the raw weights.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 
 import torch
@@ -71,6 +72,11 @@ class CharRNN(nn.Module):
     @property
     def is_lstm(self) -> bool:
         return isinstance(self.rnn, nn.LSTM)
+
+    def set_dropout(self, p: float) -> None:
+        """--dropout p from now on, as if the model had been built with it (overfit.py)."""
+        self.config = dataclasses.replace(self.config, dropout=p)
+        self.rnn.dropout = p if self.config.layers > 1 else 0.0  # the fused GPU path's
 
     def init_hidden(self, batch_size: int, device: torch.device | str | None = None) -> Hidden:
         """Zero state for `batch_size` streams."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, overfit
 from .averaging import WeightAverage
 from .checkpoint import LoopState, ResumePoint, vocab_digest
 from .config import ModelConfig
@@ -98,6 +98,8 @@ class Snapshots:
         except (RuntimeError, ValueError, KeyError) as exc:
             raise UserError(f"{path} does not match this run's model ({exc})") from None
         set_weight_decay(optimizer, weight_decay)  # a resume may change it; --lr is set each step
+        if point.loop.regularised_at:  # --on-overfit switched before the save: still on
+            overfit.regularise(raw_model, optimizer)
         torch.set_rng_state(point.rng_cpu)
         if self.device.type == "cuda" and point.rng_cuda is not None:
             torch.cuda.set_rng_state(point.rng_cuda, self.device)

@@ -14,14 +14,12 @@ import math
 import signal
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TextIO
 
 import torch
 import torch.nn.functional as F
 
-from . import distributed
+from . import distributed, overfit
 from .averaging import WeightAverage
 from .cadence import Cadence
 from .checkpoint import LoopState
@@ -32,7 +30,7 @@ from .errors import Diverged, Interrupted, PeerFailure
 from .evaluate import EvalResult
 from .guard import NonFiniteGuard, Ok, carry, taken
 from .logwindow import LogWindow, ProgressBar
-from .metrics import EvalRecord, FinalRecord, SkippedRecord, TrainRecord
+from .metrics import EvalRecord, FinalRecord, SkippedRecord, TrainRecord, TrainResult
 from .model import CharRNN
 from .optimizer import build_optimizer, clip_gradients, defers_checks
 from .runfolder import RunFolder
@@ -40,18 +38,6 @@ from .schedule import lr_factor
 from .signals import StopSignals
 from .snapshots import Snapshots
 from .validation import Validation
-
-
-@dataclass
-class TrainResult:
-    folder: Path
-    steps: int
-    elapsed: float  # seconds of wall clock, over all sessions of the run
-    chars_seen: int
-    best_val: EvalResult | None
-    test: EvalResult | None
-    stop_reason: str
-    sample: str
 
 
 class Trainer:
@@ -196,11 +182,23 @@ class Trainer:
     def _evaluate_and_save(self, elapsed: float, clock0: float) -> None:
         """Every rank: an evaluation (rank 0 scores) and a resume point after it."""
         self._check_weights()
-        if self.dist.is_main:
-            self._evaluate(elapsed)
+        result = self._evaluate(elapsed) if self.dist.is_main else None
+        if self.config.train.on_overfit == "regularise" and not self.loop.regularised_at:
+            self._regularise_if_stalled(result, elapsed)
         self.loop.last_eval_step = self.loop.step
         self.loop.next_eval_time = self.cadence.next_eval_after(self.loop.next_eval_time, elapsed)
         self._save_latest(time.perf_counter() - clock0)
+
+    def _regularise_if_stalled(self, result: EvalResult | None, elapsed: float) -> None:
+        """Every rank: --on-overfit regularise, from the step rank 0's validation stalled."""
+        progress = self.cadence.progress(self.loop.step, elapsed)
+        record = overfit.check(result, self.loop, progress, elapsed)  # rank 0's verdict
+        if self.dist.any_flags([int(record is not None)])[0]:
+            self.loop.regularised_at = self.loop.step
+            overfit.regularise(self.raw_model, self.optimizer)
+            if record is not None:
+                self._say(overfit.describe(record))
+                self.folder.append_metrics(record)
 
     def fit(self) -> TrainResult:
         with self.signals:  # restored last: see the comment below
