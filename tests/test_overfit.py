@@ -4,8 +4,6 @@ logged, on the optimizer, and bit-identical when interrupted and resumed on eith
 
 import dataclasses
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ import torch
 
 import nextchar
 import nextchar.data
+from interrupts import WINDOW, interrupt_at
 from nextchar import overfit
 from nextchar.checkpoint import LoopState, load_checkpoint
 from nextchar.config import ModelConfig
@@ -131,20 +130,7 @@ def test_a_run_switches_once_logs_it_and_keeps_it_in_the_resume_point(
     assert regularised_lines(Path(plain.path)) == []
 
 
-WINDOW = nextchar.data.Streams.window
 SWITCH = 20  # evaluations at steps 4, 8, 12, ...: the fake stalls at 12, 16 and 20
-
-
-def interrupt_at(monkeypatch, stop_at: int) -> None:
-    calls, window = [0], WINDOW
-
-    def interrupting_window(self, index):
-        calls[0] += 1
-        if calls[0] == stop_at:
-            os.kill(os.getpid(), signal.SIGINT)
-        return window(self, index)
-
-    monkeypatch.setattr(nextchar.data.Streams, "window", interrupting_window)
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ import torch
 
 import nextchar
 import nextchar.data
+from interrupts import interrupt_at
 from nextchar.checkpoint import load_checkpoint
 from nextchar.errors import Interrupted, UserError
 from nextchar.runfolder import RunFolder
@@ -152,18 +153,6 @@ def whole_runs(tmp_path_factory):
         name: Path(nextchar.train(text=TEXT, out=folder / name, **OPTIONS, **options).path)
         for name, options in VARIANTS.items()
     }
-
-
-def interrupt_at(monkeypatch, stop_at: int) -> None:
-    calls, window = [0], nextchar.data.Streams.window
-
-    def interrupting_window(self, index):
-        calls[0] += 1
-        if calls[0] == stop_at:
-            os.kill(os.getpid(), signal.SIGINT)
-        return window(self, index)
-
-    monkeypatch.setattr(nextchar.data.Streams, "window", interrupting_window)
 
 
 @pytest.mark.parametrize(
