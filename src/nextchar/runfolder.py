@@ -11,7 +11,7 @@
       latest.safetensors  weights + optimizer + carried hidden state + RNG (+ the weight average,
                           with --average): the resume point
       metrics.jsonl       one JSON record per line: TrainRecord, EvalRecord, FinalRecord,
-                          SkippedRecord (metrics.py)
+                          SkippedRecord, RegularisedRecord (metrics.py)
       machine.json        the machine it ran on and what `auto` chose there, with the timings
       .nextchar.lock      held (flock) by the one process writing the run; see folderlock.py
 
