@@ -138,24 +138,18 @@ def eval_speed(hidden: int, tokens: np.ndarray, precision: str) -> float:
     """chars/s of the evaluation that training and `nextchar eval` run (score_ids), in a child
     process that keeps freed memory as the command line does (allocator.py): this process's
     bare loops run with the allocator as a plain script has it."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--eval-child", str(hidden), precision],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return float(out.stdout)
+    return _child("--eval-child", hidden, precision)
 
 
 def kept_bare_loop(hidden: int, steps: int, precision: str) -> float:
     """bare_loop's chars/s in a child process that keeps freed memory, as nextchar does."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--bare-child", str(hidden), str(steps), precision],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return float(out.stdout)
+    return _child("--bare-child", hidden, steps, precision)
+
+
+def _child(*args) -> float:
+    """This script run again with `args`: the chars/s that child prints."""
+    command = [sys.executable, __file__, *map(str, args)]
+    return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
 
 
 def eval_child(hidden: int, tokens: np.ndarray, precision: str) -> float:

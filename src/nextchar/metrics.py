@@ -1,4 +1,5 @@
-"""metrics.jsonl's records: one frozen dataclass per kind of line, and the line format.
+"""metrics.jsonl's records: one frozen dataclass per kind of line, and the line format; and
+TrainResult, what a training run returns (its final line's figures, in memory).
 
 Each line is a JSON object whose "kind" names its record; optional fields that are not set are
 left out. The run folder (runfolder.py) appends and reads the file through `record_line` and
