@@ -8,15 +8,17 @@ rule"):
 
     P     = sqrt(K * tau / CHARS_PER_PARAM)    parameters, so the run sees that many chars each
     if that run would pass over the training text more than DATA_LIMITED_EPOCHS times, data, not
-    compute, is the limit: a DATA_LIMITED_SCALE times larger model with dropout and weight decay
-    instead of more passes
+    compute, is the limit: a larger model with dropout and weight decay instead of more passes,
+    DATA_LIMITED_SCALE times larger at most, and never so large that the budget shows it the
+    text fewer than DATA_LIMITED_PASSES times (just past the line, 2.5x left it under-trained)
     width = the one on WIDTHS whose parameter count is nearest P (in ratio); a precision that
             lost clearly at the probe is not timed again at the next width
     batch = SMALL_BATCH streams instead of the default 32 when the run is compute-limited and
             they run at least SMALL_BATCH_SPEED of its characters per second at that width (timed
             here, without a precision that lost clearly at 32): twice the optimizer steps for the
             same characters (on CPUs without AMX, where fp32 runs as fast at 16 streams as at 32)
-    lr    = 3e-3 up to 384 wide, 2e-3 above, and 2e-3 at SMALL_BATCH (the 3- and 10-minute sweeps)
+    lr    = 3e-3 up to 384 wide (768 with dropout), 2e-3 above, and 2e-3 at SMALL_BATCH (the 3-
+            and 10-minute sweeps)
     and a compute-limited run gets --on-overfit regularise: the data-limited run's dropout and
     weight decay once validation stops improving, for texts learnt by heart in fewer passes than
     tinyshakespeare (overfit.py)
@@ -45,12 +47,15 @@ from .overfit import REGULARISED  # the 10-minute sweep's best
 WIDTHS = (128, 192, 256, 320, 384, 448, 512, 640, 768, 1024, 1280, 1536, 2048)
 PROBE_WIDTH = 256  # the width timed first, to measure K
 CHARS_PER_PARAM = 3.0  # characters per parameter at the validation optimum (BENCHMARKS.md)
-DATA_LIMITED_EPOCHS = 6.0  # passes over the training split beyond which data is the limit
-DATA_LIMITED_SCALE = 2.5  # how much larger the model is made then (768 at the 10-minute level)
+DATA_LIMITED_EPOCHS = 5.5  # passes over the training split beyond which data is the limit
+DATA_LIMITED_SCALE = 2.5  # how much larger the model is made then, at most (768 at 4e13)
+DATA_LIMITED_PASSES = 4.0  # the fewest passes the budget must buy that larger model (512 at 1.3e13)
 TRAIN_SHARE = 0.85  # of --time spent in training steps (evaluations ~10%, saves and start-up)
 SMALL_BATCH = 16  # streams of a compute-limited run where they cost little speed
 SMALL_BATCH_SPEED = 0.8  # share of the default batch's chars/s SMALL_BATCH must reach
 SMALL_BATCH_LR = 2e-3  # the 3-minute runs at SMALL_BATCH (BENCHMARKS.md)
+LR, WIDE_LR = 3e-3, 2e-3  # the learning rate up to the width below, and above it
+LR_WIDTH = {False: 384, True: 768}  # plain; with dropout (data-limited), which takes LR further
 EVAL_SHARE = 0.1  # of a run's wall time that evaluation may take
 EVALUATIONS = 12  # about ten during a run, the final one and the test split
 EVAL_CHARS = (20_000, 2_000_000)  # the fewest and most characters one evaluation scores
@@ -129,7 +134,9 @@ def spend(k: float, seconds: float, train_chars: int, params_of) -> tuple[int, b
     epochs = CHARS_PER_PARAM * target / max(1, train_chars)
     data_limited = epochs > DATA_LIMITED_EPOCHS
     if data_limited:
-        target *= DATA_LIMITED_SCALE
+        # the model the budget shows DATA_LIMITED_PASSES passes: 1.5x target just past the line
+        passes_bound = k * seconds * TRAIN_SHARE / (DATA_LIMITED_PASSES * max(1, train_chars))
+        target = min(target * DATA_LIMITED_SCALE, passes_bound)
     width = min(WIDTHS, key=lambda w: abs(math.log(params_of(w) / target)))
     return width, data_limited, target
 
@@ -233,7 +240,8 @@ def _optimizer_options(
     """The learning rate and regularisation the rule gives a width and batch (unless named)."""
     chosen: dict[str, Any] = {}
     if "lr" not in options:
-        chosen["lr"] = SMALL_BATCH_LR if batch == SMALL_BATCH else (3e-3 if width <= 384 else 2e-3)
+        wide = width > LR_WIDTH[data_limited]
+        chosen["lr"] = SMALL_BATCH_LR if batch == SMALL_BATCH else (WIDE_LR if wide else LR)
     if data_limited:
         chosen.update({k: v for k, v in REGULARISED.items() if k not in options})
     elif not {"on_overfit", *REGULARISED} & options.keys():
