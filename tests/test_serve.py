@@ -585,19 +585,21 @@ def test_the_page_generates_and_shades_in_chromium(url, client):
             until(page, "document.getElementById('model').options.length === 1")
             # generate: type a prime, press the button, watch the text grow as it streams
             page.fill("#prime", "the ")
-            page.fill("#length", "3000")
+            page.fill("#length", "5000")  # the service's most: streams for several 50 ms flushes
             page.fill("#temperature", "1")
             page.click("#generate")
             sizes = []
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 sizes.append(len(page.inner_text("#output")))
-                if sizes[-1] >= len("the ") + 3000:
+                if sizes[-1] >= len("the ") + 5000:
                     break
                 time.sleep(0.02)
-            assert sizes[-1] == len("the ") + 3000 and page.inner_text("#output").startswith("the ")
-            growing = [s for s in sizes if 4 < s < 3004]
-            assert len(set(growing)) >= 3, f"the text did not grow in steps: {sizes}"
+            assert sizes[-1] == len("the ") + 5000 and page.inner_text("#output").startswith("the ")
+            # seen at two sizes on the way at least: a tiny model on a fast CPU draws 5000
+            # characters in a few flushes (3000 arrived as 907, 2115, all on an AMD Zen 5)
+            growing = [s for s in sizes if 4 < s < 5004]
+            assert len(set(growing)) >= 2, f"the text did not grow in steps: {sizes}"
             until(page, "!document.getElementById('generate').disabled")
             # surprisal: paste text, one shaded element per character
             page.fill("#score-text", pasted)
