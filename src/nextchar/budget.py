@@ -134,7 +134,7 @@ def spend(k: float, seconds: float, train_chars: int, params_of) -> tuple[int, b
     epochs = CHARS_PER_PARAM * target / max(1, train_chars)
     data_limited = epochs > DATA_LIMITED_EPOCHS
     if data_limited:
-        # the model the budget shows DATA_LIMITED_PASSES passes: 1.5x target just past the line
+        # the model the budget shows DATA_LIMITED_PASSES passes: 1.4x target just past the line
         passes_bound = k * seconds * TRAIN_SHARE / (DATA_LIMITED_PASSES * max(1, train_chars))
         target = min(target * DATA_LIMITED_SCALE, passes_bound)
     width = min(WIDTHS, key=lambda w: abs(math.log(params_of(w) / target)))
