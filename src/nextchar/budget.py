@@ -39,10 +39,9 @@ import torch
 
 from . import autotune, devices
 from .autotune import Choice
-from .config import ModelConfig, TrainConfig
+from .config import REGULARISED, ModelConfig, TrainConfig  # REGULARISED: the 10-minute sweep's best
 from .fields import train_defaults
 from .model import parameter_shapes
-from .overfit import REGULARISED  # the 10-minute sweep's best
 
 WIDTHS = (128, 192, 256, 320, 384, 448, 512, 640, 768, 1024, 1280, 1536, 2048)
 PROBE_WIDTH = 256  # the width timed first, to measure K

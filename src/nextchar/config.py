@@ -26,6 +26,10 @@ PRECISIONS = ("auto", "fp32", "bf16")  # the arithmetic of training and scoring 
 WEIGHT_FORMATS = ("auto", "fp32", "bf16", "int8")  # how the sampler holds the weights
 AVERAGES = ("none", "ema", "swa")
 ON_OVERFIT = ("nothing", "regularise")  # overfit.py
+# what "regularise" turns on (the 10-minute sweep's best, which data-limited budget runs get from
+# the start) and after how many evaluations in a row without a new best validation
+REGULARISED = {"dropout": 0.3, "weight_decay": 0.2}
+STALLS = 3
 ERRORS_POLICIES = ("strict", "replace")  # undecodable bytes: refuse the file, or U+FFFD
 UNKNOWN_POLICIES = ("error", "skip")  # characters outside the vocabulary: refuse, or drop
 CHECKPOINTS = ("best", "latest")  # the weights a reader loads from a run folder
@@ -121,8 +125,9 @@ class TrainConfig:
     )
     on_overfit: str = option(
         "nothing",
-        "regularise: after 3 evaluations in a row without a new best validation, train on "
-        "with dropout 0.3 and weight decay 0.2",
+        f"regularise: after {STALLS} evaluations in a row without a new best validation, train "
+        f"on with dropout {REGULARISED['dropout']:g} and weight decay "
+        f"{REGULARISED['weight_decay']:g}",
         choices=ON_OVERFIT,
         shown="regularise for a --time run the budget calls compute-limited, else nothing",
     )

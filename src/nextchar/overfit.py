@@ -18,13 +18,12 @@ from __future__ import annotations
 import torch
 
 from .checkpoint import LoopState
+from .config import REGULARISED, STALLS  # declared with the option, for its help line
 from .evaluate import EvalResult
 from .metrics import RegularisedRecord
 from .model import CharRNN
 from .optimizer import set_weight_decay
 
-REGULARISED = {"dropout": 0.3, "weight_decay": 0.2}  # the 10-minute sweep's best (budget rule)
-STALLS = 3  # evaluations in a row without a new best validation
 LAST_CHANCE = 0.95  # share of the run after which switching would not change it
 
 
