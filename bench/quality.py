@@ -6,7 +6,7 @@ cosine, clip 1) trained for the same budget less 10 s in the same run.
     python bench/quality.py --time 3m                  # ratio <= 0.99; floor 1.50 nats/char
     python bench/quality.py --time 3m --threads 1      # both sides on one thread
     ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 python bench/quality.py --time 3m   # a CPU without AMX
-    python bench/quality.py --time 10m
+    python bench/quality.py --time 10m --keep RUN      # and keep its run folder
     python bench/quality.py --time 3m --text FILE --no-reference -- --hidden 384   # a sweep point
 
 Prints the run's figures and appends a JSON line to bench/results/quality.jsonl.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -42,6 +43,12 @@ def main() -> None:
         "--threads", type=int, default=0, help="threads for both sides (0: torch's)"
     )
     parser.add_argument("--no-reference", action="store_true", help="skip the plain loop")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="copy the trained run folder here (to score it later)",
+    )
     parser.add_argument("extra", nargs="*", help="flags passed to nextchar train (after --)")
     args = parser.parse_args()
     import torch
@@ -78,6 +85,8 @@ def main() -> None:
             for r in metrics(run)
             if isinstance(r, EvalRecord) and r.val_loss is not None
         ]
+        if args.keep:
+            shutil.copytree(run, args.keep)
     val, test = result["val"], result["test"]
     last10 = (val["nats_per_char"] * val["chars"] + test["nats_per_char"] * test["chars"]) / (
         val["chars"] + test["chars"]
