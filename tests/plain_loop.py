@@ -25,11 +25,19 @@ from torch import nn
 IGNORE = -100
 
 
-def lr_at(step: int, total: int, lr: float, warmup: int, schedule: str, final_frac: float) -> float:
+def lr_at(
+    step: int,
+    total: int,
+    lr: float,
+    warmup: int,
+    schedule: str,
+    final_frac: float,
+    cooldown: float = 0.2,
+) -> float:
     warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
     p = step / total
     if schedule == "wsd":
-        decay = 1.0 - (1.0 - final_frac) * max(0.0, p - 0.8) / 0.2
+        decay = 1.0 - (1.0 - final_frac) * max(0.0, p - (1.0 - cooldown)) / cooldown
     elif schedule == "cosine":
         decay = final_frac + (1.0 - final_frac) * (1.0 + math.cos(math.pi * p)) / 2.0
     elif schedule == "linear":

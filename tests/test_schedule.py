@@ -14,6 +14,19 @@ def test_wsd_holds_the_rate_then_decays_linearly_over_the_last_fifth(progress):
     assert lr_factor(100, progress, 10, "wsd", final) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("cooldown", [0.05, 0.4, 1.0])
+def test_wsd_decays_over_the_cooldown_it_is_given(cooldown):
+    final = 0.1
+    for progress in (0.0, 0.5, 0.6, 0.7, 0.96, 1.0):
+        expected = 1 - (1 - final) * max(0.0, progress - (1 - cooldown)) / cooldown
+        assert lr_factor(100, progress, 10, "wsd", final, cooldown) == pytest.approx(expected)
+    # the whole run as cooldown is the linear schedule
+    if cooldown == 1.0:
+        assert lr_factor(100, 0.37, 10, "wsd", final, 1.0) == pytest.approx(
+            lr_factor(100, 0.37, 10, "linear", final)
+        )
+
+
 def test_warmup_then_each_schedule():
     assert lr_factor(0, 0.0, 10, "wsd", 0.05) == pytest.approx(0.1)  # step 1 of 10 warming up
     assert lr_factor(4, 0.0, 10, "constant", 0.05) == pytest.approx(0.5)

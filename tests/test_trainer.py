@@ -178,11 +178,15 @@ TIMED = {
 }
 
 
-def test_time_alone_stops_the_run_plans_the_schedule_and_evaluates_ten_times(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cooldown", [0.2, 0.5])
+def test_time_alone_stops_the_run_plans_the_schedule_and_evaluates_ten_times(
+    tmp_path, monkeypatch, cooldown
+):
     """--time 100 with a step of 1 s and free evaluations: 100 steps; an evaluation every tenth of
-    the budget (the last at the end); the lr of each step that of a 100-step schedule."""
+    the budget (the last at the end); the lr of each step that of a 100-step schedule, decaying
+    over the last `cooldown` of it."""
     virtual_clock(1.0, monkeypatch)
-    run = nextchar.train(text=TEXT, out=tmp_path / "run", time=100, **TIMED)
+    run = nextchar.train(text=TEXT, out=tmp_path / "run", time=100, cooldown=cooldown, **TIMED)
     records = RunFolder(run.path).read_metrics()
     assert (records[-1]["stop"], run.steps) == ("time", 100)
     assert [r["step"] for r in records if r["kind"] == "eval"] == list(range(10, 101, 10))
@@ -191,7 +195,13 @@ def test_time_alone_stops_the_run_plans_the_schedule_and_evaluates_ten_times(tmp
     for step, lr in lrs:  # the lr logged at step k is that of its (k-1)-th step from 0
         assert lr == pytest.approx(
             plain_loop.lr_at(
-                step - 1, 100, TIMED["lr"], TIMED["warmup_steps"], "wsd", TIMED["final_lr_frac"]
+                step - 1,
+                100,
+                TIMED["lr"],
+                TIMED["warmup_steps"],
+                "wsd",
+                TIMED["final_lr_frac"],
+                cooldown,
             ),
             rel=1e-12,
         )

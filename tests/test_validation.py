@@ -134,6 +134,7 @@ KEYS = [
     "grad_clip",
     "weight_decay",
     "final_lr_frac",
+    "cooldown",
     "sample_chars",
     "log_every",
     "eval_chars",

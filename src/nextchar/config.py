@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from .errors import UserError
 from .fields import check_types, flag_name, from_dict, internal, option, require, to_dict
+from .schedule import COOLDOWN
 
 FORMAT_VERSION = 1  # of the run folder; a folder with a larger number is refused
 # the choice lists, each declared once: config checks, CLI flags and the library read these
@@ -111,13 +112,14 @@ class TrainConfig:
     seq_len: int = option(64, "window length T (truncated BPTT)")
     lr: float = option(3e-3, "peak learning rate")
     final_lr_frac: float = option(0.05, "the schedule ends at lr x this")
-    # wsd: warmup, stable, then decay over the last 20% (schedule.py, BENCHMARKS.md)
+    # wsd: warmup, stable, then decay over the last --cooldown (schedule.py, BENCHMARKS.md)
     schedule: str = option(
         "wsd",
-        "after warmup: wsd (full lr, then linear decay over the last "
-        "20%), cosine, linear or constant",
+        "after warmup: wsd (full lr, then linear decay over the last --cooldown of the run), "
+        "cosine, linear or constant",
         choices=SCHEDULES,
     )
+    cooldown: float = option(COOLDOWN, "the share of the run over which wsd decays")
     warmup_steps: int = option(50, "steps of linear warmup")
     optimizer: str = option("adamw", "the optimizer", choices=OPTIMIZERS)
     weight_decay: float = option(
@@ -195,6 +197,7 @@ class TrainConfig:
             0 <= self.final_lr_frac <= 1,
             f"--final-lr-frac must be in [0, 1], got {self.final_lr_frac}",
         )
+        require(0 < self.cooldown <= 1, f"--cooldown must be in (0, 1], got {self.cooldown}")
         require(
             self.warmup_steps >= 0, f"--warmup-steps must not be negative, got {self.warmup_steps}"
         )

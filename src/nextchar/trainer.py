@@ -287,7 +287,9 @@ class Trainer:
         """The schedule's learning rate for this step, set on the optimizer -> the rate."""
         tc = self.config.train
         progress = self.cadence.progress(step, elapsed)
-        lr = tc.lr * lr_factor(step, progress, tc.warmup_steps, tc.schedule, tc.final_lr_frac)
+        lr = tc.lr * lr_factor(
+            step, progress, tc.warmup_steps, tc.schedule, tc.final_lr_frac, tc.cooldown
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
