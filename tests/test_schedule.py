@@ -20,11 +20,12 @@ def test_wsd_decays_over_the_cooldown_it_is_given(cooldown):
     for progress in (0.0, 0.5, 0.6, 0.7, 0.96, 1.0):
         expected = 1 - (1 - final) * max(0.0, progress - (1 - cooldown)) / cooldown
         assert lr_factor(100, progress, 10, "wsd", final, cooldown) == pytest.approx(expected)
-    # the whole run as cooldown is the linear schedule
-    if cooldown == 1.0:
-        assert lr_factor(100, 0.37, 10, "wsd", final, 1.0) == pytest.approx(
-            lr_factor(100, 0.37, 10, "linear", final)
-        )
+
+
+def test_wsd_with_the_whole_run_as_cooldown_is_the_linear_schedule():
+    assert lr_factor(100, 0.37, 10, "wsd", 0.1, 1.0) == pytest.approx(
+        lr_factor(100, 0.37, 10, "linear", 0.1)
+    )
 
 
 def test_warmup_then_each_schedule():
