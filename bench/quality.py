@@ -51,6 +51,8 @@ def main() -> None:
     )
     parser.add_argument("extra", nargs="*", help="flags passed to nextchar train (after --)")
     args = parser.parse_args()
+    if args.keep and args.keep.exists():  # refuse now, not after the whole training run
+        parser.error(f"--keep {args.keep} already exists")
     import torch
 
     from nextchar.fields import parse_duration
